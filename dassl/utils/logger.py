@@ -1,0 +1,83 @@
+"""Tee ``sys.stdout`` into a log file (``dassl.utils.logger``)."""
+import os
+import os.path as osp
+import sys
+import time
+
+from .tools import mkdir_if_missing
+
+__all__ = ["Logger", "setup_logger"]
+
+
+class Logger:
+    """A file-like object that writes to the console and, if ``fpath`` is given, to that file.
+
+    Args:
+        fpath (str, optional): log file, opened for writing (its folder is created).
+
+    Example::
+
+        sys.stdout = Logger(osp.join(output_dir, "log.txt"))
+    """
+
+    def __init__(self, fpath=None):
+        self.console = sys.stdout
+        self.file = None
+        if fpath is not None:
+            mkdir_if_missing(osp.dirname(fpath) or ".")
+            self.file = open(fpath, "w")
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        self.close()
+
+    def write(self, msg):
+        self.console.write(msg)
+        if self.file is not None:
+            self.file.write(msg)
+
+    def flush(self):
+        self.console.flush()
+        if self.file is not None:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+
+    def isatty(self):
+        """Whether the console this logger writes to is a terminal."""
+        isatty = getattr(self.console, "isatty", None)
+        return bool(isatty and isatty())
+
+    def close(self):
+        """Close the log file. The console is left open (it is the process's stdout)."""
+        if getattr(self, "file", None) is not None:
+            self.file.close()
+            self.file = None
+
+
+def setup_logger(output=None):
+    """Send everything printed to stdout to a log file as well.
+
+    Args:
+        output (str, optional): a ``.txt``/``.log`` file path, or a folder (the file is then ``<folder>/log.txt``).
+            An existing file is never overwritten: a ``-%Y-%m-%d-%H-%M-%S`` suffix is added to the new one's name.
+            ``None`` does nothing.
+
+    Returns:
+        The installed :class:`Logger` (``None`` when ``output`` is ``None``).
+    """
+    if output is None:
+        return None
+    if output.endswith(".txt") or output.endswith(".log"):
+        fpath = output
+    else:
+        fpath = osp.join(output, "log.txt")
+    if osp.exists(fpath):
+        fpath += time.strftime("-%Y-%m-%d-%H-%M-%S")
+    logger = Logger(fpath)
+    sys.stdout = logger
+    return logger

@@ -1,0 +1,317 @@
+"""Checkpoint files, RNG state and small model helpers (``dassl.utils.torchtools``).
+
+Checkpoint layout (same as Dassl 0.6.3): one folder per registered model, holding ``model.pth.tar-<epoch>``
+files (1-based epoch), ``model-best.pth.tar`` and a text file ``checkpoint`` naming the newest file. A checkpoint
+is a dict with ``state_dict``, ``epoch``, ``optimizer``, ``scheduler`` and ``val_result``; this implementation
+adds ``rng_state`` (and the trainer may add more keys) so that a resumed run continues bit for bit.
+
+Every file is written atomically (a temporary file in the same folder, then ``os.replace``), so an interrupted
+save never leaves a truncated checkpoint behind.
+"""
+import os
+import os.path as osp
+import pickle
+import random
+import shutil
+import tempfile
+import warnings
+from collections import OrderedDict
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointNotFoundError
+from .tools import mkdir_if_missing
+
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "resume_from_checkpoint",
+    "latest_checkpoint_path",
+    "get_rng_state",
+    "set_rng_state",
+    "open_all_layers",
+    "open_specified_layers",
+    "count_num_param",
+    "load_pretrained_weights",
+    "init_network_weights",
+    "set_bn_to_eval",
+    "adjust_learning_rate",
+]
+
+
+def _atomic_write(fpath, write_fn):
+    """Call ``write_fn(tmp_path)`` on a temporary file beside ``fpath``, then move it onto ``fpath``."""
+    dirname = osp.dirname(osp.abspath(fpath))
+    fd, tmp = tempfile.mkstemp(prefix="." + osp.basename(fpath) + ".", suffix=".tmp", dir=dirname)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, fpath)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_text(text, path):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True, model_name=""):
+    """Save a checkpoint dict to ``save_dir`` and record its name in ``save_dir/checkpoint``.
+
+    Args:
+        state (dict): contains ``state_dict``, ``epoch`` (1-based) and optionally ``optimizer``, ``scheduler``,
+            ``val_result`` and further keys.
+        save_dir (str): folder of one model (``<output dir>/<model name>``).
+        is_best (bool): also copy the file to ``model-best.pth.tar``.
+        remove_module_from_keys (bool): strip a leading ``module.`` (``nn.DataParallel``) from the weight names.
+        model_name (str): file name; default ``model.pth.tar-<epoch>``.
+    """
+    mkdir_if_missing(save_dir)
+    if remove_module_from_keys:
+        state_dict = state["state_dict"]
+        new_state_dict = OrderedDict()
+        for k, v in state_dict.items():
+            if k.startswith("module."):
+                k = k[7:]
+            new_state_dict[k] = v
+        state["state_dict"] = new_state_dict
+
+    if not model_name:
+        model_name = "model.pth.tar-" + str(state["epoch"])
+    fpath = osp.join(save_dir, model_name)
+    _atomic_write(fpath, partial(torch.save, state))
+    print("Checkpoint saved to {}".format(fpath))
+
+    _atomic_write(osp.join(save_dir, "checkpoint"), partial(_write_text, "{}\n".format(osp.basename(fpath))))
+
+    if is_best:
+        best_fpath = osp.join(osp.dirname(fpath), "model-best.pth.tar")
+        _atomic_write(best_fpath, partial(shutil.copyfile, fpath))
+        print('Best checkpoint saved to "{}"'.format(best_fpath))
+
+
+def load_checkpoint(fpath):
+    """Load a checkpoint file (onto the CPU when CUDA is unavailable).
+
+    Checkpoints written by this package hold only tensors and plain Python values, so they are read with
+    ``torch.load(weights_only=True)``. Those written by the original Dassl also pickle the warmup scheduler's
+    successor object, which the safe loader refuses; such a file is then read with ``weights_only=False``
+    (only load checkpoints you trust, as with any pickle).
+
+    Raises:
+        ValueError: ``fpath`` is None.
+        CheckpointNotFoundError: the file does not exist (a ``FileNotFoundError``).
+    """
+    if fpath is None:
+        raise ValueError("File path is None")
+    fpath = osp.abspath(osp.expanduser(fpath))
+    if not osp.exists(fpath):
+        raise CheckpointNotFoundError('No checkpoint file at "{}"'.format(fpath))
+    map_location = None if torch.cuda.is_available() else "cpu"
+    try:
+        return _torch_load(fpath, map_location)
+    except Exception:
+        print('Unable to load checkpoint from "{}"'.format(fpath))
+        raise
+
+
+def _torch_load(fpath, map_location):
+    try:
+        return torch.load(fpath, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # holds pickled objects (a checkpoint of the original Dassl)
+    except UnicodeDecodeError:
+        pass  # written by Python 2
+    try:
+        return torch.load(fpath, map_location=map_location, weights_only=False)
+    except UnicodeDecodeError:
+        return torch.load(fpath, map_location=map_location, weights_only=False, encoding="latin1")
+
+
+def latest_checkpoint_path(fdir):
+    """Return the path of the file named in ``fdir/checkpoint`` (the newest checkpoint of one model)."""
+    record = osp.join(fdir, "checkpoint")
+    if not osp.isfile(record):
+        raise CheckpointNotFoundError('No "checkpoint" file in "{}": nothing to resume from'.format(fdir))
+    with open(record, "r") as f:
+        model_name = f.readline().strip("\n")
+    return osp.join(fdir, model_name)
+
+
+def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None, return_checkpoint=False):
+    """Restore model, optimizer and scheduler from the newest checkpoint in ``fdir``.
+
+    Returns:
+        int: the epoch to start from (the saved 1-based epoch), or ``(epoch, checkpoint)`` when
+        ``return_checkpoint`` is true (so the caller can restore the extra keys without reading the file again).
+    """
+    fpath = latest_checkpoint_path(fdir)
+    print('Loading checkpoint from "{}"'.format(fpath))
+    checkpoint = load_checkpoint(fpath)
+    target = model.module if isinstance(model, nn.DataParallel) else model
+    target.load_state_dict(checkpoint["state_dict"])
+    print("Loaded model weights")
+    if optimizer is not None and checkpoint.get("optimizer"):
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        print("Loaded optimizer")
+    if scheduler is not None and checkpoint.get("scheduler"):
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        print("Loaded scheduler")
+    start_epoch = checkpoint["epoch"]
+    print("Previous epoch: {}".format(start_epoch))
+    if return_checkpoint:
+        return start_epoch, checkpoint
+    return start_epoch
+
+
+def get_rng_state():
+    """Snapshot the Python, NumPy, torch CPU and (if initialised) CUDA random states.
+
+    The snapshot holds only tensors and plain values, so it can be saved in a ``weights_only`` checkpoint.
+    """
+    np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_cached),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": None,
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    """Restore a snapshot taken by :func:`get_rng_state` (CUDA states only where devices exist)."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state(
+        (npst["name"], npst["keys"].cpu().numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+         npst["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    cuda_states = state.get("cuda")
+    if cuda_states and torch.cuda.is_available():
+        n = min(len(cuda_states), torch.cuda.device_count())
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states[:n]])
+
+
+def open_all_layers(model):
+    """Put ``model`` in train mode and make all its parameters trainable."""
+    model.train()
+    for p in model.parameters():
+        p.requires_grad = True
+
+
+def open_specified_layers(model, open_layers):
+    """Train only the named top-level children of ``model``; freeze (and eval) the others."""
+    if isinstance(model, nn.DataParallel):
+        model = model.module
+    if isinstance(open_layers, str):
+        open_layers = [open_layers]
+    for layer in open_layers:
+        if not hasattr(model, layer):
+            raise ValueError("{} is not an attribute".format(layer))
+    for name, module in model.named_children():
+        is_open = name in open_layers
+        module.train(is_open)
+        for p in module.parameters():
+            p.requires_grad = is_open
+
+
+def count_num_param(model=None, params=None):
+    """Count all parameters of ``model`` (trainable or not), or of an iterable of tensors / param-group dicts."""
+    if model is not None:
+        return sum(p.numel() for p in model.parameters())
+    if params is not None:
+        total = 0
+        for p in params:
+            if isinstance(p, dict):
+                total += sum(q.numel() for q in p["params"])
+            else:
+                total += p.numel()
+        return total
+    raise ValueError("model and params must be provided")
+
+
+def load_pretrained_weights(model, weight_path):
+    """Copy the weights of ``weight_path`` whose names and sizes match into ``model`` (others are skipped)."""
+    checkpoint = load_checkpoint(weight_path)
+    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    model_dict = model.state_dict()
+    new_state_dict = OrderedDict()
+    matched_layers, discarded_layers = [], []
+    for k, v in state_dict.items():
+        if k.startswith("module."):
+            k = k[7:]
+        if k in model_dict and model_dict[k].size() == v.size():
+            new_state_dict[k] = v
+            matched_layers.append(k)
+        else:
+            discarded_layers.append(k)
+    model_dict.update(new_state_dict)
+    model.load_state_dict(model_dict)
+    if not matched_layers:
+        warnings.warn("Cannot load {} (check the key names manually)".format(weight_path))
+    else:
+        print("Successfully loaded pretrained weights from {}".format(weight_path))
+        if discarded_layers:
+            print("Layers discarded due to unmatched keys or size: {}".format(discarded_layers))
+
+
+def init_network_weights(model, init_type="normal", gain=0.02):
+    """Initialise conv/linear/norm layers of ``model`` (``normal``, ``xavier``, ``kaiming`` or ``orthogonal``)."""
+
+    def _init_func(m):
+        classname = m.__class__.__name__
+        if hasattr(m, "weight") and m.weight is not None and ("Conv" in classname or "Linear" in classname):
+            if init_type == "normal":
+                nn.init.normal_(m.weight.data, 0.0, gain)
+            elif init_type == "xavier":
+                nn.init.xavier_normal_(m.weight.data, gain=gain)
+            elif init_type == "kaiming":
+                nn.init.kaiming_normal_(m.weight.data, a=0, mode="fan_in")
+            elif init_type == "orthogonal":
+                nn.init.orthogonal_(m.weight.data, gain=gain)
+            else:
+                raise NotImplementedError("initialization method {} is not implemented".format(init_type))
+            if getattr(m, "bias", None) is not None:
+                nn.init.constant_(m.bias.data, 0.0)
+        elif "BatchNorm" in classname or "InstanceNorm" in classname:
+            if getattr(m, "weight", None) is not None:
+                nn.init.constant_(m.weight.data, 1.0)
+            if getattr(m, "bias", None) is not None:
+                nn.init.constant_(m.bias.data, 0.0)
+
+    model.apply(_init_func)
+
+
+def set_bn_to_eval(m):
+    """``model.apply(set_bn_to_eval)`` puts every BatchNorm layer in eval mode."""
+    if "BatchNorm" in m.__class__.__name__:
+        m.eval()
+
+
+def adjust_learning_rate(optimizer, base_lr, epoch, stepsize=20, gamma=0.1, linear_decay=False,
+                         final_lr=0, max_epoch=100):
+    """Set every group's lr for ``epoch`` (step decay, or linear decay to ``final_lr``)."""
+    if linear_decay:
+        frac_done = epoch / max_epoch
+        lr = frac_done * final_lr + (1.0 - frac_done) * base_lr
+    else:
+        lr = base_lr * (gamma ** (epoch // stepsize))
+    for param_group in optimizer.param_groups:
+        param_group["lr"] = lr
