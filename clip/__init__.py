@@ -1,0 +1,26 @@
+"""CLIP for prompt learning: OpenAI's architecture and checkpoints, plus per-layer token operations.
+
+>>> import clip
+>>> model, preprocess = clip.load("ViT-B/16", device="cpu")          # doctest: +SKIP
+>>> ops = [clip.LayerOp(add=prompt)]                                # VPT-shallow: one op before layer 0
+>>> features = model.encode_image(images, ops=ops)                   # doctest: +SKIP
+
+Nothing method-specific lives here; methods are schedules of :class:`LayerOp` (see :mod:`clip.ops`).
+"""
+from .checkpoint import load, read_state_dict
+from .configs import MODEL_CONFIGS, create_model, model_config
+from .download import DownloadError
+from .model import CLIP, ModifiedResNet, Transformer, VisionTransformer, build_model, config_from_state_dict
+from .ops import LayerOp
+from .precision import PRECISIONS, Precision, resolve_precision
+from .pretrained import available_models, cache_dir, register_pretrained
+from .tokenizer import DEFAULT_CONTEXT_LENGTH, tokenize, tokenizer
+from .transforms import image_transform
+
+__all__ = [
+    "load", "read_state_dict", "available_models", "register_pretrained", "cache_dir", "DownloadError",
+    "build_model", "config_from_state_dict", "model_config", "create_model", "MODEL_CONFIGS",
+    "CLIP", "VisionTransformer", "ModifiedResNet", "Transformer", "LayerOp",
+    "tokenize", "tokenizer", "DEFAULT_CONTEXT_LENGTH", "image_transform",
+    "Precision", "resolve_precision", "PRECISIONS",
+]

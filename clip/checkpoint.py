@@ -1,0 +1,79 @@
+"""Reading CLIP checkpoint files and :func:`load`.
+
+Accepted files: OpenAI's released TorchScript archives (their ``state_dict()`` is taken; the JIT model itself is
+never used), and plain state dicts saved with ``torch.save`` (read with ``weights_only=True``), optionally wrapped
+as ``{"state_dict": ...}``.
+"""
+from __future__ import annotations
+
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .model import CLIP, build_model
+from .precision import Precision, resolve_precision
+from .pretrained import pretrained_path
+from .transforms import image_transform
+
+__all__ = ["load", "read_state_dict", "is_torchscript_archive"]
+
+
+def is_torchscript_archive(path: Union[str, Path]) -> bool:
+    """True for a TorchScript archive (a zip with code/ and constants.pkl), False for a torch.save file."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def read_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
+    """The CLIP state dict stored in ``path`` (TorchScript archive or plain state dict), on the CPU."""
+    path = Path(path)
+    if is_torchscript_archive(path):
+        with warnings.catch_warnings():  # torch >= 2.9 flags TorchScript as deprecated; we only read weights
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            archive = torch.jit.load(str(path), map_location="cpu")
+        return dict(archive.state_dict())
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path} holds neither a TorchScript CLIP archive nor a state dict of tensors")
+    return obj
+
+
+def load(name_or_path: Union[str, Path], device: Union[str, torch.device] = "cpu", jit: bool = False,
+         download_root: Union[str, Path, None] = None,
+         precision: Union[str, Precision, None] = None) -> Tuple[CLIP, "object"]:
+    """Load a CLIP model and its image preprocessing transform.
+
+    Args:
+        name_or_path: a registered name (see :func:`clip.available_models`) or a checkpoint file.
+        device: where the model goes.
+        jit: not supported (the TorchScript model is never used; its weights are).
+        download_root: cache folder for downloads (default ``$CLIP_CACHE_DIR`` or ``~/.cache/clip``).
+        precision: "fp32" | "fp16" | "bf16" | "amp" or a :class:`Precision`; None keeps OpenAI's behaviour
+            (fp16 weights on CUDA, fp32 on CPU).
+
+    Returns:
+        ``(model, preprocess)``: the model in eval mode, and a PIL image -> tensor transform.
+    """
+    if jit:
+        raise NotImplementedError("clip.load(jit=True) is not supported: this project rebuilds the model from the "
+                                  "archive's weights; call clip.load(..., jit=False)")
+    device = torch.device(device)
+    if precision is None:
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    if not isinstance(precision, Precision):
+        precision = resolve_precision(precision, device)
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        path = pretrained_path(str(name_or_path), download_root)
+    model = build_model(read_state_dict(path))
+    precision.cast_model(model)
+    model.to(device)
+    return model, image_transform(model.visual.input_resolution)

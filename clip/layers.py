@@ -1,0 +1,85 @@
+"""Leaf building blocks of CLIP, with OpenAI's parameter names.
+
+Activations are batch-first, ``(B, L, D)``.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .precision import NORM_DTYPE
+
+__all__ = ["LayerNorm", "QuickGELU", "Attention", "ResidualAttentionBlock"]
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm that computes in fp32 and returns the input's dtype (as OpenAI's CLIP does)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.to(NORM_DTYPE)
+        bias = None if self.bias is None else self.bias.to(NORM_DTYPE)
+        out = F.layer_norm(x.to(NORM_DTYPE), self.normalized_shape, weight, bias, self.eps)
+        return out.to(x.dtype)
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``, the activation OpenAI's CLIP was trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``.
+
+    The parameters are those of ``nn.MultiheadAttention`` (``in_proj_weight``, ``in_proj_bias``, ``out_proj``),
+    so OpenAI's state dicts load unchanged.
+
+    Input shape: ``(B, L, D)``. Output shape: ``(B, L, D)``. ``causal=True`` lets position j attend to
+    positions <= j of the sequence as it is now (no fixed-size mask buffer).
+    """
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if heads < 1 or width % heads:
+            raise ValueError(f"attention width {width} is not divisible into {heads} heads")
+        self.width = width
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        batch, length, width = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, H, L, D/H)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        out = out.transpose(1, 2).reshape(batch, length, width)
+        return self.out_proj(out)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.attn = Attention(width, heads)
+        self.ln_1 = LayerNorm(width)
+        self.mlp = nn.Sequential(OrderedDict([
+            ("c_fc", nn.Linear(width, width * 4)),
+            ("gelu", QuickGELU()),
+            ("c_proj", nn.Linear(width * 4, width)),
+        ]))
+        self.ln_2 = LayerNorm(width)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), causal=causal)
+        x = x + self.mlp(self.ln_2(x))
+        return x

@@ -1,0 +1,396 @@
+"""CLIP: Vision Transformer and ModifiedResNet image encoders, the text transformer, and ``build_model``.
+
+Parameter names are OpenAI's, so ``model.load_state_dict(openai_state_dict, strict=True)`` works. Activations
+are batch-first ``(B, L, D)``. :class:`Transformer` runs the only loop over residual blocks in the project; it
+applies the per-layer token operations (:mod:`clip.ops`) that prompt methods are made of.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import LayerNorm, ResidualAttentionBlock
+from .ops import LayerOp, PromptSegment, check_ops
+from .precision import DEFAULT_DTYPE
+
+__all__ = ["CLIP", "Transformer", "VisionTransformer", "ModifiedResNet", "AttentionPool2d", "Bottleneck",
+           "build_model", "config_from_state_dict"]
+
+Ops = Optional[Sequence[Optional[LayerOp]]]
+
+#: OpenAI's rule for the number of attention heads: one head per 64 channels.
+HEAD_WIDTH = 64
+
+
+class Transformer(nn.Module):
+    """A stack of residual attention blocks; its ``forward`` is where per-layer token operations happen.
+
+    Args:
+        width: token width D.
+        layers: number of blocks.
+        heads: attention heads.
+        causal: causal self-attention (the text encoder).
+    """
+
+    def __init__(self, width: int, layers: int, heads: int, causal: bool = False):
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.heads = heads
+        self.causal = causal
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+
+    def forward(self, x: Tensor, ops: Ops = None, segment: Optional[PromptSegment] = None,
+                entry: Optional[nn.Module] = None, trace: Optional[List[int]] = None) -> Tensor:
+        """Run the blocks on ``x`` ``(B, L, D)``.
+
+        Before block i: ``ops[i]`` is applied (through ``segment``, whose default is an empty prompt segment at the
+        end of ``x``); then, for i == 0 only, ``entry`` (the vision encoder's ``ln_pre``); then the sequence
+        length is appended to ``trace``.
+        """
+        ops = check_ops(ops, self.layers)
+        if segment is None:
+            segment = PromptSegment(start=x.shape[1])
+        if not len(self.resblocks) and entry is not None:
+            x = entry(x)
+        for i, block in enumerate(self.resblocks):
+            op = ops[i] if i < len(ops) else None
+            if op is not None:
+                x = segment.apply(x, op, layer=i)
+            if i == 0 and entry is not None:
+                x = entry(x)
+            if trace is not None:
+                trace.append(x.shape[1])
+            x = block(x, causal=self.causal)
+        return x
+
+
+class VisionTransformer(nn.Module):
+    """ViT image encoder. Sequence: ``[CLS, patches.., prompt segment]``; the output reads CLS.
+
+    Input shape: ``(B, 3, R, R)``. Output shape: ``(B, output_dim)``.
+    """
+
+    def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
+                 output_dim: int):
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.patch_size = patch_size
+        self.width = width
+        self.layers = layers
+        self.output_dim = output_dim
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        scale = width ** -0.5
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn((input_resolution // patch_size) ** 2 + 1, width))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+
+    @property
+    def num_tokens(self) -> int:
+        """Sequence length without prompts (CLS + patches)."""
+        return self.positional_embedding.shape[0]
+
+    def forward(self, x: Tensor, ops: Ops = None, trace: Optional[List[int]] = None) -> Tensor:
+        x = self.conv1(x)                           # (B, W, g, g)
+        x = x.flatten(2).transpose(1, 2)            # (B, g*g, W)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        x = x + self.positional_embedding.to(x.dtype)
+        # ops[0] lands here, after the positional embedding and before ln_pre (prompts get no position).
+        x = self.transformer(x, ops=ops, segment=PromptSegment(start=x.shape[1]), entry=self.ln_pre, trace=trace)
+        x = self.ln_post(x[:, 0])
+        return x @ self.proj
+
+
+class Bottleneck(nn.Module):
+    """ModifiedResNet bottleneck: an avgpool replaces strided convolutions (anti-aliasing)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu3 = nn.ReLU(inplace=True)
+        self.downsample = None
+        self.stride = stride
+        if stride > 1 or inplanes != planes * self.expansion:
+            self.downsample = nn.Sequential(OrderedDict([
+                ("-1", nn.AvgPool2d(stride)),
+                ("0", nn.Conv2d(inplanes, planes * self.expansion, 1, stride=1, bias=False)),
+                ("1", nn.BatchNorm2d(planes * self.expansion)),
+            ]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.avgpool(out)
+        out = self.bn3(self.conv3(out))
+        return self.relu3(out + identity)
+
+
+class AttentionPool2d(nn.Module):
+    """QKV attention pooling: the mean feature (plus positional embedding) attends over the grid."""
+
+    def __init__(self, spacial_dim: int, embed_dim: int, num_heads: int, output_dim: Optional[int] = None):
+        super().__init__()
+        self.positional_embedding = nn.Parameter(torch.randn(spacial_dim ** 2 + 1, embed_dim) / embed_dim ** 0.5)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.c_proj = nn.Linear(embed_dim, output_dim or embed_dim)
+        self.num_heads = num_heads
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(2).transpose(1, 2)                        # (B, HW, C)
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # (B, HW+1, C)
+        x = x + self.positional_embedding.to(x.dtype)
+        batch, length, channels = x.shape
+        heads = self.num_heads
+
+        def split(t: Tensor) -> Tensor:
+            return t.view(batch, t.shape[1], heads, channels // heads).transpose(1, 2)
+
+        q = split(self.q_proj(x[:, :1]))  # only the pooled token's output is used
+        k, v = split(self.k_proj(x)), split(self.v_proj(x))
+        out = F.scaled_dot_product_attention(q, k, v)           # (B, H, 1, C/H)
+        out = out.transpose(1, 2).reshape(batch, channels)
+        return self.c_proj(out)
+
+
+class ModifiedResNet(nn.Module):
+    """OpenAI's ResNet: 3-conv stem with avgpool, anti-aliased strided blocks, attention pooling.
+
+    Input shape: ``(B, 3, R, R)``. Output shape: ``(B, output_dim)``.
+    """
+
+    def __init__(self, layers: Sequence[int], output_dim: int, heads: int, input_resolution: int = 224,
+                 width: int = 64):
+        super().__init__()
+        self.layers = tuple(layers)
+        self.output_dim = output_dim
+        self.input_resolution = input_resolution
+        self.width = width
+        self.conv1 = nn.Conv2d(3, width // 2, kernel_size=3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width // 2)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(width // 2, width // 2, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width // 2)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(width // 2, width, kernel_size=3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.relu3 = nn.ReLU(inplace=True)
+        self.avgpool = nn.AvgPool2d(2)
+        self._inplanes = width
+        self.layer1 = self._make_layer(width, layers[0])
+        self.layer2 = self._make_layer(width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(width * 8, layers[3], stride=2)
+        embed_dim = width * 32
+        self.attnpool = AttentionPool2d(input_resolution // 32, embed_dim, heads, output_dim)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        layers = [Bottleneck(self._inplanes, planes, stride)]
+        self._inplanes = planes * Bottleneck.expansion
+        layers += [Bottleneck(self._inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, ops: Ops = None, trace: Optional[List[int]] = None) -> Tensor:
+        if ops is not None and any(op is not None for op in ops):
+            raise ValueError("per-layer token operations need a Vision Transformer image encoder; this CLIP has a "
+                             "ModifiedResNet (pass ops=None, or use a ViT backbone)")
+        x = x.to(self.conv1.weight.dtype)
+        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.relu2(self.bn2(self.conv2(x)))
+        x = self.relu3(self.bn3(self.conv3(x)))
+        x = self.avgpool(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.attnpool(x)
+
+
+class CLIP(nn.Module):
+    """CLIP with OpenAI's constructor arguments and parameter names.
+
+    ``vision_layers`` is an int for a ViT image encoder, or a 4-tuple of block counts for a ModifiedResNet.
+    Heads follow OpenAI's rule (vision: ``width // 64``, ResNet pooling: ``width * 32 // 64``).
+
+    Attributes:
+        text_truncation: run the text transformer on the shortest length that holds every EOT (exact under the
+            causal mask; default True). Skipped on the meta device.
+    """
+
+    def __init__(self, embed_dim: int, image_resolution: int, vision_layers: Union[int, Sequence[int]],
+                 vision_width: int, vision_patch_size: Optional[int], context_length: int, vocab_size: int,
+                 transformer_width: int, transformer_heads: int, transformer_layers: int):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.context_length = context_length
+        self.vocab_size = vocab_size
+        self.text_truncation = True
+        if isinstance(vision_layers, (tuple, list)):
+            self.visual = ModifiedResNet(layers=vision_layers, output_dim=embed_dim,
+                                         heads=vision_width * 32 // HEAD_WIDTH, input_resolution=image_resolution,
+                                         width=vision_width)
+        else:
+            self.visual = VisionTransformer(input_resolution=image_resolution, patch_size=vision_patch_size,
+                                            width=vision_width, layers=vision_layers,
+                                            heads=vision_width // HEAD_WIDTH, output_dim=embed_dim)
+        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads, causal=True)
+        self.token_embedding = nn.Embedding(vocab_size, transformer_width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, transformer_width))
+        self.ln_final = LayerNorm(transformer_width)
+        self.text_projection = nn.Parameter(torch.empty(transformer_width, embed_dim))
+        self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
+        self.initialize_parameters()
+
+    def initialize_parameters(self) -> None:
+        """OpenAI's initialisation (only matters for models trained from scratch)."""
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        if isinstance(self.visual, ModifiedResNet):
+            pool = self.visual.attnpool
+            std = pool.c_proj.in_features ** -0.5
+            for linear in (pool.q_proj, pool.k_proj, pool.v_proj, pool.c_proj):
+                nn.init.normal_(linear.weight, std=std)
+            for stage in (self.visual.layer1, self.visual.layer2, self.visual.layer3, self.visual.layer4):
+                for name, param in stage.named_parameters():
+                    if name.endswith("bn3.weight"):
+                        nn.init.zeros_(param)
+        width, layers = self.transformer.width, self.transformer.layers
+        proj_std = width ** -0.5 * (2 * max(layers, 1)) ** -0.5
+        attn_std = width ** -0.5
+        fc_std = (2 * width) ** -0.5
+        for block in self.transformer.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.text_projection, std=width ** -0.5)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the weights (of ``visual.conv1``)."""
+        return self.visual.conv1.weight.dtype
+
+    @property
+    def is_vit(self) -> bool:
+        return isinstance(self.visual, VisionTransformer)
+
+    def encode_image(self, image: Tensor, ops: Ops = None, trace: Optional[List[int]] = None) -> Tensor:
+        """Image features ``(B, embed_dim)``; ``ops`` act on the ViT's token sequence (see :mod:`clip.ops`)."""
+        return self.visual(image.to(self.dtype), ops=ops, trace=trace)
+
+    def encode_text(self, text: Tensor) -> Tensor:
+        """Plain CLIP text features ``(N, embed_dim)`` for token ids ``(N, L)``."""
+        return self.encode_text_embeddings(self.token_embedding(text), text)
+
+    def encode_text_embeddings(self, x: Tensor, text_ids: Tensor, ops: Ops = None, n_prompt: int = 0,
+                               trace: Optional[List[int]] = None) -> Tensor:
+        """Text features ``(N, embed_dim)`` from token embeddings.
+
+        Args:
+            x: ``(N, L, D)`` token embeddings of the sequences in ``text_ids``, without positional embedding.
+            text_ids: ``(N, L)`` token ids; only used to find EOT (the largest id, as OpenAI does).
+            ops: per-layer operations; ``ops[0]`` applies after the positional embedding.
+            n_prompt: tokens right after SOS (positions ``1..n_prompt``) that form the initial prompt segment.
+            trace: if a list, the sequence length at the input of each block is appended to it.
+        """
+        if x.dim() != 3 or text_ids.shape != x.shape[:2]:
+            raise ValueError(f"text embeddings {tuple(x.shape)} do not match token ids {tuple(text_ids.shape)}")
+        if not 0 <= n_prompt < x.shape[1]:
+            raise ValueError(f"n_prompt={n_prompt} is outside the sequence of length {x.shape[1]}")
+        eot = text_ids.argmax(dim=-1)
+        length = x.shape[1]
+        if self.text_truncation and x.device.type != "meta":
+            # exact under the causal mask: positions after the last EOT never influence any EOT feature
+            length = max(int(eot.max()) + 1, n_prompt + 1)
+        x = x[:, :length].to(self.dtype) + self.positional_embedding[:length].to(self.dtype)
+        segment = PromptSegment(start=1, length=n_prompt, eot=eot)
+        x = self.transformer(x, ops=ops, segment=segment, trace=trace)
+        x = self.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), segment.eot]
+        return x @ self.text_projection
+
+    def forward(self, image: Tensor, text: Tensor) -> Tuple[Tensor, Tensor]:
+        image_features = self.encode_image(image)
+        text_features = self.encode_text(text)
+        image_features = image_features / image_features.norm(dim=1, keepdim=True)
+        text_features = text_features / text_features.norm(dim=1, keepdim=True)
+        logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()
+        return logits_per_image, logits_per_image.t()
+
+
+#: keys some OpenAI archives carry that are not parameters
+_NON_PARAMETER_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def config_from_state_dict(state_dict: Dict[str, Tensor]) -> Dict[str, object]:
+    """Infer ``CLIP(**cfg)`` arguments from an OpenAI-format state dict (every size; nothing assumed)."""
+    sd = state_dict
+    try:
+        if "visual.proj" in sd:
+            vision_width = sd["visual.conv1.weight"].shape[0]
+            vision_layers = len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
+            vision_patch_size = sd["visual.conv1.weight"].shape[-1]
+            grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+            if grid ** 2 + 1 != sd["visual.positional_embedding"].shape[0]:
+                raise ValueError("visual.positional_embedding does not hold a square grid plus CLS")
+            image_resolution = vision_patch_size * grid
+        else:
+            vision_layers = tuple(len({k.split(".")[2] for k in sd if k.startswith(f"visual.layer{b}.")})
+                                  for b in (1, 2, 3, 4))
+            vision_width = sd["visual.layer1.0.conv1.weight"].shape[0]
+            vision_patch_size = None
+            n_pos = sd["visual.attnpool.positional_embedding"].shape[0]
+            grid = round((n_pos - 1) ** 0.5)
+            if grid ** 2 + 1 != n_pos:
+                raise ValueError("visual.attnpool.positional_embedding does not hold a square grid plus the mean")
+            image_resolution = grid * 32
+        transformer_width = sd["ln_final.weight"].shape[0]
+        cfg = dict(
+            embed_dim=sd["text_projection"].shape[1],
+            image_resolution=image_resolution,
+            vision_layers=vision_layers,
+            vision_width=vision_width,
+            vision_patch_size=vision_patch_size,
+            context_length=sd["positional_embedding"].shape[0],
+            vocab_size=sd["token_embedding.weight"].shape[0],
+            transformer_width=transformer_width,
+            transformer_heads=transformer_width // HEAD_WIDTH,
+            transformer_layers=len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")}),
+        )
+    except KeyError as err:
+        raise ValueError(f"not an OpenAI CLIP state dict: missing key {err}") from None
+    return cfg
+
+
+def build_model(state_dict: Dict[str, Tensor]) -> CLIP:
+    """Build a CLIP model (fp32, eval mode) whose sizes are inferred from ``state_dict`` and load it strictly.
+
+    The state dict is not modified; its tensors are copied (any dtype, e.g. OpenAI's fp16) into fp32 weights.
+    """
+    sd = {k: v for k, v in state_dict.items() if k not in _NON_PARAMETER_KEYS}
+    cfg = config_from_state_dict(sd)
+    with torch.device("meta"):
+        model = CLIP(**cfg)
+    model = model.to_empty(device="cpu").to(DEFAULT_DTYPE)
+    for buffer in model.buffers():  # e.g. BatchNorm's num_batches_tracked, which old checkpoints may lack
+        buffer.zero_()
+    model.load_state_dict(sd, strict=True)
+    return model.eval()
