@@ -144,29 +144,21 @@ class DataManager:
                 dataset_wrapper=dataset_wrapper,
             )
 
-        val_loader = None
-        if dataset.val:
-            val_loader = build_data_loader(
+        def test_loader_over(data_source):
+            return build_data_loader(
                 cfg,
                 sampler_type=loader_cfg.TEST.SAMPLER,
-                data_source=dataset.val,
+                data_source=data_source,
                 batch_size=loader_cfg.TEST.BATCH_SIZE,
                 tfm=tfm_test,
                 is_train=False,
                 dataset_wrapper=dataset_wrapper,
             )
 
+        val_loader = test_loader_over(dataset.val) if dataset.val else None
         if not dataset.test:
             raise ValueError(f"dataset {cfg.DATASET.NAME} has no test data (its test split is empty)")
-        test_loader = build_data_loader(
-            cfg,
-            sampler_type=loader_cfg.TEST.SAMPLER,
-            data_source=dataset.test,
-            batch_size=loader_cfg.TEST.BATCH_SIZE,
-            tfm=tfm_test,
-            is_train=False,
-            dataset_wrapper=dataset_wrapper,
-        )
+        test_loader = test_loader_over(dataset.test)
 
         self._num_classes = dataset.num_classes
         self._num_source_domains = len(cfg.DATASET.SOURCE_DOMAINS)

@@ -57,7 +57,29 @@ def _indices_by(data_source, key):
     return groups
 
 
-class RandomDomainSampler(_PythonRandomSampler):
+class _DomainBatchSampler(_PythonRandomSampler):
+    """Batches of ``n_img_per_domain`` random images from each domain of a round, until a domain runs short."""
+
+    def _round(self, rng):
+        """The domains of the next batch."""
+        raise NotImplementedError
+
+    def _indices(self, rng):
+        domain_dict = copy.deepcopy(self.domain_dict)
+        final_idxs = []
+        stop_sampling = False
+        while not stop_sampling:
+            for domain in self._round(rng):
+                selected = rng.sample(domain_dict[domain], self.n_img_per_domain)
+                final_idxs.extend(selected)
+                for idx in selected:
+                    domain_dict[domain].remove(idx)
+                if len(domain_dict[domain]) < self.n_img_per_domain:
+                    stop_sampling = True
+        return final_idxs
+
+
+class RandomDomainSampler(_DomainBatchSampler):
     """Each batch holds ``batch_size // n_domain`` images from each of ``n_domain`` randomly chosen domains.
 
     The epoch ends when a chosen domain has fewer images left than that. ``n_domain <= 0`` means all domains.
@@ -79,22 +101,11 @@ class RandomDomainSampler(_PythonRandomSampler):
         self.n_domain = n_domain
         super().__init__(generator)
 
-    def _indices(self, rng):
-        domain_dict = copy.deepcopy(self.domain_dict)
-        final_idxs = []
-        stop_sampling = False
-        while not stop_sampling:
-            for domain in rng.sample(self.domains, self.n_domain):
-                selected = rng.sample(domain_dict[domain], self.n_img_per_domain)
-                final_idxs.extend(selected)
-                for idx in selected:
-                    domain_dict[domain].remove(idx)
-                if len(domain_dict[domain]) < self.n_img_per_domain:
-                    stop_sampling = True
-        return final_idxs
+    def _round(self, rng):
+        return rng.sample(self.domains, self.n_domain)
 
 
-class SeqDomainSampler(_PythonRandomSampler):
+class SeqDomainSampler(_DomainBatchSampler):
     """Each batch holds ``batch_size // n_domains`` random images of every domain, in sorted domain order.
 
     The epoch ends after the round in which some domain has fewer images left than that.
@@ -112,19 +123,8 @@ class SeqDomainSampler(_PythonRandomSampler):
         self.n_domain = n_domain
         super().__init__(generator)
 
-    def _indices(self, rng):
-        domain_dict = copy.deepcopy(self.domain_dict)
-        final_idxs = []
-        stop_sampling = False
-        while not stop_sampling:
-            for domain in self.domains:
-                selected = rng.sample(domain_dict[domain], self.n_img_per_domain)
-                final_idxs.extend(selected)
-                for idx in selected:
-                    domain_dict[domain].remove(idx)
-                if len(domain_dict[domain]) < self.n_img_per_domain:
-                    stop_sampling = True
-        return final_idxs
+    def _round(self, rng):
+        return self.domains
 
 
 class RandomClassSampler(_PythonRandomSampler):

@@ -240,17 +240,10 @@ def _build_transform_train(cfg, choices, target_size, normalize):
         print("+ random flip")
         tfm_train += [RandomHorizontalFlip()]
 
-    if "imagenet_policy" in choices:
-        print("+ imagenet policy")
-        tfm_train += [ImageNetPolicy()]
-
-    if "cifar10_policy" in choices:
-        print("+ cifar10 policy")
-        tfm_train += [CIFAR10Policy()]
-
-    if "svhn_policy" in choices:
-        print("+ svhn policy")
-        tfm_train += [SVHNPolicy()]
+    for name, policy in (("imagenet_policy", ImageNetPolicy), ("cifar10_policy", CIFAR10Policy), ("svhn_policy", SVHNPolicy)):
+        if name in choices:
+            print(f"+ {name.replace('_', ' ')}")  # "+ imagenet policy"
+            tfm_train += [policy()]
 
     if "randaugment" in choices:
         n_ = cfg.INPUT.RANDAUGMENT_N
@@ -294,18 +287,7 @@ def _build_transform_train(cfg, choices, target_size, normalize):
         print(f"+ cutout (n_holes={cutout_n}, length={cutout_len})")
         tfm_train += [Cutout(cutout_n, cutout_len)]
 
-    if "normalize" in choices:
-        print(f"+ normalization (mean={cfg.INPUT.PIXEL_MEAN}, std={cfg.INPUT.PIXEL_STD})")
-        tfm_train += [normalize]
-
-    if "gaussian_noise" in choices:
-        print(f"+ gaussian noise (mean={cfg.INPUT.GN_MEAN}, std={cfg.INPUT.GN_STD})")
-        tfm_train += [GaussianNoise(cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD)]
-
-    if "instance_norm" in choices:
-        print("+ instance normalization")
-        tfm_train += [InstanceNormalization()]
-
+    tfm_train += _normalization(cfg, choices, normalize, noise=True)
     return Compose(tfm_train)
 
 
@@ -324,12 +306,22 @@ def _build_transform_test(cfg, choices, target_size, normalize):
     print("+ to torch tensor of range [0, 1]")
     tfm_test += [ToTensor()]
 
+    tfm_test += _normalization(cfg, choices, normalize, noise=False)
+    return Compose(tfm_test)
+
+
+def _normalization(cfg, choices, normalize, noise):
+    """The tensor ops that end both pipelines: normalize, [gaussian noise (training only)], instance norm."""
+    ops = []
     if "normalize" in choices:
         print(f"+ normalization (mean={cfg.INPUT.PIXEL_MEAN}, std={cfg.INPUT.PIXEL_STD})")
-        tfm_test += [normalize]
+        ops += [normalize]
+
+    if noise and "gaussian_noise" in choices:
+        print(f"+ gaussian noise (mean={cfg.INPUT.GN_MEAN}, std={cfg.INPUT.GN_STD})")
+        ops += [GaussianNoise(cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD)]
 
     if "instance_norm" in choices:
         print("+ instance normalization")
-        tfm_test += [InstanceNormalization()]
-
-    return Compose(tfm_test)
+        ops += [InstanceNormalization()]
+    return ops
