@@ -1,0 +1,188 @@
+"""Speed and memory of MPL at full size, as ratios against a floor measured in the same run.
+
+Floor: the same image encoder's forward and backward with no prompts and no text (backward reaches the input
+image, since CLIP is frozen). Measured against it, with random ViT-B/16 weights (no download):
+
+* ``train[C]``: one MPL training step (reference config ``vit_b4_c1_add2_rm1``, batch 4) with C classes --
+  text encoder on every class, loss, backward -- with the exact text truncation on (the default);
+* ``train77[C]``: the same step with truncation off (the 77-token text path of the references); the two
+  give equal logits, which is checked;
+* ``eval[C]``: evaluation of a few test batches with text features computed once per evaluation (the
+  default), and ``eval_pertext[C]`` recomputing them for every batch, as the references do.
+
+Usage::
+
+    python -m bench.bench_mpl                       # CPU, small class counts, a few repeats
+    python -m bench.bench_mpl --device cuda --classes 10 500 --precision fp16
+
+Prints a table of seconds, ratio to the floor and peak memory (CUDA: ``max_memory_allocated``; CPU: peak RSS
+growth), and the speed-up of truncation. Nothing here is asserted: these are measurements, not tests.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import clip  # noqa: E402
+from trainers.common import PromptedCLIP  # noqa: E402
+from trainers.mpl import MultiModalPromptLearner, mpl_defaults  # noqa: E402
+
+
+def reference_cfg():
+    c = mpl_defaults()
+    c.N_CTX, c.N_ADD_OP, c.N_RM_OP, c.PROMPT_DEPTH = 1, 2, 1, 9
+    return c
+
+
+def classnames(n: int):
+    # Realistic lengths: one to four words per class name.
+    words = ["red", "spotted", "northern", "great", "cat", "warbler", "maple", "truck", "river", "lake"]
+    return [" ".join(words[(i + k) % len(words)] for k in range(1 + i % 4)) + f" {i}" for i in range(n)]
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timeit(fn, device, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_memory(fn, device) -> float:
+    """Peak memory of one call in MiB (CUDA allocator peak; on CPU the growth of the process's peak RSS)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (after - before) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="ViT-B/16")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default=None, help="fp32, fp16, bf16 or amp (default: fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--classes", type=int, nargs="+", default=None, help="default: 10 500 on CUDA, 10 100 on CPU")
+    parser.add_argument("--batch", type=int, default=4, help="training batch (the reference's 4)")
+    parser.add_argument("--eval-batch", type=int, default=100, help="evaluation batch (the reference's 100)")
+    parser.add_argument("--eval-batches", type=int, default=3, help="evaluation batches per timing")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    classes = args.classes or ([10, 500] if device.type == "cuda" else [10, 100])
+    precision = clip.resolve_precision(args.precision or ("fp16" if device.type == "cuda" else "fp32"), device)
+    torch.manual_seed(0)
+
+    model = clip.create_model(args.arch)
+    res = model.visual.input_resolution
+    cfg = reference_cfg()
+    print(f"{args.arch} random weights, device {device}, precision {precision}, train batch {args.batch}, "
+          f"eval batch {args.eval_batch}, threads {torch.get_num_threads()}")
+
+    rows = []
+    image = torch.randn(args.batch, 3, res, res, device=device)
+    learner0 = MultiModalPromptLearner(cfg, classnames(2), model)
+    net = PromptedCLIP(model, learner0)
+    precision.cast_model(net.clip_model)
+    net.to(device)
+    for p in net.clip_model.parameters():
+        p.requires_grad_(False)
+
+    def floor():
+        x = image.clone().requires_grad_(True)
+        with precision.autocast(device):
+            out = net.clip_model.encode_image(x)
+        out.float().sum().backward()
+
+    t_floor = timeit(floor, device, args.repeats)
+    rows.append(("floor (image fwd+bwd)", t_floor, peak_memory(floor, device)))
+
+    speedups = []
+    for n in classes:
+        net.prompt_learner = MultiModalPromptLearner(cfg, classnames(n), net.clip_model).to(device)
+        label = torch.randint(0, n, (args.batch,), device=device)
+
+        def step():
+            with precision.autocast(device):
+                logits = net(image)
+            loss = F.cross_entropy(logits.float(), label)
+            loss.backward()
+            net.prompt_learner.zero_grad(set_to_none=True)
+            return logits
+
+        net.clip_model.text_truncation = True
+        with torch.no_grad(), precision.autocast(device):
+            a = net(image).float()
+        t_short = timeit(step, device, args.repeats)
+        m_short = peak_memory(step, device)
+        net.clip_model.text_truncation = False
+        with torch.no_grad(), precision.autocast(device):
+            b = net(image).float()
+        t_full = timeit(step, device, args.repeats)
+        m_full = peak_memory(step, device)
+        net.clip_model.text_truncation = True
+        diff = (a - b).abs().max().item()
+        rows.append((f"train[{n}] truncated text", t_short, m_short))
+        rows.append((f"train77[{n}] 77-token text", t_full, m_full))
+        speedups.append((n, t_full / t_short, diff))
+
+        eval_image = torch.randn(args.eval_batch, 3, res, res, device=device)
+
+        def eval_cached():
+            with torch.no_grad(), precision.autocast(device), net.frozen_text_features():
+                for _ in range(args.eval_batches):
+                    net(eval_image)
+
+        def eval_pertext():
+            with torch.no_grad(), precision.autocast(device):
+                for _ in range(args.eval_batches):
+                    net(eval_image)
+
+        k = args.eval_batches
+        rows.append((f"eval[{n}] {k} batches, text once", timeit(eval_cached, device, args.repeats),
+                     peak_memory(eval_cached, device)))
+        rows.append((f"eval_pertext[{n}] {k} batches, text per batch", timeit(eval_pertext, device, args.repeats),
+                     peak_memory(eval_pertext, device)))
+
+    print(f"\n{'measurement':40s} {'seconds':>10s} {'x floor':>9s} {'peak MiB':>10s}")
+    for name, t, mem in rows:
+        print(f"{name:40s} {t:10.4f} {t / t_floor:9.2f} {mem:10.1f}")
+    print()
+    for n, s, diff in speedups:
+        print(f"{n} classes: truncation makes a training step {s:.2f}x faster than the 77-token path "
+              f"(max |logit difference| {diff:.2e})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The evaluation protocols of the CoOp family, written once for every method.
+#
+# The per-method scripts (scripts/<method>/*.sh) set TRAINER and the default configs and call this file:
+#   protocol.sh base2new_train DATASET SEED [MAX_EPOCH]   train on base classes; the log ends with base accuracy
+#   protocol.sh base2new_test  DATASET SEED [LOAD_EPOCH]  evaluate the base-trained prompts on new classes
+#   protocol.sh xd_train       [DATASET] SEED [MAX_EPOCH] train on all classes of DATASET (default imagenet)
+#   protocol.sh xd_test        DATASET SEED [LOAD_EPOCH]  evaluate the ImageNet-trained prompts on DATASET
+#   protocol.sh dg_test        DATASET SEED [LOAD_EPOCH]  the same, on imagenetv2/imagenet_sketch/imagenet_a/imagenet_r
+#   protocol.sh fewshot_train  DATASET SEED [SHOTS]       train and test on all classes with SHOTS shots (default 16)
+#
+# Environment: DATA (dataset root, default ./data), OUTPUT (default ./output), CFG / CFG_XD (config names),
+# SHOTS (default 16), PYTHON (default python3). Extra "KEY VALUE" config pairs can follow the arguments
+# after a literal "--", e.g. `... eurosat 1 -- TRAINER.MPL.PREC fp32`.
+#
+# A run counts as finished only when its folder holds result.json (written atomically at the very end).
+# A finished run is skipped; an unfinished one (crashed or killed) is resumed from its last checkpoint, or
+# started again when it saved none -- never taken as done.
+set -euo pipefail
+
+: "${TRAINER:?set TRAINER (the per-method scripts do)}"
+: "${CFG_B2N:?set CFG_B2N (the per-method scripts do)}"
+ROOT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT_DIR"
+DATA=${DATA:-./data}
+OUTPUT=${OUTPUT:-./output}
+SHOTS=${SHOTS:-16}
+PYTHON=${PYTHON:-python3}
+
+usage() {
+    sed -n '4,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+PROTO=${1:-}; shift || true
+ARGS=(); EXTRA=()
+while [ $# -gt 0 ]; do
+    if [ "$1" = "--" ]; then shift; EXTRA=("$@"); break; fi
+    ARGS+=("$1"); shift
+done
+
+is_int() { [[ "${1:-}" =~ ^[0-9]+$ ]]; }
+
+# The small offline demo dataset runs on the project's tiny CLIP, with configs of its own.
+pick_cfg() {  # $1: dataset, $2: default config name -> config name
+    if [ -n "${CFG:-}" ]; then echo "$CFG"
+    elif [ "$1" = digits ] && [ -n "${CFG_DIGITS:-}" ]; then echo "$CFG_DIGITS"
+    else echo "$2"; fi
+}
+
+check_data() {  # fails with instructions when the dataset is not prepared
+    "$PYTHON" -m datasets.prepare "$1" --root "$DATA" --check
+}
+
+run() {  # $1: output dir; rest: train.py arguments
+    local dir=$1; shift
+    if [ -f "$dir/result.json" ]; then
+        echo "The results exist at $dir (result.json); skip this job. Delete the folder to run it again."
+        return 0
+    fi
+    if [ -d "$dir" ]; then
+        echo "Unfinished run found at $dir: resuming from its last checkpoint (or starting again if it saved none)."
+    fi
+    "$PYTHON" train.py --output-dir "$dir" "$@"
+    if [ ! -f "$dir/result.json" ]; then
+        echo "error: the run in $dir ended without result.json; see $dir/log.txt" >&2
+        return 1
+    fi
+}
+
+common_args() {  # $1 dataset, $2 seed, $3 cfg -> sets the array COMMON
+    COMMON=(--root "$DATA" --seed "$2" --trainer "$TRAINER"
+        --dataset-config-file "configs/datasets/$1.yaml"
+        --config-file "configs/trainers/$TRAINER/$3.yaml")
+}
+
+case "$PROTO" in
+base2new_train)
+    [ ${#ARGS[@]} -ge 2 ] || usage
+    DATASET=${ARGS[0]}; SEED=${ARGS[1]}; EP=${ARGS[2]:-}
+    C=$(pick_cfg "$DATASET" "$CFG_B2N")
+    check_data "$DATASET"
+    common_args "$DATASET" "$SEED" "$C"
+    DIR="$OUTPUT/base2new/train_base/$DATASET/shots_$SHOTS/$TRAINER/$C/seed$SEED"
+    OPTS=(DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base)
+    if is_int "$EP"; then OPTS+=(OPTIM.MAX_EPOCH "$EP"); fi
+    run "$DIR" "${COMMON[@]}" "${OPTS[@]}" "${EXTRA[@]}"
+    ;;
+base2new_test)
+    [ ${#ARGS[@]} -ge 2 ] || usage
+    DATASET=${ARGS[0]}; SEED=${ARGS[1]}; EP=${ARGS[2]:-}
+    C=$(pick_cfg "$DATASET" "$CFG_B2N")
+    check_data "$DATASET"
+    common_args "$DATASET" "$SEED" "$C"
+    TAIL="$DATASET/shots_$SHOTS/$TRAINER/$C/seed$SEED"
+    MODEL_DIR="$OUTPUT/base2new/train_base/$TAIL"
+    if [ ! -f "$MODEL_DIR/result.json" ]; then
+        echo "error: no finished training run at $MODEL_DIR; run base2new_train.sh $DATASET $SEED first" >&2
+        exit 1
+    fi
+    LOAD=(); if is_int "$EP"; then LOAD=(--load-epoch "$EP"); fi
+    run "$OUTPUT/base2new/test_new/$TAIL" "${COMMON[@]}" \
+        --model-dir "$MODEL_DIR" "${LOAD[@]}" --eval-only \
+        DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES new "${EXTRA[@]}"
+    ;;
+xd_train)
+    if [ ${#ARGS[@]} -ge 2 ] && ! is_int "${ARGS[0]}"; then
+        DATASET=${ARGS[0]}; SEED=${ARGS[1]}; EP=${ARGS[2]:-}
+    else
+        [ ${#ARGS[@]} -ge 1 ] || usage
+        DATASET=imagenet; SEED=${ARGS[0]}; EP=${ARGS[1]:-}
+    fi
+    C=$(pick_cfg "$DATASET" "${CFG_XD:-$CFG_B2N}")
+    check_data "$DATASET"
+    common_args "$DATASET" "$SEED" "$C"
+    DIR="$OUTPUT/crossdataset/$DATASET/$TRAINER/${C}_${SHOTS}shots/seed$SEED"
+    OPTS=(DATASET.NUM_SHOTS "$SHOTS")
+    if is_int "$EP"; then OPTS+=(OPTIM.MAX_EPOCH "$EP"); fi
+    run "$DIR" "${COMMON[@]}" "${OPTS[@]}" "${EXTRA[@]}"
+    ;;
+xd_test|dg_test)
+    [ ${#ARGS[@]} -ge 2 ] || usage
+    DATASET=${ARGS[0]}; SEED=${ARGS[1]}; EP=${ARGS[2]:-}
+    SOURCE=${SOURCE:-imagenet}
+    if [ "$PROTO" = dg_test ]; then
+        case "$DATASET" in imagenetv2|imagenet_sketch|imagenet_a|imagenet_r) ;;
+        *) echo "error: domain generalisation targets are imagenetv2, imagenet_sketch, imagenet_a, imagenet_r (got $DATASET)" >&2; exit 2;;
+        esac
+    fi
+    C=$(pick_cfg "$SOURCE" "${CFG_XD:-$CFG_B2N}")
+    check_data "$DATASET"
+    common_args "$DATASET" "$SEED" "$C"
+    MODEL_DIR="$OUTPUT/crossdataset/$SOURCE/$TRAINER/${C}_${SHOTS}shots/seed$SEED"
+    if [ ! -f "$MODEL_DIR/result.json" ]; then
+        echo "error: no finished training run at $MODEL_DIR; run xd_train.sh $SOURCE $SEED first" >&2
+        exit 1
+    fi
+    LOAD=(); if is_int "$EP"; then LOAD=(--load-epoch "$EP"); fi
+    run "$OUTPUT/crossdataset/evaluation/$DATASET/$TRAINER/${C}_${SHOTS}shots/seed$SEED" \
+        "${COMMON[@]}" --model-dir "$MODEL_DIR" "${LOAD[@]}" --eval-only "${EXTRA[@]}"
+    ;;
+fewshot_train)
+    [ ${#ARGS[@]} -ge 2 ] || usage
+    DATASET=${ARGS[0]}; SEED=${ARGS[1]}; K=${ARGS[2]:-$SHOTS}
+    C=$(pick_cfg "$DATASET" "${CFG_FS:-$CFG_B2N}")
+    check_data "$DATASET"
+    common_args "$DATASET" "$SEED" "$C"
+    run "$OUTPUT/fewshot/$DATASET/shots_$K/$TRAINER/$C/seed$SEED" "${COMMON[@]}" \
+        DATASET.NUM_SHOTS "$K" "${EXTRA[@]}"
+    ;;
+*)
+    usage
+    ;;
+esac

@@ -1,0 +1,73 @@
+"""MaPLe (Khattak et al., CVPR 2023): multi-modal deep prompts coupled by text-to-vision maps.
+
+MaPLe is the MPL schedule that adds and removes the same number of tokens at every layer and carries none:
+at deep layer ``l`` the text branch overwrites its ``N_CTX`` context tokens with ``t_l`` and the vision branch
+replaces its ``N_CTX`` prompt tokens with ``F_l(t_l)`` (one affine map per layer). It is therefore built from
+MPL's prompt learner with ``N_ADD_OP = 1`` and ``N_RM_OP = N_CTX``. What differs from MPL is the text prompt:
+MaPLe learns the first ``N_CTX`` words of ``CTX_INIT`` ("a photo" of "a photo of a {class}.") instead of extra
+placeholder words, and falls back to ``"X X ..."`` with random context when ``CTX_INIT`` is empty or longer
+than 4 words, as the reference does.
+
+Reference checkpoints (whole model, maps under ``prompt_learner.compound_prompt_projections.<l>``) load
+through :meth:`MaPLe.load_model`.
+"""
+from __future__ import annotations
+
+import re
+
+from yacs.config import CfgNode as CN
+
+from dassl.engine import TRAINER_REGISTRY
+
+from .common import PromptTrainer
+from .config import register_config
+from .mpl import MultiModalPromptLearner
+
+
+@register_config("MAPLE")
+def maple_defaults() -> CN:
+    c = CN()
+    c.N_CTX = 2  # learned context tokens per layer, in each branch
+    c.CTX_INIT = "a photo of a"  # its first N_CTX words initialise (and are replaced by) the context
+    c.PREC = "fp16"  # fp32, fp16, bf16 or amp
+    c.PROMPT_DEPTH = 9  # layers 0 .. PROMPT_DEPTH-1 receive prompts (max 12 for ViT-B)
+    return c
+
+
+def maple_as_mpl(mcfg) -> CN:
+    """The MPL config node that expresses a MaPLe config."""
+    c = CN()
+    c.N_CTX, c.PROMPT_DEPTH, c.CTX_INIT = mcfg.N_CTX, mcfg.PROMPT_DEPTH, mcfg.CTX_INIT
+    c.N_ADD_OP, c.N_RM_OP = 1, mcfg.N_CTX
+    c.VISION_ADD, c.VISION_RM, c.TEXT_ADD, c.TEXT_RM = [], [], [], []
+    c.TEXT_MODE, c.COUPLING = "replace", "affine"
+    c.INDEPENDENT_INIT = False  # the reference clones one map for every layer, as MPL does
+    return c
+
+
+_REFERENCE_KEY = re.compile(r"^compound_prompt_projections\.(\d+)\.")
+
+
+def from_reference_keys(state: dict) -> dict:
+    """Rename the reference's ``compound_prompt_projections.<l>`` maps to ``txt2img_proj.0.<l>``."""
+    return {_REFERENCE_KEY.sub(r"txt2img_proj.0.\1.", k): v for k, v in state.items()}
+
+
+@TRAINER_REGISTRY.register()
+class MaPLe(PromptTrainer):
+    """``--trainer MaPLe``, config block ``TRAINER.MAPLE``."""
+
+    CFG_KEY = "MAPLE"
+    MODEL_NAME = "MultiModalPromptLearner"
+
+    def build_prompt_learner(self, cfg, classnames, clip_model):
+        mcfg = self.method_cfg
+        init = mcfg.CTX_INIT.replace("_", " ").strip()
+        use_init = bool(init) and mcfg.N_CTX <= 4
+        prefix = init if use_init else " ".join(["X"] * mcfg.N_CTX)
+        return MultiModalPromptLearner(maple_as_mpl(mcfg), classnames, clip_model, prefix=prefix,
+                                       ctx_from_prefix=use_init)
+
+    @staticmethod
+    def convert_state(state: dict) -> dict:
+        return from_reference_keys(state)
