@@ -1,8 +1,6 @@
 """OpenAI's image preprocessing for CLIP."""
 from __future__ import annotations
 
-from torchvision import transforms as T
-
 __all__ = ["image_transform", "OPENAI_MEAN", "OPENAI_STD"]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -13,8 +11,10 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
-def image_transform(n_px: int) -> T.Compose:
+def image_transform(n_px: int):
     """PIL image -> normalised ``(3, n_px, n_px)`` tensor: bicubic resize of the short side, center crop, RGB."""
+    from torchvision import transforms as T  # imported on first use: keeps `import clip` light
+
     return T.Compose([
         T.Resize(n_px, interpolation=T.InterpolationMode.BICUBIC),
         T.CenterCrop(n_px),
