@@ -14,7 +14,7 @@ from .model import CLIP, ModifiedResNet, Transformer, VisionTransformer, build_m
 from .ops import LayerOp
 from .precision import PRECISIONS, Precision, resolve_precision
 from .pretrained import available_models, cache_dir, register_pretrained
-from .tokenizer import DEFAULT_CONTEXT_LENGTH, tokenize, tokenizer
+from .tokenization import DEFAULT_CONTEXT_LENGTH, tokenize, tokenizer
 from .transforms import image_transform
 
 __all__ = [

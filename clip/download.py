@@ -6,6 +6,7 @@ file, and the next call resumes it with an HTTP ``Range`` request.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -74,6 +75,24 @@ def _fetch(url: str, part: Path, progress: bool) -> None:
         raise http.client.IncompleteRead(b"", total - done)
 
 
+@contextlib.contextmanager
+def _exclusive(target: Path):
+    """Hold an exclusive lock for ``target`` (POSIX ``flock``, released even if the process dies), so runs started
+    together download a file once instead of writing the same ``.part`` file. A no-op where flock is missing."""
+    try:
+        import fcntl
+        fh = open(target.with_name(f".{target.name}.lock"), "a")
+    except (ImportError, OSError):  # no flock (Windows) or a folder we cannot write to: go on unlocked
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def download(url: str, target: Path, sha256: Optional[str] = None, progress: bool = True) -> Path:
     """Download ``url`` to ``target`` unless a file with the right checksum is already there.
 
@@ -82,7 +101,14 @@ def download(url: str, target: Path, sha256: Optional[str] = None, progress: boo
             mismatch (the bad file is deleted). The message names the URL and where to put the file by hand.
     """
     target = Path(target)
+    if target.is_file() and (sha256 is None or sha256_of(target) == sha256):
+        return target  # no lock needed (the cache may be read-only)
     target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target):
+        return _download_locked(url, target, sha256, progress)
+
+
+def _download_locked(url: str, target: Path, sha256: Optional[str], progress: bool) -> Path:
     if target.exists() and not target.is_file():
         raise DownloadError(f"{target} exists and is not a regular file")
     if target.is_file():

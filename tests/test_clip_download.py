@@ -107,7 +107,7 @@ def test_download_and_load(server, checkpoint_bytes, registered, tmp_path):
     model, _ = clip.load("tiny-test", download_root=tmp_path)
     target = tmp_path / "tiny-test.pt"
     assert target.read_bytes() == checkpoint_bytes
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-test.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tiny-test.pt.lock", "tiny-test.pt"]
     assert model.visual.width == 64
     # a cached file with the right checksum is used without asking the server
     n = len(server.requests)
@@ -123,7 +123,7 @@ def test_bad_checksum_is_a_clear_error_and_leaves_no_file(server, checkpoint_byt
     message = str(err.value)
     assert "SHA256 mismatch" in message and url in message
     assert f"put it at {tmp_path / 'tiny-bad.pt'}" in message
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".tiny-bad.pt.lock"]  # the (empty) lock file only
 
 
 def test_broken_transfer_resumes(server, checkpoint_bytes, tmp_path):
@@ -138,6 +138,27 @@ def test_broken_transfer_resumes(server, checkpoint_bytes, tmp_path):
     download(url, target, sha256=sha, progress=False)
     assert target.read_bytes() == checkpoint_bytes and not part.exists()
     assert server.requests[-1][1] == "bytes=1000-"
+
+
+def test_concurrent_downloads_fetch_once(server, checkpoint_bytes, tmp_path):
+    url, sha = server.add("tiny-concurrent.pt", checkpoint_bytes)
+    target = tmp_path / "tiny-concurrent.pt"
+    errors = []
+
+    def fetch():
+        try:
+            assert download(url, target, sha256=sha, progress=False) == target
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert target.read_bytes() == checkpoint_bytes
+    assert len(server.requests) == 1
 
 
 def test_stale_part_file_when_the_server_ignores_ranges(server, checkpoint_bytes, tmp_path):

@@ -222,7 +222,7 @@ def test_tokenize_contract():
 
 
 def test_tokenizer_has_no_import_time_side_effects():
-    source = (CLIP_DIR / "tokenizer.py").read_text()
+    source = (CLIP_DIR / "tokenization.py").read_text()
     module_level = [line for line in source.splitlines() if line and not line[0].isspace()]
     assert not any(re.search(r"=\s*(BPETokenizer|tokenizer)\(", line) for line in module_level)
     assert not any(line.startswith(("import ftfy", "import regex")) for line in module_level)
