@@ -4,6 +4,7 @@ from collections import OrderedDict, defaultdict
 
 import numpy as np
 import torch
+from sklearn.metrics import confusion_matrix, f1_score
 
 from .build import EVALUATOR_REGISTRY
 
@@ -76,8 +77,6 @@ class Classification(EvaluatorBase):
                 self._per_class_res[label].append(int(matches[i].item()))
 
     def evaluate(self):
-        from sklearn.metrics import confusion_matrix, f1_score
-
         results = OrderedDict()
         acc = 100.0 * self._correct / self._total
         err = 100.0 - acc

@@ -8,6 +8,7 @@ import os.path as osp
 import random
 import sys
 import time
+import uuid
 import warnings
 
 import numpy as np
@@ -30,6 +31,7 @@ __all__ = [
     "get_most_similar_str_to_a_from_b",
     "check_availability",
     "tolist_if_not",
+    "atomic_write",
 ]
 
 
@@ -62,6 +64,20 @@ def write_json(obj, fpath):
     mkdir_if_missing(osp.dirname(fpath) or ".")
     with open(fpath, "w") as f:
         json.dump(obj, f, indent=4, separators=(",", ": "))
+
+
+def atomic_write(fpath, write_fn):
+    """Create ``fpath`` atomically: ``write_fn(tmp_path)`` writes a temporary file in the same folder, which then
+    replaces ``fpath`` (readers never see a partly written file; on failure ``fpath`` is left untouched)."""
+    dirname, basename = osp.split(osp.abspath(fpath))
+    tmp = osp.join(dirname, ".{}.{}.tmp".format(basename, uuid.uuid4().hex[:12]))  # normal file permissions
+    try:
+        write_fn(tmp)
+        os.replace(tmp, fpath)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def set_random_seed(seed):

@@ -8,12 +8,10 @@ adds ``rng_state`` (and the trainer may add more keys) so that a resumed run con
 Every file is written atomically (a temporary file in the same folder, then ``os.replace``), so an interrupted
 save never leaves a truncated checkpoint behind.
 """
-import os
 import os.path as osp
 import pickle
 import random
 import shutil
-import tempfile
 import warnings
 from collections import OrderedDict
 from functools import partial
@@ -23,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from .errors import CheckpointNotFoundError
-from .tools import mkdir_if_missing
+from .tools import atomic_write, mkdir_if_missing
 
 __all__ = [
     "save_checkpoint",
@@ -40,20 +38,6 @@ __all__ = [
     "set_bn_to_eval",
     "adjust_learning_rate",
 ]
-
-
-def _atomic_write(fpath, write_fn):
-    """Call ``write_fn(tmp_path)`` on a temporary file beside ``fpath``, then move it onto ``fpath``."""
-    dirname = osp.dirname(osp.abspath(fpath))
-    fd, tmp = tempfile.mkstemp(prefix="." + osp.basename(fpath) + ".", suffix=".tmp", dir=dirname)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.replace(tmp, fpath)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _write_text(text, path):
@@ -85,14 +69,14 @@ def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True
     if not model_name:
         model_name = "model.pth.tar-" + str(state["epoch"])
     fpath = osp.join(save_dir, model_name)
-    _atomic_write(fpath, partial(torch.save, state))
+    atomic_write(fpath, partial(torch.save, state))
     print("Checkpoint saved to {}".format(fpath))
 
-    _atomic_write(osp.join(save_dir, "checkpoint"), partial(_write_text, "{}\n".format(osp.basename(fpath))))
+    atomic_write(osp.join(save_dir, "checkpoint"), partial(_write_text, "{}\n".format(osp.basename(fpath))))
 
     if is_best:
         best_fpath = osp.join(osp.dirname(fpath), "model-best.pth.tar")
-        _atomic_write(best_fpath, partial(shutil.copyfile, fpath))
+        atomic_write(best_fpath, partial(shutil.copyfile, fpath))
         print('Best checkpoint saved to "{}"'.format(best_fpath))
 
 
