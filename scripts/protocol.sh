@@ -52,6 +52,10 @@ check_data() {  # fails with instructions when the dataset is not prepared
     "$PYTHON" -m datasets.prepare "$1" --root "$DATA" --check
 }
 
+trained_epochs() {  # $1: a finished training run's folder -> the epoch its last checkpoint holds
+    "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["epochs"])' "$1/result.json"
+}
+
 run() {  # $1: output dir; rest: train.py arguments
     local dir=$1; shift
     if [ -f "$dir/result.json" ]; then
@@ -98,9 +102,9 @@ base2new_test)
         echo "error: no finished training run at $MODEL_DIR; run base2new_train.sh $DATASET $SEED first" >&2
         exit 1
     fi
-    LOAD=(); if is_int "$EP"; then LOAD=(--load-epoch "$EP"); fi
+    is_int "$EP" || EP=$(trained_epochs "$MODEL_DIR")
     run "$OUTPUT/base2new/test_new/$TAIL" "${COMMON[@]}" \
-        --model-dir "$MODEL_DIR" "${LOAD[@]}" --eval-only \
+        --model-dir "$MODEL_DIR" --load-epoch "$EP" --eval-only \
         DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES new "${EXTRA[@]}"
     ;;
 xd_train)
@@ -135,9 +139,9 @@ xd_test|dg_test)
         echo "error: no finished training run at $MODEL_DIR; run xd_train.sh $SOURCE $SEED first" >&2
         exit 1
     fi
-    LOAD=(); if is_int "$EP"; then LOAD=(--load-epoch "$EP"); fi
+    is_int "$EP" || EP=$(trained_epochs "$MODEL_DIR")
     run "$OUTPUT/crossdataset/evaluation/$DATASET/$TRAINER/${C}_${SHOTS}shots/seed$SEED" \
-        "${COMMON[@]}" --model-dir "$MODEL_DIR" "${LOAD[@]}" --eval-only "${EXTRA[@]}"
+        "${COMMON[@]}" --model-dir "$MODEL_DIR" --load-epoch "$EP" --eval-only "${EXTRA[@]}"
     ;;
 fewshot_train)
     [ ${#ARGS[@]} -ge 2 ] || usage

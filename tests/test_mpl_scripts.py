@@ -1,0 +1,121 @@
+"""MPL end to end through the real protocol scripts, on a generated EuroSAT and a tiny CLIP checkpoint.
+
+What a user runs is what is tested: ``bash scripts/mpl/base2new_train.sh eurosat 1`` then
+``base2new_test.sh``; a finished run is skipped, a killed one is resumed, checkpoints hold only prompts.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import clip
+from datasets.fixtures import make_fixture
+from trainers.common import PromptedCLIP
+from trainers.mpl import MultiModalPromptLearner, mpl_defaults
+
+from tiny_clip import make_tiny_clip, write_tiny_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+TAIL = "eurosat/shots_2/MPL/vit_b4_c1_add2_rm1/seed1"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mpl_e2e")
+    make_fixture("eurosat", root / "data", n_per_class=4, image_size=32)
+    ckpt = write_tiny_checkpoint(root / "tiny.pt", kind="vit")
+    e = dict(os.environ, DATA=str(root / "data"), OUTPUT=str(root / "output"), SHOTS="2", PYTHON=sys.executable,
+             OMP_NUM_THREADS="1")
+    opts = ["--", "MODEL.BACKBONE.NAME", str(ckpt), "INPUT.SIZE", "(32, 32)", "TRAINER.MPL.PROMPT_DEPTH", "2",
+            "TRAINER.MPL.PREC", "fp32", "DATALOADER.NUM_WORKERS", "0"]
+    return root, e, opts
+
+
+def script(name, *args, env, opts, **kw):
+    cmd = ["bash", str(REPO / "scripts" / "mpl" / name), *args, *opts]
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_base2new_train_then_test_then_skip(env):
+    root, e, opts = env
+    out = root / "output"
+    train = script("base2new_train.sh", "eurosat", "1", "2", env=e, opts=opts)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    run_dir = out / "base2new/train_base" / TAIL
+    log = (run_dir / "log.txt").read_text()
+    assert "Finish training" in log and "=> result" in log and "* accuracy:" in log
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["subsample"] == "base" and result["num_classes"] == 5 and result["epochs"] == 2
+    ckpt = run_dir / "MultiModalPromptLearner" / "model.pth.tar-2"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    # only the prompt learner is saved: no CLIP weights, no class-dependent buffers
+    assert not any(k.startswith(("visual", "transformer", "clip_model", "token_")) for k in state)
+    assert sum(v.numel() for v in state.values()) == result["learnable_params"]
+
+    test = script("base2new_test.sh", "eurosat", "1", env=e, opts=opts)
+    assert test.returncode == 0, test.stdout[-3000:] + test.stderr[-3000:]
+    new = json.loads((out / "base2new/test_new" / TAIL / "result.json").read_text())
+    assert new["subsample"] == "new" and new["eval_only"] and new["num_classes"] == 5
+    assert "* accuracy:" in (out / "base2new/test_new" / TAIL / "log.txt").read_text()
+
+    stamp = (run_dir / "result.json").stat().st_mtime_ns
+    again = script("base2new_train.sh", "eurosat", "1", "2", env=e, opts=opts)
+    assert again.returncode == 0 and "skip this job" in again.stdout
+    assert (run_dir / "result.json").stat().st_mtime_ns == stamp
+
+
+def test_killed_run_is_resumed_not_skipped(env):
+    root, e, opts = env
+    e = dict(e, OUTPUT=str(root / "output_kill"))
+    run_dir = root / "output_kill/base2new/train_base" / TAIL
+    cmd = ["bash", str(REPO / "scripts/mpl/base2new_train.sh"), "eurosat", "1", "12", *opts, "TRAIN.CHECKPOINT_FREQ", "1"]
+    proc = subprocess.Popen(cmd, env=e, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    first = run_dir / "MultiModalPromptLearner" / "model.pth.tar-1"
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.exists()
+    assert not (run_dir / "result.json").exists()  # killed before the end: not a finished run
+
+    rerun = script("base2new_train.sh", "eurosat", "1", "12", env=e, opts=opts + ["TRAIN.CHECKPOINT_FREQ", "1"])
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "Unfinished run found" in rerun.stdout and "will resume training" in rerun.stdout
+    assert json.loads((run_dir / "result.json").read_text())["epochs"] == 12
+
+
+@pytest.mark.parametrize("prec", ["fp32", "bf16", "fp16", "amp"])
+def test_every_precision_trains_on_cpu(prec):
+    model = make_tiny_clip("vit", vision_layers=3, transformer_layers=3)
+    cfg = mpl_defaults()
+    cfg.N_CTX, cfg.PROMPT_DEPTH = 1, 3
+    learner = MultiModalPromptLearner(cfg, ["cat", "dog", "bird"], model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        precision = clip.resolve_precision(prec, "cpu")
+    fallback = prec in ("fp16", "amp")
+    assert any("falling back to 'fp32'" in str(w.message) for w in caught) == fallback
+    net = PromptedCLIP(model, learner)
+    precision.cast_model(net.clip_model)
+    for p in net.clip_model.parameters():
+        p.requires_grad_(False)
+    assert net.dtype == (torch.bfloat16 if prec == "bf16" else torch.float32)
+    optim = torch.optim.SGD(learner.parameters(), lr=0.1)
+    image = torch.randn(2, 3, 32, 32)
+    with precision.autocast("cpu"):
+        loss = F.cross_entropy(net(image).float(), torch.tensor([0, 2]))
+    loss.backward()
+    before = learner.ctx.detach().clone()
+    optim.step()
+    assert torch.isfinite(loss) and learner.ctx.dtype == torch.float32
+    assert not torch.equal(before, learner.ctx.detach())
