@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Tuple, Union
 
 import torch
 from torch import Tensor

@@ -6,7 +6,7 @@ counts, sequence lengths, shapes). Weights come from :func:`clip.load`.
 from __future__ import annotations
 
 import copy
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, Mapping, Union
 
 import torch
 

@@ -212,6 +212,7 @@ class ModifiedResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor, ops: Ops = None, trace: Optional[List[int]] = None) -> Tensor:
+        """``ops`` must be None (or all None): token operations need a ViT. ``trace`` is left untouched."""
         if ops is not None and any(op is not None for op in ops):
             raise ValueError("per-layer token operations need a Vision Transformer image encoder; this CLIP has a "
                              "ModifiedResNet (pass ops=None, or use a ViT backbone)")

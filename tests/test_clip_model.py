@@ -1,6 +1,5 @@
 """CLIP architecture, checkpoint loading, configs on the meta device, precision and the tokenizer's contract."""
 import re
-import warnings
 from pathlib import Path
 
 import pytest
