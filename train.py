@@ -35,9 +35,7 @@ from dassl.engine import build_trainer
 from dassl.engine.run_result import write_run_result
 from dassl.utils import Logger, UserError, collect_env_info, listdir_nohidden, set_random_seed, setup_logger
 
-REPO_ROOT = osp.dirname(osp.abspath(__file__))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+REPO_ROOT = osp.dirname(osp.realpath(__file__))
 
 
 def _import_project_package(name):
@@ -52,12 +50,14 @@ def _import_project_package(name):
             raise
         module = None
     where = getattr(module, "__file__", None)
-    if where is None or osp.abspath(where) != expected:
+    if where is None or osp.realpath(where) != expected:
         found = "" if module is None else " (found {!r} instead)".format(where or getattr(module, "__path__", name))
-        raise SystemExit(
+        print(
             "error: the project's `{}` package is missing: expected {}{}. "
-            "Run train.py from a complete checkout of the repository.".format(name, expected, found)
+            "Run train.py from a complete checkout of the repository.".format(name, expected, found),
+            file=sys.stderr,
         )
+        raise SystemExit(2)
     return module
 
 
