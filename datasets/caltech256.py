@@ -15,6 +15,7 @@ Fixes over the MPL code (whose regex ``(\\d\\d\\d).(\\w+)`` cut names at the fir
 """
 import os.path as osp
 import random
+import warnings
 
 from dassl.data.datasets import DATASET_REGISTRY
 
@@ -54,6 +55,10 @@ class Caltech256(FolderSplitDataset):
         )
 
     @classmethod
+    def required_files(cls):
+        return []  # the split file is drawn on first use
+
+    @classmethod
     def write_split(cls, dataset_dir):
         """Draw the split (seed :data:`SPLIT_SEED`) and save it as ``split_huang_Caltech256.json``."""
         print(f"Generating the Caltech256 split (50/20/30 per class, seed {SPLIT_SEED})")
@@ -61,5 +66,9 @@ class Caltech256(FolderSplitDataset):
         save_split(train, val, test, osp.join(dataset_dir, cls.split_file), cls.split_prefix(dataset_dir))
 
     def split_file_missing(self):
-        self.write_split(self.dataset_dir)
+        try:
+            self.write_split(self.dataset_dir)
+        except OSError as err:  # a read-only dataset folder: use the (deterministic) split without saving it
+            warnings.warn(f"could not write {self.split_path} ({err}); using the drawn split without saving it")
+            return self.generate_split(self.dataset_dir)
         return read_split(self.split_path, self.image_dir)

@@ -9,7 +9,7 @@ import os.path as osp
 from dassl.utils import UserError
 from dassl.data.datasets import DATASET_REGISTRY
 
-from .splits import SplitDataset
+from .splits import SplitDataset, read_lines
 
 SPLIT_LISTS = {"train": "images_variant_train.txt", "val": "images_variant_val.txt", "test": "images_variant_test.txt"}
 
@@ -31,8 +31,7 @@ class FGVCAircraft(SplitDataset):
         missing = [name for name in cls.required_files() if not osp.isfile(osp.join(dataset_dir, name))]
         if missing:
             raise UserError(f"FGVCAircraft: missing {', '.join(missing)} in {dataset_dir}")
-        with open(osp.join(dataset_dir, "variants.txt"), "r") as f:
-            classnames = [line.strip() for line in f if line.strip()]
+        classnames = read_lines(osp.join(dataset_dir, "variants.txt"))
         cname2lab = {c: i for i, c in enumerate(classnames)}
         return {key: cls._read_list(dataset_dir, cname2lab, name) for key, name in SPLIT_LISTS.items()}
 
@@ -40,13 +39,9 @@ class FGVCAircraft(SplitDataset):
     def _read_list(cls, dataset_dir, cname2lab, split_file):
         image_dir = osp.join(dataset_dir, cls.image_subdir)
         entries = []
-        with open(osp.join(dataset_dir, split_file), "r") as f:
-            for line in f:
-                parts = line.strip().split(" ")
-                if not parts[0]:
-                    continue
-                classname = " ".join(parts[1:])
-                if classname not in cname2lab:
-                    raise UserError(f"{split_file}: variant {classname!r} is not in variants.txt")
-                entries.append((osp.join(image_dir, parts[0] + ".jpg"), cname2lab[classname], classname))
+        for line in read_lines(osp.join(dataset_dir, split_file)):
+            imname, _, classname = line.partition(" ")
+            if classname not in cname2lab:
+                raise UserError(f"{split_file}: variant {classname!r} is not in variants.txt")
+            entries.append((osp.join(image_dir, imname + ".jpg"), cname2lab[classname], classname))
         return entries

@@ -102,20 +102,37 @@ class FixtureInfo:
 class _Writer:
     """Writes small JPEG images whose colour depends on the class, and keeps the bookkeeping of one fixture."""
 
+    VARIANTS = 3  # distinct noisy images per class, reused in turn (encoding is most of the cost)
+
     def __init__(self, root, size, seed):
         self.root, self.size = root, size
         self.rng = np.random.default_rng(seed)
+        self._encoded = {}
+        self._dirs = set()
+        self._count = 0
+
+    def _jpeg(self, label, index):
+        variants = self._encoded.setdefault(label, [])
+        if len(variants) < self.VARIANTS:
+            base = np.array([(label * 67) % 256, (label * 151 + 80) % 256, (label * 29 + 160) % 256], dtype=np.int16)
+            noise = self.rng.integers(-24, 25, size=(self.size, self.size, 3))
+            buf = io.BytesIO()
+            Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+            variants.append(buf.getvalue())
+            return variants[-1]
+        return variants[index % self.VARIANTS]
+
+    def _makedirs(self, folder):
+        if folder not in self._dirs:
+            os.makedirs(folder, exist_ok=True)
+            self._dirs.add(folder)
 
     def image(self, relpath, label):
         path = osp.join(self.root, relpath)
-        os.makedirs(osp.dirname(path), exist_ok=True)
-        base = np.array([(label * 67) % 256, (label * 151 + 80) % 256, (label * 29 + 160) % 256], dtype=np.int16)
-        noise = self.rng.integers(-24, 25, size=(self.size, self.size, 3))
-        pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+        self._makedirs(osp.dirname(path))
+        self._count += 1
         with open(path, "wb") as f:
-            f.write(buf.getvalue())
+            f.write(self._jpeg(label, self._count))
 
     def text(self, relpath, lines):
         path = osp.join(self.root, relpath)
@@ -132,6 +149,11 @@ class _Writer:
     def split(self, relpath, split):
         """A ``split_zhou`` file from ``{key: [(relpath, label, classname)]}``."""
         self.json(relpath, {key: [list(e) for e in split[key]] for key in SPLITS})
+
+
+def _slots(n):
+    """``(split, k)`` for the ``n`` images of one class in each split, ``k`` counting 1, 2, ... across splits."""
+    return [(key, 1 + i + n * j) for j, key in enumerate(SPLITS) for i in range(n)]
 
 
 def _pick(names, n_classes, fallback):
@@ -151,13 +173,10 @@ def _per_class_folders(w, info, image_subdir, folders, cnames, split_file, n, ex
     """Class-folder datasets with a split file: EuroSAT, DTD, Food101, Caltech101."""
     split = {key: [] for key in SPLITS}
     for label, (folder, cname) in enumerate(zip(folders, cnames)):
-        k = 0
-        for key in SPLITS:
-            for _ in range(n):
-                k += 1
-                rel = f"{folder}/{(prefix or folder)}_{k:04d}{ext}"
-                w.image(osp.join(info.dataset_dir, image_subdir, rel), label)
-                split[key].append((rel, label, cname))
+        for key, k in _slots(n):
+            rel = f"{folder}/{(prefix or folder)}_{k:04d}{ext}"
+            w.image(osp.join(info.dataset_dir, image_subdir, rel), label)
+            split[key].append((rel, label, cname))
     w.split(osp.join(info.dataset_dir, split_file), split)
     return cnames
 
@@ -195,14 +214,11 @@ def _oxford_pets(w, info, n, n_classes):
     trainval, test = [], []
     for label, breed in enumerate(breeds):
         species = 1 if breed[0].isupper() else 2
-        k = 0
-        for key in SPLITS:
-            for _ in range(n):
-                k += 1
-                stem = f"{breed}_{k}"
-                w.image(osp.join(info.dataset_dir, "images", stem + ".jpg"), label)
-                split[key].append((stem + ".jpg", label, breed.lower()))
-                (test if key == "test" else trainval).append(f"{stem} {label + 1} {species} {label + 1}")
+        for key, k in _slots(n):
+            stem = f"{breed}_{k}"
+            w.image(osp.join(info.dataset_dir, "images", stem + ".jpg"), label)
+            split[key].append((stem + ".jpg", label, breed.lower()))
+            (test if key == "test" else trainval).append(f"{stem} {label + 1} {species} {label + 1}")
     w.text(osp.join(info.dataset_dir, "annotations", "trainval.txt"), trainval)
     w.text(osp.join(info.dataset_dir, "annotations", "test.txt"), test)
     w.split(osp.join(info.dataset_dir, "split_zhou_OxfordPets.json"), split)
@@ -216,12 +232,11 @@ def _oxford_flowers(w, info, n, n_classes):
     split = {key: [] for key in SPLITS}
     labels = []
     for label, name in enumerate(names):
-        for key in SPLITS:
-            for _ in range(n):
-                labels.append(label + 1)
-                rel = f"image_{len(labels):05d}.jpg"
-                w.image(osp.join(info.dataset_dir, "jpg", rel), label)
-                split[key].append((rel, label, name))
+        for key, _ in _slots(n):
+            labels.append(label + 1)
+            rel = f"image_{len(labels):05d}.jpg"
+            w.image(osp.join(info.dataset_dir, "jpg", rel), label)
+            split[key].append((rel, label, name))
     savemat(osp.join(w.root, info.dataset_dir, "imagelabels.mat"), {"labels": np.array([labels], dtype=np.uint8)})
     w.json(osp.join(info.dataset_dir, "cat_to_name.json"), {str(i + 1): name for i, name in enumerate(names)})
     w.split(osp.join(info.dataset_dir, "split_zhou_OxfordFlowers.json"), split)
@@ -236,13 +251,12 @@ def _stanford_cars(w, info, n, n_classes):
     split = {key: [] for key in SPLITS}
     annos = {"cars_train": [], "cars_test": []}
     for label, cname in enumerate(cnames):
-        for key in SPLITS:
+        for key, _ in _slots(n):
             folder = "cars_test" if key == "test" else "cars_train"
-            for _ in range(n):
-                fname = f"{len(annos[folder]) + 1:05d}.jpg"
-                annos[folder].append((fname, label + 1))
-                w.image(osp.join(info.dataset_dir, folder, fname), label)
-                split[key].append((f"{folder}/{fname}", label, cname))
+            fname = f"{len(annos[folder]) + 1:05d}.jpg"
+            annos[folder].append((fname, label + 1))
+            w.image(osp.join(info.dataset_dir, folder, fname), label)
+            split[key].append((f"{folder}/{fname}", label, cname))
 
     def _struct(items):
         arr = np.zeros((1, len(items)), dtype=[("fname", object), ("class", object)])
@@ -271,14 +285,11 @@ def _sun397(w, info, n, n_classes):
     split = {key: [] for key in SPLITS}
     training, testing = [], []
     for label, (path, cname) in enumerate(zip(paths, cnames)):
-        k = 0
-        for key in SPLITS:
-            for _ in range(n):
-                k += 1
-                rel = f"{path}/sun_{label:04d}{k:04d}.jpg"
-                w.image(osp.join(info.dataset_dir, "SUN397", rel), label)
-                split[key].append((rel, label, cname))
-                (testing if key == "test" else training).append("/" + rel)
+        for key, k in _slots(n):
+            rel = f"{path}/sun_{label:04d}{k:04d}.jpg"
+            w.image(osp.join(info.dataset_dir, "SUN397", rel), label)
+            split[key].append((rel, label, cname))
+            (testing if key == "test" else training).append("/" + rel)
     w.text(osp.join(info.dataset_dir, "ClassName.txt"), ["/" + p for p in paths])
     w.text(osp.join(info.dataset_dir, "Training_01.txt"), training)
     w.text(osp.join(info.dataset_dir, "Testing_01.txt"), testing)
@@ -292,17 +303,14 @@ def _ucf101(w, info, n, n_classes):
     split = {key: [] for key in SPLITS}
     trainlist, testlist = [], []
     for label, (action, cname) in enumerate(zip(actions, cnames)):
-        k = 0
-        for key in SPLITS:
-            for _ in range(n):
-                k += 1
-                stem = f"v_{action}_g{k:02d}_c01"
-                w.image(osp.join(info.dataset_dir, "UCF-101-midframes", cname, stem + ".jpg"), label)
-                split[key].append((f"{cname}/{stem}.jpg", label, cname))
-                if key == "test":
-                    testlist.append(f"{action}/{stem}.avi")
-                else:
-                    trainlist.append(f"{action}/{stem}.avi {label + 1}")
+        for key, k in _slots(n):
+            stem = f"v_{action}_g{k:02d}_c01"
+            w.image(osp.join(info.dataset_dir, "UCF-101-midframes", cname, stem + ".jpg"), label)
+            split[key].append((f"{cname}/{stem}.jpg", label, cname))
+            if key == "test":
+                testlist.append(f"{action}/{stem}.avi")
+            else:
+                trainlist.append(f"{action}/{stem}.avi {label + 1}")
     w.text(osp.join(info.dataset_dir, "ucfTrainTestlist", "classInd.txt"), [f"{i + 1} {a}" for i, a in enumerate(actions)])
     w.text(osp.join(info.dataset_dir, "ucfTrainTestlist", "trainlist01.txt"), trainlist)
     w.text(osp.join(info.dataset_dir, "ucfTrainTestlist", "testlist01.txt"), testlist)
@@ -315,11 +323,10 @@ def _fgvc_aircraft(w, info, n, n_classes):
     lists = {key: [] for key in SPLITS}
     image_id = 1000000
     for label, variant in enumerate(variants):
-        for key in SPLITS:
-            for _ in range(n):
-                image_id += 1
-                w.image(osp.join(info.dataset_dir, "images", f"{image_id:07d}.jpg"), label)
-                lists[key].append(f"{image_id:07d} {variant}")
+        for key, _ in _slots(n):
+            image_id += 1
+            w.image(osp.join(info.dataset_dir, "images", f"{image_id:07d}.jpg"), label)
+            lists[key].append(f"{image_id:07d} {variant}")
     w.text(osp.join(info.dataset_dir, "variants.txt"), variants)
     for key in SPLITS:
         w.text(osp.join(info.dataset_dir, f"images_variant_{key}.txt"), lists[key])

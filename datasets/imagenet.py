@@ -14,7 +14,7 @@ import pickle
 from collections import OrderedDict
 
 from dassl.data.datasets import DATASET_REGISTRY, DatasetBase
-from dassl.utils import UserError, listdir_nohidden
+from dassl.utils import UserError
 
 from .splits import (
     SplitDataset,
@@ -22,6 +22,7 @@ from .splits import (
     fewshot_with_cache,
     list_images,
     prepare_command,
+    read_lines,
     reroot_items,
     subsample_classes,
     subsample_setting,
@@ -43,11 +44,9 @@ def read_classnames(text_file, config_name="imagenet", root="DATA"):
             f"or download it by hand from Google Drive (file id {CLASSNAMES_GDRIVE_ID}) and put it there."
         )
     classnames = OrderedDict()
-    with open(text_file, "r") as f:
-        for line in f:
-            line = line.strip().split(" ")
-            if line[0]:
-                classnames[line[0]] = " ".join(line[1:])
+    for line in read_lines(text_file):
+        folder, _, classname = line.partition(" ")
+        classnames[folder] = classname
     return classnames
 
 
@@ -153,8 +152,6 @@ class ImageNetVariant(SplitDataset):
     the same list and there is no val split. ``DATASET.NUM_SHOTS`` and ``SUBSAMPLE_CLASSES`` do not apply.
     """
 
-    ignored_names = ()
-
     def __init__(self, cfg):
         self._set_paths(cfg.DATASET.ROOT)
         entries = self.image_entries(self.dataset_dir)["test"]
@@ -168,8 +165,8 @@ class ImageNetVariant(SplitDataset):
 
     @classmethod
     def class_folders(cls, image_dir, classnames):
-        """The class folders in label order."""
-        return [f for f in listdir_nohidden(image_dir, sort=True) if f not in cls.ignored_names]
+        """The class folders in label order: the sub-folders, sorted (files such as A/R's README.txt are skipped)."""
+        return _subfolders(image_dir)
 
     @classmethod
     def image_entries(cls, dataset_dir):

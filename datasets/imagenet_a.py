@@ -7,8 +7,6 @@ from dassl.data.datasets import DATASET_REGISTRY
 
 from .imagenet import ImageNetVariant
 
-TO_BE_IGNORED = ["README.txt"]
-
 
 @DATASET_REGISTRY.register()
 class ImageNetA(ImageNetVariant):
@@ -16,4 +14,3 @@ class ImageNetA(ImageNetVariant):
     image_subdir = "imagenet-a"
     config_name = "imagenet_a"
     full_num_classes = 200
-    ignored_names = tuple(TO_BE_IGNORED)

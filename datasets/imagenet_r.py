@@ -7,8 +7,6 @@ from dassl.data.datasets import DATASET_REGISTRY
 
 from .imagenet import ImageNetVariant
 
-TO_BE_IGNORED = ["README.txt"]
-
 
 @DATASET_REGISTRY.register()
 class ImageNetR(ImageNetVariant):
@@ -16,4 +14,3 @@ class ImageNetR(ImageNetVariant):
     image_subdir = "imagenet-r"
     config_name = "imagenet_r"
     full_num_classes = 200
-    ignored_names = tuple(TO_BE_IGNORED)

@@ -7,11 +7,11 @@ import os.path as osp
 
 from dassl.data.datasets import DATASET_REGISTRY, Datum
 
-from .splits import SplitDataset, split_trainval
+from .splits import TrainvalTestDataset, read_lines
 
 
 @DATASET_REGISTRY.register()
-class OxfordPets(SplitDataset):
+class OxfordPets(TrainvalTestDataset):
     dataset_dir = "oxford_pets"
     image_subdir = "images"
     split_file = "split_zhou_OxfordPets.json"
@@ -19,26 +19,18 @@ class OxfordPets(SplitDataset):
     full_num_classes = 37
 
     @classmethod
-    def generate_split(cls, dataset_dir):
-        trainval = cls._read_annotations(dataset_dir, "trainval.txt")
-        test = cls._read_annotations(dataset_dir, "test.txt")
-        train, val = split_trainval(trainval)
-        return train, val, test
+    def read_trainval_test(cls, dataset_dir):
+        return cls._read_annotations(dataset_dir, "trainval.txt"), cls._read_annotations(dataset_dir, "test.txt")
 
     @classmethod
     def _read_annotations(cls, dataset_dir, split_file):
         """Items of ``annotations/<split_file>``: lines ``<Breed>_<n> <class id> <species> <breed id>``."""
         image_dir = osp.join(dataset_dir, cls.image_subdir)
         items = []
-        with open(osp.join(dataset_dir, "annotations", split_file), "r") as f:
-            for line in f:
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                imname, label, _species, _ = line.split(" ")
-                breed = "_".join(imname.split("_")[:-1]).lower()
-                impath = osp.join(image_dir, imname + ".jpg")
-                items.append(Datum(impath=impath, label=int(label) - 1, classname=breed))
+        for line in read_lines(osp.join(dataset_dir, "annotations", split_file)):
+            imname, label, _species, _ = line.split(" ")
+            breed = "_".join(imname.split("_")[:-1]).lower()
+            items.append(Datum(impath=osp.join(image_dir, imname + ".jpg"), label=int(label) - 1, classname=breed))
         return items
 
     def read_data(self, split_file):

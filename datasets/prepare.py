@@ -134,7 +134,7 @@ def verify(name, root, workers=8):
     if missing:
         problems.append(f"{len(missing)} of {len(paths)} images are missing:\n{missing_files_message(missing)}")
     if unreadable:
-        problems.append(f"{len(unreadable)} images do not open:\n{missing_files_message(unreadable)}")
+        problems.append(f"{len(unreadable)} of {len(paths)} images do not open:\n{missing_files_message(unreadable)}")
     if problems:
         raise UserError(f"{cls.__name__} in {dataset_dir} is incomplete.\n" + "\n".join(problems))
     labels = {e[1] for key in ("train", "test") for e in entries.get(key, [])}
@@ -174,7 +174,7 @@ def _obtain(remote, root, mirror, archives, quiet):
     if local:
         print(f"Using local file {local}")
         path = local
-    elif remote.copy_from and osp.isfile(osp.join(root, remote.copy_from)):
+    elif remote.copy_from and remote.copy_from != remote.dest and osp.isfile(osp.join(root, remote.copy_from)):
         print(f"Copying {osp.join(root, remote.copy_from)} to {dest}")
         path = local = osp.join(root, remote.copy_from)
     else:
@@ -222,7 +222,10 @@ def _describe(remote, root):
     else:
         origin = "(no public download; see below)"
     what = f"extract its {' or '.join(repr(m) for m in remote.members)} to" if remote.is_archive else "save it as"
-    return f"  {remote.filename}: {origin}\n      {what} {where}"
+    text = f"  {remote.filename}: {origin}\n      {what} {where}"
+    if remote.copy_from and remote.copy_from != remote.dest:
+        text += f"\n      (or copy {osp.join(root, remote.copy_from)} there)"
+    return text + ("" if remote.required else "  [optional: only --generate-split reads it]")
 
 
 def what_to_download(name, root, only_missing=True):
@@ -233,8 +236,8 @@ def what_to_download(name, root, only_missing=True):
     files = [r for r in source.files if not (only_missing and osp.exists(osp.join(root, r.present_if)))]
     lines = [f"{cls.__name__} is expected in {osp.join(root, cls.dataset_dir)} (see DATASETS.md)."]
     if files:
-        lines.append("Files to get (optional ones only matter for --generate-split):")
-        lines += [_describe(r, root) + ("" if r.required else "  [optional]") for r in files]
+        lines.append("Files to get:")
+        lines += [_describe(r, root) for r in files]
     if source.manual:
         lines.append(source.manual.format(root=root))
     lines.append(
@@ -290,6 +293,8 @@ def prepare(name, root, mirror=None, archives=(), verify_only=False, force=False
         if manual_part_missing and not osp.isdir(osp.join(dataset_dir, cls.image_subdir)):
             raise UserError(what_to_download(name, root))
         _make_split(cls, dataset_dir, generate_split, force, seed)
+    elif hasattr(cls, "write_split") and not osp.isfile(osp.join(dataset_dir, cls.split_file)):
+        cls.write_split(dataset_dir)
 
     summary = verify(name, root, workers=workers)
     _write_state(cls, root, {"dataset": cls.config_name, "verified": summary})
@@ -367,6 +372,13 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     names = list(SOURCES) if args.name == "all" else [args.name]
     failed = []
+    if args.name != "all" and args.name in SOURCES:
+        expected = {r.filename for r in SOURCES[args.name].files}
+        unknown = [a for a in args.archive if osp.isfile(a) and osp.basename(a) not in expected]
+        if unknown:
+            print(f"error: --archive {', '.join(unknown)}: {args.name} expects files named {', '.join(sorted(expected))} "
+                  "(rename the file, or pass its folder)", file=sys.stderr)
+            return 2
     for name in names:
         try:
             if args.check:
@@ -382,7 +394,8 @@ def main(argv=None):
             print(f"error: {err}", file=sys.stderr)
             failed.append(name)
     if len(names) > 1:
-        print(f"{len(names) - len(failed)} of {len(names)} datasets ready" + (f"; failed: {', '.join(failed)}" if failed else ""))
+        failures = f"; failed: {', '.join(failed)}" if failed else ""
+        print(f"{len(names) - len(failed)} of {len(names)} datasets ready{failures}")
     return 2 if failed else 0
 
 

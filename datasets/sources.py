@@ -92,6 +92,10 @@ def _split(dataset_dir, filename, gdrive_id):
     return Remote(filename=filename, dest=f"{dataset_dir}/{filename}", gdrive_id=gdrive_id)
 
 
+def _archive(filename, dest, url, member, **kw):
+    return Remote(filename=filename, dest=dest, url=url, members=(member,), **kw)
+
+
 def _classnames(dataset_dir):
     return Remote(
         filename="classnames.txt",
@@ -136,7 +140,7 @@ SOURCES = {
         Source(
             "oxford_pets",
             files=(
-                Remote("images.tar.gz", "oxford_pets/images", url=f"{_VGG}/pets/data/images.tar.gz", members=("images",)),
+                _archive("images.tar.gz", "oxford_pets/images", f"{_VGG}/pets/data/images.tar.gz", "images"),
                 Remote(
                     "annotations.tar.gz",
                     "oxford_pets/annotations",
@@ -150,24 +154,22 @@ SOURCES = {
         Source(
             "stanford_cars",
             files=(
-                Remote("cars_train.tgz", "stanford_cars/cars_train", url=f"{_CARS}/car196/cars_train.tgz", members=("cars_train",)),
-                Remote("cars_test.tgz", "stanford_cars/cars_test", url=f"{_CARS}/car196/cars_test.tgz", members=("cars_test",)),
+                _archive("cars_train.tgz", "stanford_cars/cars_train", f"{_CARS}/car196/cars_train.tgz", "cars_train"),
+                _archive("cars_test.tgz", "stanford_cars/cars_test", f"{_CARS}/car196/cars_test.tgz", "cars_test"),
                 Remote(
                     "cars_test_annos_withlabels.mat",
                     "stanford_cars/cars_test_annos_withlabels.mat",
                     url=f"{_CARS}/car196/cars_test_annos_withlabels.mat",
                     required=False,
                 ),
-                Remote(
-                    "car_devkit.tgz", "stanford_cars/devkit", url=f"{_CARS}/cars/car_devkit.tgz", members=("devkit",), required=False
-                ),
+                _archive("car_devkit.tgz", "stanford_cars/devkit", f"{_CARS}/cars/car_devkit.tgz", "devkit", required=False),
                 _split("stanford_cars", "split_zhou_StanfordCars.json", "1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT"),
             ),
         ),
         Source(
             "oxford_flowers",
             files=(
-                Remote("102flowers.tgz", "oxford_flowers/jpg", url=f"{_VGG}/flowers/102/102flowers.tgz", members=("jpg",)),
+                _archive("102flowers.tgz", "oxford_flowers/jpg", f"{_VGG}/flowers/102/102flowers.tgz", "jpg"),
                 Remote(
                     "imagelabels.mat",
                     "oxford_flowers/imagelabels.mat",

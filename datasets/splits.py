@@ -43,6 +43,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "SplitDataset",
     "FolderSplitDataset",
+    "TrainvalTestDataset",
     "read_split",
     "read_split_entries",
     "save_split",
@@ -52,6 +53,7 @@ __all__ = [
     "fewshot_with_cache",
     "reroot_items",
     "list_images",
+    "read_lines",
     "to_datums",
     "missing_files_message",
     "atomic_write",
@@ -203,6 +205,12 @@ def split_trainval(trainval, p_val=0.2):
         for n, idx in enumerate(idxs):
             (val if n < n_val else train).append(trainval[idx])
     return train, val
+
+
+def read_lines(path):
+    """The non-empty lines of a text file, stripped."""
+    with open(path, "r") as f:
+        return [line.strip() for line in f if line.strip()]
 
 
 def list_images(folder):
@@ -487,6 +495,24 @@ class SplitDataset(DatasetBase):
     split_trainval = staticmethod(split_trainval)
     subsample_classes = staticmethod(subsample_classes)
     read_and_split_data = staticmethod(read_and_split_data)
+
+
+class TrainvalTestDataset(SplitDataset):
+    """A dataset that ships trainval and test lists; its fall-back split takes 20% of trainval per class as val.
+
+    Subclasses implement :meth:`read_trainval_test`.
+    """
+
+    @classmethod
+    def read_trainval_test(cls, dataset_dir):
+        """``(trainval, test)`` lists of :class:`Datum` from the dataset's own annotation files."""
+        raise NotImplementedError
+
+    @classmethod
+    def generate_split(cls, dataset_dir):
+        trainval, test = cls.read_trainval_test(dataset_dir)
+        train, val = split_trainval(trainval)
+        return train, val, test
 
 
 class FolderSplitDataset(SplitDataset):

@@ -9,11 +9,11 @@ import os.path as osp
 
 from dassl.data.datasets import DATASET_REGISTRY, Datum
 
-from .splits import SplitDataset, split_trainval
+from .splits import TrainvalTestDataset
 
 
 @DATASET_REGISTRY.register()
-class StanfordCars(SplitDataset):
+class StanfordCars(TrainvalTestDataset):
     dataset_dir = "stanford_cars"
     image_subdir = ""
     split_file = "split_zhou_StanfordCars.json"
@@ -22,14 +22,14 @@ class StanfordCars(SplitDataset):
     full_num_classes = 196
 
     @classmethod
-    def generate_split(cls, dataset_dir):
+    def read_trainval_test(cls, dataset_dir):
+        meta_file = osp.join(dataset_dir, "devkit", "cars_meta.mat")
         trainval_file = osp.join(dataset_dir, "devkit", "cars_train_annos.mat")
         test_file = osp.join(dataset_dir, "cars_test_annos_withlabels.mat")
-        meta_file = osp.join(dataset_dir, "devkit", "cars_meta.mat")
-        trainval = cls._read_mat(dataset_dir, "cars_train", trainval_file, meta_file)
-        test = cls._read_mat(dataset_dir, "cars_test", test_file, meta_file)
-        train, val = split_trainval(trainval)
-        return train, val, test
+        return (
+            cls._read_mat(dataset_dir, "cars_train", trainval_file, meta_file),
+            cls._read_mat(dataset_dir, "cars_test", test_file, meta_file),
+        )
 
     @staticmethod
     def _read_mat(dataset_dir, image_dir, anno_file, meta_file):

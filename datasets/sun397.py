@@ -7,11 +7,11 @@ import os.path as osp
 
 from dassl.data.datasets import DATASET_REGISTRY, Datum
 
-from .splits import SplitDataset, split_trainval
+from .splits import TrainvalTestDataset, read_lines
 
 
 @DATASET_REGISTRY.register()
-class SUN397(SplitDataset):
+class SUN397(TrainvalTestDataset):
     dataset_dir = "sun397"
     image_subdir = "SUN397"
     split_file = "split_zhou_SUN397.json"
@@ -19,28 +19,20 @@ class SUN397(SplitDataset):
     full_num_classes = 397
 
     @classmethod
-    def generate_split(cls, dataset_dir):
-        with open(osp.join(dataset_dir, "ClassName.txt"), "r") as f:
-            classnames = [line.strip()[1:] for line in f if line.strip()]  # drop the leading "/"
+    def read_trainval_test(cls, dataset_dir):
+        classnames = [line[1:] for line in read_lines(osp.join(dataset_dir, "ClassName.txt"))]  # drop the "/"
         cname2lab = {c: i for i, c in enumerate(classnames)}
-        trainval = cls._read_list(dataset_dir, cname2lab, "Training_01.txt")
-        test = cls._read_list(dataset_dir, cname2lab, "Testing_01.txt")
-        train, val = split_trainval(trainval)
-        return train, val, test
+        return tuple(cls._read_list(dataset_dir, cname2lab, name) for name in ("Training_01.txt", "Testing_01.txt"))
 
     @classmethod
     def _read_list(cls, dataset_dir, cname2lab, text_file):
         image_dir = osp.join(dataset_dir, cls.image_subdir)
         items = []
-        with open(osp.join(dataset_dir, text_file), "r") as f:
-            for line in f:
-                imname = line.strip()[1:]  # drop the leading "/"
-                if not imname:
-                    continue
-                classname = osp.dirname(imname)
-                label = cname2lab[classname]
-                names = classname.split("/")[1:][::-1]  # drop the letter; "indoor"/"outdoor" first
-                items.append(Datum(impath=osp.join(image_dir, imname), label=label, classname=" ".join(names)))
+        for line in read_lines(osp.join(dataset_dir, text_file)):
+            imname = line[1:]  # drop the leading "/"
+            classname = osp.dirname(imname)
+            names = classname.split("/")[1:][::-1]  # drop the letter; "indoor"/"outdoor" first
+            items.append(Datum(impath=osp.join(image_dir, imname), label=cname2lab[classname], classname=" ".join(names)))
         return items
 
     def read_data(self, cname2lab, text_file):

@@ -9,11 +9,11 @@ import re
 
 from dassl.data.datasets import DATASET_REGISTRY, Datum
 
-from .splits import SplitDataset, split_trainval
+from .splits import TrainvalTestDataset, read_lines
 
 
 @DATASET_REGISTRY.register()
-class UCF101(SplitDataset):
+class UCF101(TrainvalTestDataset):
     dataset_dir = "ucf101"
     image_subdir = "UCF-101-midframes"
     split_file = "split_zhou_UCF101.json"
@@ -21,31 +21,23 @@ class UCF101(SplitDataset):
     full_num_classes = 101
 
     @classmethod
-    def generate_split(cls, dataset_dir):
+    def read_trainval_test(cls, dataset_dir):
         cname2lab = {}
-        with open(osp.join(dataset_dir, "ucfTrainTestlist", "classInd.txt"), "r") as f:
-            for line in f:
-                if line.strip():
-                    label, classname = line.strip().split(" ")
-                    cname2lab[classname] = int(label) - 1
-        trainval = cls._read_list(dataset_dir, cname2lab, "ucfTrainTestlist/trainlist01.txt")
-        test = cls._read_list(dataset_dir, cname2lab, "ucfTrainTestlist/testlist01.txt")
-        train, val = split_trainval(trainval)
-        return train, val, test
+        for line in read_lines(osp.join(dataset_dir, "ucfTrainTestlist", "classInd.txt")):
+            label, classname = line.split(" ")
+            cname2lab[classname] = int(label) - 1
+        lists = ("ucfTrainTestlist/trainlist01.txt", "ucfTrainTestlist/testlist01.txt")
+        return tuple(cls._read_list(dataset_dir, cname2lab, name) for name in lists)
 
     @classmethod
     def _read_list(cls, dataset_dir, cname2lab, text_file):
         image_dir = osp.join(dataset_dir, cls.image_subdir)
         items = []
-        with open(osp.join(dataset_dir, text_file), "r") as f:
-            for line in f:
-                line = line.strip().split(" ")[0]  # trainlist lines are "<file> <label>"
-                if not line:
-                    continue
-                action, filename = line.split("/")
-                renamed_action = "_".join(re.findall("[A-Z][^A-Z]*", action))
-                impath = osp.join(image_dir, renamed_action, filename.replace(".avi", ".jpg"))
-                items.append(Datum(impath=impath, label=cname2lab[action], classname=renamed_action))
+        for line in read_lines(osp.join(dataset_dir, text_file)):
+            action, filename = line.split(" ")[0].split("/")  # trainlist lines are "<file> <label>"
+            renamed_action = "_".join(re.findall("[A-Z][^A-Z]*", action))
+            impath = osp.join(image_dir, renamed_action, filename.replace(".avi", ".jpg"))
+            items.append(Datum(impath=impath, label=cname2lab[action], classname=renamed_action))
         return items
 
     def read_data(self, cname2lab, text_file):
