@@ -191,10 +191,10 @@ def extract(archive, workdir):
                 else:  # pragma: no cover - Python without PEP 706
                     tar.extractall(workdir)
         else:
-            raise UserError(f"{archive} is neither a zip nor a tar archive (an HTML error page?); delete it")
+            raise UserError(f"{archive} is neither a zip nor a tar archive (an HTML error page instead of the file?)")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
         shutil.rmtree(workdir, ignore_errors=True)
-        raise UserError(f"{archive} is damaged ({err}); delete it and run again") from err
+        raise UserError(f"{archive} is damaged ({err}); fetch it again") from err
     return workdir
 
 

@@ -189,7 +189,12 @@ def _obtain(remote, root, mirror, archives, quiet):
             return False
 
     if remote.is_archive:
-        extracted = dl.extract(path, osp.join(work, "extract", remote.filename))
+        try:
+            extracted = dl.extract(path, osp.join(work, "extract", remote.filename))
+        except UserError:
+            if downloaded:  # a broken download: fetch it afresh next time
+                os.remove(downloaded)
+            raise
         for member in remote.members:
             src = extracted if member == "." else osp.join(extracted, member)
             if osp.exists(src):
@@ -280,11 +285,13 @@ def prepare(name, root, mirror=None, archives=(), verify_only=False, force=False
                 continue  # drawn below instead
             try:
                 got = _obtain(remote, root, mirror, archives, quiet)
-            except dl.DownloadError as err:
-                if remote.required:
+            except UserError as err:
+                if not remote.required:
+                    print(f"Warning: optional file {remote.filename} not fetched ({err})")
+                    continue
+                if isinstance(err, dl.DownloadError):
                     raise UserError(f"{err}\n{what_to_download(name, root)}") from err
-                print(f"Warning: optional file {remote.filename} not fetched ({err})")
-                continue
+                raise
             if got is False:
                 unsourced.append(remote)
             elif isinstance(got, str) and not keep_archives:

@@ -224,3 +224,13 @@ def test_fixture_command_line(tmp_path, capsys):
     assert fixtures_main(["dtd", "--root", str(tmp_path), "--n-classes", "2", "--n-per-class", "1"]) == 0
     assert "dtd: 2 classes" in capsys.readouterr().out
     assert prepare("dtd", tmp_path, quiet=True)["images"] == 6  # the split file is there: nothing to download
+
+
+def test_damaged_download_is_reported_and_fetched_again(server, eurosat_files, tmp_path):
+    server.files.update(eurosat_files)
+    server.files["EuroSAT.zip"] = b"<html>quota exceeded</html>"
+    with pytest.raises(UserError, match="neither a zip nor a tar"):
+        prepare("eurosat", tmp_path, mirror=server.url, quiet=True)
+    assert not (tmp_path / ".prepare" / "downloads" / "EuroSAT.zip").exists()
+    server.files["EuroSAT.zip"] = eurosat_files["EuroSAT.zip"]
+    assert prepare("eurosat", tmp_path, mirror=server.url, quiet=True)["images"] == 18
