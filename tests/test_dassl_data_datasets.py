@@ -230,14 +230,15 @@ def test_download_data_extracts_a_zip(tmp_path):
 def test_build_dataset_unknown_name_suggests():
     from yacs.config import CfgNode as CN
 
-    cfg = CN({"DATASET": CN({"NAME": "OxfordPet"}), "VERBOSE": True})
+    # a name close to no other registered dataset (the project registers OxfordPets itself)
+    cfg = CN({"DATASET": CN({"NAME": "ZebraFinchesForTst"}), "VERBOSE": True})
 
     @DATASET_REGISTRY.register()
-    class OxfordPetsForTest(DatasetBase):
+    class ZebraFinchesForTest(DatasetBase):
         pass
 
     try:
-        with pytest.raises(ValueError, match=r"do you mean \[OxfordPetsForTest\]"):
+        with pytest.raises(ValueError, match=r"do you mean \[ZebraFinchesForTest\]"):
             build_dataset(cfg)
     finally:
-        DATASET_REGISTRY._obj_map.pop("OxfordPetsForTest")
+        DATASET_REGISTRY._obj_map.pop("ZebraFinchesForTest")
