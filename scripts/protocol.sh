@@ -8,10 +8,14 @@
 #   protocol.sh xd_test        DATASET SEED [LOAD_EPOCH]  evaluate the ImageNet-trained prompts on DATASET
 #   protocol.sh dg_test        DATASET SEED [LOAD_EPOCH]  the same, on imagenetv2/imagenet_sketch/imagenet_a/imagenet_r
 #   protocol.sh fewshot_train  DATASET SEED [SHOTS]       train and test on all classes with SHOTS shots (default 16)
+#   protocol.sh zeroshot       DATASET [SEED] [PARTS]     no training (zero-shot CLIP): evaluate on base and new classes
+#   protocol.sh zeroshot_xd    DATASET [SEED]             no training: evaluate on all classes of DATASET (imagenet too)
+#   protocol.sh zeroshot_dg    DATASET [SEED]             the same, on imagenetv2/imagenet_sketch/imagenet_a/imagenet_r
 #
 # Environment: DATA (dataset root, default ./data), OUTPUT (default ./output), CFG / CFG_XD (config names),
 # SHOTS (default 16), PYTHON (default python3). Extra "KEY VALUE" config pairs can follow the arguments
-# after a literal "--", e.g. `... eurosat 1 -- TRAINER.MPL.PREC fp32`.
+# after a literal "--", e.g. `... eurosat 1 -- TRAINER.MPL.PREC fp32`. The zeroshot protocols read their
+# configs from configs/trainers/$CFG_DIR/ (default CoOp, as the reference's scripts/zsclip).
 #
 # A run counts as finished only when its folder holds result.json (written atomically at the very end).
 # A finished run is skipped; an unfinished one (crashed or killed) is resumed from its last checkpoint, or
@@ -28,7 +32,7 @@ SHOTS=${SHOTS:-16}
 PYTHON=${PYTHON:-python3}
 
 usage() {
-    sed -n '4,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '4,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -151,6 +155,39 @@ fewshot_train)
     common_args "$DATASET" "$SEED" "$C"
     run "$OUTPUT/fewshot/$DATASET/shots_$K/$TRAINER/$C/seed$SEED" "${COMMON[@]}" \
         DATASET.NUM_SHOTS "$K" "${EXTRA[@]}"
+    ;;
+zeroshot)
+    # Zero-shot runs are eval-only runs with no --model-dir, in the folders of the trained methods' tests
+    # (test_base/ and test_new/), so the tables pick them up. The method configs are CoOp's (CFG_DIR, as the
+    # reference's scripts/zsclip); PARTS: "base new" (default), "base", "new" or "all".
+    [ ${#ARGS[@]} -ge 1 ] || usage
+    DATASET=${ARGS[0]}; SEED=${ARGS[1]:-1}; PARTS=${ARGS[2]:-base new}
+    C=$(pick_cfg "$DATASET" "$CFG_B2N")
+    check_data "$DATASET"
+    for PART in $PARTS; do
+        case "$PART" in base|new|all) ;; *) echo "error: PARTS are base, new or all (got $PART)" >&2; exit 2;; esac
+        run "$OUTPUT/base2new/test_$PART/$DATASET/shots_$SHOTS/$TRAINER/$C/seed$SEED" \
+            --root "$DATA" --seed "$SEED" --trainer "$TRAINER" \
+            --dataset-config-file "configs/datasets/$DATASET.yaml" \
+            --config-file "configs/trainers/${CFG_DIR:-CoOp}/$C.yaml" --eval-only \
+            DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES "$PART" "${EXTRA[@]}"
+    done
+    ;;
+zeroshot_xd|zeroshot_dg)
+    # Written where xd_test/dg_test write; zero-shot ImageNet (the "source" column) is `zeroshot_xd imagenet`.
+    [ ${#ARGS[@]} -ge 1 ] || usage
+    DATASET=${ARGS[0]}; SEED=${ARGS[1]:-1}
+    if [ "$PROTO" = zeroshot_dg ]; then
+        case "$DATASET" in imagenetv2|imagenet_sketch|imagenet_a|imagenet_r) ;;
+        *) echo "error: domain generalisation targets are imagenetv2, imagenet_sketch, imagenet_a, imagenet_r (got $DATASET)" >&2; exit 2;;
+        esac
+    fi
+    C=$(pick_cfg "$DATASET" "${CFG_XD:-$CFG_B2N}")
+    check_data "$DATASET"
+    run "$OUTPUT/crossdataset/evaluation/$DATASET/$TRAINER/${C}_${SHOTS}shots/seed$SEED" \
+        --root "$DATA" --seed "$SEED" --trainer "$TRAINER" \
+        --dataset-config-file "configs/datasets/$DATASET.yaml" \
+        --config-file "configs/trainers/${CFG_DIR:-CoOp}/$C.yaml" --eval-only "${EXTRA[@]}"
     ;;
 *)
     usage

@@ -1,2 +1,2 @@
 """Imports every method module so that each registers its trainer and config block."""
-from . import mpl, maple  # noqa: F401
+from . import mpl, maple, zsclip, coop, cocoop, ivlp, vpt, promptsrc  # noqa: F401

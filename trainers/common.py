@@ -61,13 +61,20 @@ class ClassPrompts(nn.Module):
         token_prefix: (C, 1, D)         embedding of SOS
         token_suffix: (C, L-1-n_ctx, D) embeddings after the context slots
 
+    ``class_token_position`` (CoOp's option): ``"end"`` keeps ``[SOS, ctx, name, ".", EOT]``; ``"middle"`` puts
+    the class name between the two halves of the context, ``"front"`` before it. EOT does not move.
+
     >>> prompts = ClassPrompts(clip_model, ["cat", "dog"], "X X a photo of a", n_ctx=2)
     >>> prompts.assemble(ctx).shape   # ctx: (2, D)
     torch.Size([2, 77, D])
     """
 
-    def __init__(self, clip_model: nn.Module, classnames: Sequence[str], prefix: str, n_ctx: int):
+    def __init__(self, clip_model: nn.Module, classnames: Sequence[str], prefix: str, n_ctx: int,
+                 class_token_position: str = "end"):
         super().__init__()
+        if class_token_position not in CLASS_TOKEN_POSITIONS:
+            raise ValueError(f"class token position {class_token_position!r}; choose one of "
+                             f"{', '.join(CLASS_TOKEN_POSITIONS)}")
         names = [name.replace("_", " ") for name in classnames]
         texts = [f"{prefix} {name}." if prefix else f"{name}." for name in names]
         ids = clip.tokenize(texts, context_length=clip_model.context_length)
@@ -75,11 +82,16 @@ class ClassPrompts(nn.Module):
             emb = clip_model.token_embedding(ids).float()
         self.n_ctx = n_ctx
         self.texts = texts
+        self.class_token_position = class_token_position
         self.register_buffer("token_ids", ids, persistent=False)
         self.register_buffer("token_prefix", emb[:, :1], persistent=False)
         self.register_buffer("token_suffix", emb[:, 1 + n_ctx:], persistent=False)
         # Embedding of the placeholder words, the natural initial value of the learned context.
         self.register_buffer("init_ctx", emb[0, 1:1 + n_ctx].clone(), persistent=False)
+        if class_token_position != "end":
+            name_lens = [len(clip.tokenizer().encode(name)) for name in names]
+            order = _class_token_order(name_lens, n_ctx, ids.shape[1], class_token_position)
+            self.register_buffer("token_order", order, persistent=False)
 
     @property
     def num_classes(self) -> int:
@@ -97,7 +109,31 @@ class ClassPrompts(nn.Module):
         if ctx.dim() == 2:
             ctx = ctx.unsqueeze(0).expand(c, -1, -1)
         ctx = ctx.to(self.token_prefix.dtype)
-        return torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
+        x = torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
+        if self.class_token_position == "end":
+            return x
+        # middle / front: move the class-name tokens (one gather; EOT keeps its position)
+        return x.gather(1, self.token_order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+#: Where CoOp's class-name tokens sit relative to the learned context (``TRAINER.COOP.CLASS_TOKEN_POSITION``).
+CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
+
+
+def _class_token_order(name_lens: Sequence[int], n_ctx: int, length: int, position: str) -> torch.Tensor:
+    """(C, L) source positions that turn CoOp's "end" layout into the "middle" or "front" one.
+
+    "end":    [SOS, ctx_1..ctx_n, name, rest]
+    "middle": [SOS, ctx_1..ctx_h, name, ctx_h+1..ctx_n, rest] with h = n // 2
+    "front":  [SOS, name, ctx_1..ctx_n, rest]
+    """
+    half = n_ctx // 2 if position == "middle" else 0
+    rows = []
+    for n in name_lens:
+        ctx = list(range(1, 1 + n_ctx))
+        name = list(range(1 + n_ctx, 1 + n_ctx + n))
+        rows.append([0] + ctx[:half] + name + ctx[half:] + list(range(1 + n_ctx + n, length)))
+    return torch.tensor(rows, dtype=torch.long)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -315,7 +351,8 @@ class PromptTrainer(TrainerX):
         for name in self.get_model_names():
             path = self._checkpoint_path(directory, name, epoch)
             checkpoint = load_checkpoint(path)
-            state = self.convert_state(extract_prompt_state(checkpoint["state_dict"]))
+            state = self.convert_reference_state(checkpoint["state_dict"])
+            state = self.convert_state(extract_prompt_state(state))
             print(f'Loading weights to {name} from "{path}" (epoch = {checkpoint.get("epoch")})')
             module = self._models[name]
             missing, unexpected = module.load_state_dict(state, strict=False)
@@ -330,6 +367,15 @@ class PromptTrainer(TrainerX):
     def convert_state(state: dict) -> dict:
         """Map a reference checkpoint's parameter names to this method's (identity by default)."""
         return state
+
+    @staticmethod
+    def convert_reference_state(state_dict: dict) -> dict:
+        """Map a whole checkpoint before the prompt learner's entries are taken out (identity by default).
+
+        For references that keep learned tensors outside ``prompt_learner`` (IVLP's and VPT's prompts live in the
+        encoders' blocks): rename them to ``prompt_learner.<name>``.
+        """
+        return state_dict
 
     @staticmethod
     def _checkpoint_path(directory: str, name: str, epoch: Optional[int]) -> str:

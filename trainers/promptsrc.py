@@ -1,0 +1,197 @@
+"""PromptSRC (Khattak et al., ICCV 2023): IVLP prompts regularised towards the frozen CLIP, with Gaussian aggregation.
+
+Reference behaviour (``TRAINER.PROMPTSRC``, muzairkhattak/PromptSRC ``trainers/promptsrc.py``):
+
+* architecture: IVLP (4 + 4 prompt tokens, depth 9 in both branches, text from "a photo of a");
+* frozen teachers: the zero-shot image feature (CLIP without prompts) and, per class, the mean of CLIP's text
+  features over the 60 templates of :data:`~trainers.templates.PROMPTSRC_TEMPLATES` (averaged before
+  normalisation, computed once in fp32);
+* loss = CE(logits) + TEXT_LOSS_WEIGHT * L1(text, teacher text) + IMAGE_LOSS_WEIGHT * L1(image, zero-shot image)
+  + KL(p_zero-shot || p_prompted) summed and divided by B*C (features L2-normalised, L1 averaged); see
+  :func:`self_consistency_losses`;
+* Gaussian prompt aggregation (GPA): after each epoch e (1-based) the prompts are added to a running sum with
+  weight w_e proportional to N(e; GPA_MEAN, GPA_STD) (normalised over the epochs, :func:`gpa_weights`); after the
+  last epoch the sum replaces the prompts, and that model is saved and tested. Inference uses prompted logits.
+
+Differences, all exact or fixes: the zero-shot image encoder is the frozen CLIP itself run without prompts (the
+reference loads a second copy of it); GPA sums the learned parameters only (the reference sums the whole state
+dict every epoch, frozen CLIP included, which reconstructs the frozen weights only because the weights sum to 1);
+the running sum is stored in checkpoints so that a resumed run aggregates the same epochs; the loss is also
+available under ``amp`` (the reference's amp branch is broken).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from yacs.config import CfgNode as CN
+
+import clip
+from dassl.engine import TRAINER_REGISTRY
+
+from .common import PromptedCLIP, PromptTrainer
+from .config import register_config
+from .ivlp import from_reference_keys, ivlp_defaults, ivlp_learner
+from .templates import PROMPTSRC_TEMPLATES
+
+
+@register_config("PROMPTSRC")
+def promptsrc_defaults() -> CN:
+    c = ivlp_defaults()  # the IVLP keys (N_CTX_*, CTX_INIT, PREC, PROMPT_DEPTH_*), with PromptSRC's values
+    c.N_CTX_VISION = 4
+    c.N_CTX_TEXT = 4
+    c.TEXT_LOSS_WEIGHT = 25  # weight of L1(prompted text features, template-ensemble text features)
+    c.IMAGE_LOSS_WEIGHT = 10  # weight of L1(prompted image features, zero-shot image features)
+    c.GPA_MEAN = 15  # Gaussian prompt aggregation: mean epoch (1-based)
+    c.GPA_STD = 1  # Gaussian prompt aggregation: standard deviation in epochs
+    return c
+
+
+def gpa_weights(mean: float, std: float, epochs: int) -> List[float]:
+    """Aggregation weight of each epoch 1..epochs: N(e; mean, std), normalised to sum to 1."""
+    if std <= 0:
+        raise ValueError(f"TRAINER.PROMPTSRC.GPA_STD must be positive, got {std}")
+    dens = [math.exp(-0.5 * ((e - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi)) for e in range(1, epochs + 1)]
+    total = math.fsum(dens)
+    if total == 0:
+        raise ValueError(f"GPA weights N(e; {mean}, {std}) vanish on every epoch 1..{epochs}; move GPA_MEAN into "
+                         "the training epochs or widen GPA_STD")
+    return [d / total for d in dens]
+
+
+def self_consistency_losses(logits: torch.Tensor, text: torch.Tensor, image: torch.Tensor, label: torch.Tensor,
+                            zs_logits: torch.Tensor, zs_text: torch.Tensor, zs_image: torch.Tensor,
+                            text_weight: float, image_weight: float) -> Dict[str, torch.Tensor]:
+    """PromptSRC's loss terms (computed in fp32).
+
+    Args:
+        logits: (B, C) prompted logits; text: (C, E) and image: (B, E) prompted features, L2-normalised.
+        zs_logits: (B, C) zero-shot logits; zs_text: (C, E) teacher text and zs_image: (B, E) zero-shot image
+            features, L2-normalised.
+    Returns: ``ce``, ``text`` (weighted L1), ``image`` (weighted L1), ``kl`` and their sum ``loss``.
+    """
+    logits, zs_logits = logits.float(), zs_logits.float()
+    ce = F.cross_entropy(logits, label)
+    l_text = F.l1_loss(text.float(), zs_text.float(), reduction="mean") * text_weight
+    l_image = F.l1_loss(image.float(), zs_image.float(), reduction="mean") * image_weight
+    kl = F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(zs_logits, dim=1), reduction="sum",
+                  log_target=True) / logits.numel()
+    return {"ce": ce, "text": l_text, "image": l_image, "kl": kl, "loss": ce + kl + l_text + l_image}
+
+
+@torch.no_grad()
+def template_text_features(clip_model: nn.Module, classnames: Sequence[str], templates: Sequence[str],
+                           chunk: int = 1024) -> torch.Tensor:
+    """(C, E) per-class mean of the (unnormalised) text features over ``templates``, in the model's dtype."""
+    names = [name.replace("_", " ") for name in classnames]
+    texts = [t.replace("{}", name) for t in templates for name in names]  # template-major, as the reference
+    device = clip_model.token_embedding.weight.device
+    feats = []
+    for start in range(0, len(texts), chunk):
+        ids = clip.tokenize(texts[start:start + chunk], context_length=clip_model.context_length).to(device)
+        feats.append(clip_model.encode_text(ids))
+    feats = torch.cat(feats).view(len(templates), len(names), -1)
+    return feats.mean(dim=0)
+
+
+class PromptSRCCLIP(PromptedCLIP):
+    """IVLP's prompted CLIP plus the frozen teachers.
+
+    Buffers (not saved): ``fixed_embeddings`` (C, E), the template-ensemble text features (fp32, unnormalised).
+    """
+
+    def __init__(self, clip_model: nn.Module, prompt_learner: nn.Module, fixed_embeddings: torch.Tensor):
+        super().__init__(clip_model, prompt_learner)
+        self.register_buffer("fixed_embeddings", fixed_embeddings, persistent=False)
+
+    def forward_train(self, image: torch.Tensor):
+        """Prompted logits and features, and the zero-shot ones (without gradients)."""
+        prompts = self.prompt_learner()
+        text = self.encode_text(prompts)
+        img = self.encode_image(image, prompts)
+        scale = self.clip_model.logit_scale.exp()
+        logits = scale * img @ text.t()
+        with torch.no_grad():
+            zs_image = self.clip_model.encode_image(image.to(self.dtype))  # the frozen CLIP without prompts
+            zs_image = zs_image / zs_image.norm(dim=-1, keepdim=True)
+            zs_text = self.fixed_embeddings / self.fixed_embeddings.norm(dim=-1, keepdim=True)
+            zs_logits = scale.float() * zs_image.float() @ zs_text.t()
+        return logits, text, img, zs_logits, zs_text, zs_image
+
+
+@TRAINER_REGISTRY.register()
+class PromptSRC(PromptTrainer):
+    """``--trainer PromptSRC``, config block ``TRAINER.PROMPTSRC``."""
+
+    CFG_KEY = "PROMPTSRC"
+    MODEL_NAME = "VLPromptLearner"
+
+    def check_cfg(self, cfg):
+        super().check_cfg(cfg)
+        mcfg = cfg.TRAINER.PROMPTSRC
+        if mcfg.PROMPT_DEPTH_TEXT < 1:
+            raise ValueError("TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT must be at least 1 (as in the reference)")
+        gpa_weights(mcfg.GPA_MEAN, mcfg.GPA_STD, cfg.OPTIM.MAX_EPOCH)
+
+    def build_prompt_learner(self, cfg, classnames, clip_model):
+        return ivlp_learner(self.method_cfg, classnames, clip_model, self.CFG_KEY)
+
+    def build_clip_model(self, cfg, classnames, clip_model):
+        learner = self.build_prompt_learner(cfg, classnames, clip_model)
+        # the teacher text features, from the fp32 CLIP (before the run's precision is applied), on the run's device
+        print(f"Computing the frozen text features of {len(classnames)} classes over {len(PROMPTSRC_TEMPLATES)} "
+              "templates")
+        clip_model.to(self.device)
+        fixed = template_text_features(clip_model, classnames, PROMPTSRC_TEMPLATES).float()
+        return PromptSRCCLIP(clip_model, learner, fixed)
+
+    def build_model(self):
+        super().build_model()
+        mcfg = self.method_cfg
+        self.gpa_weights = gpa_weights(mcfg.GPA_MEAN, mcfg.GPA_STD, self.cfg.OPTIM.MAX_EPOCH)
+        self.gpa_sum: Optional[Dict[str, torch.Tensor]] = None
+
+    def compute_loss(self, image, label):
+        mcfg = self.method_cfg
+        logits, text, img, zs_logits, zs_text, zs_image = self.model.forward_train(image)
+        terms = self_consistency_losses(logits, text, img, label, zs_logits, zs_text, zs_image,
+                                        mcfg.TEXT_LOSS_WEIGHT, mcfg.IMAGE_LOSS_WEIGHT)
+        return terms["loss"], logits
+
+    # -- Gaussian prompt aggregation ----------------------------------------------------------------------
+    def after_epoch(self):
+        self.aggregate_prompts(self.epoch)
+        super().after_epoch()
+
+    @torch.no_grad()
+    def aggregate_prompts(self, epoch: int) -> None:
+        """Add the learned parameters with epoch ``epoch``'s (0-based) weight; after the last, load the sum."""
+        learner = self.model.prompt_learner
+        weight = self.gpa_weights[epoch]
+        current = {k: v.detach().float() * weight for k, v in learner.state_dict().items()}
+        if self.gpa_sum is None:
+            self.gpa_sum = current
+        else:
+            self.gpa_sum = {k: self.gpa_sum[k] + current[k] for k in current}
+        if epoch + 1 == self.max_epoch:
+            print("Using GPA model for final inference...")
+            learner.load_state_dict(self.gpa_sum)
+
+    def _checkpoint_extras(self):
+        extras = super()._checkpoint_extras()
+        if self.gpa_sum is not None:
+            extras["gpa_sum"] = {k: v.cpu() for k, v in self.gpa_sum.items()}
+        return extras
+
+    def _restore_checkpoint_extras(self, checkpoint):
+        super()._restore_checkpoint_extras(checkpoint)
+        if checkpoint.get("gpa_sum") is not None:
+            device = next(self.model.prompt_learner.parameters()).device
+            self.gpa_sum = {k: v.to(device) for k, v in checkpoint["gpa_sum"].items()}
+
+    @staticmethod
+    def convert_reference_state(state_dict: dict) -> dict:
+        return from_reference_keys(state_dict)

@@ -1,0 +1,72 @@
+"""VPT (Jia et al., ECCV 2022) on CLIP: learned prompts in the vision branch only, as in MaPLe's baselines.
+
+Reference behaviour (``TRAINER.VPT``, muzairkhattak/multimodal-prompt-learning ``trainers/vpt.py``):
+
+* text features are fixed: the frozen encoder on ``"a photo of a {class}."`` (``CTX_INIT``; the reference
+  hard-codes that phrase, which is the default here);
+* ``N_CTX_VISION`` prompts are appended after the patch tokens before ``ln_pre``; at each layer
+  ``1 .. PROMPT_DEPTH_VISION - 1`` they are replaced by the layer's own prompts (IVLP's vision branch);
+* ``PROMPT_DEPTH_VISION 1`` (the default) is VPT-shallow, ``12`` with 8 tokens VPT-deep (the shipped config).
+
+Text features do not depend on anything learned: they are computed once and reused for every batch.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+from yacs.config import CfgNode as CN
+
+from dassl.engine import TRAINER_REGISTRY
+
+from .common import PromptedCLIP, PromptTrainer, Prompts
+from .config import register_config
+from .ivlp import VLPromptLearner, from_reference_keys
+
+
+@register_config("VPT")
+def vpt_defaults() -> CN:
+    c = CN()
+    c.N_CTX_VISION = 2  # vision prompt tokens per layer
+    c.CTX_INIT = "a photo of a"  # fixed text prompt: "{CTX_INIT} {class}."
+    c.PREC = "fp16"  # fp32, fp16, bf16 or amp
+    c.PROMPT_DEPTH_VISION = 1  # vision layers 0 .. depth-1 get prompts (1: VPT-shallow)
+    return c
+
+
+class FixedTextCLIP(PromptedCLIP):
+    """A prompted CLIP whose class prompts are fixed: text features are computed once per device and dtype."""
+
+    def __init__(self, clip_model: nn.Module, prompt_learner: nn.Module):
+        super().__init__(clip_model, prompt_learner)
+        self._fixed_text: Optional[torch.Tensor] = None
+        self._fixed_key: Optional[Tuple] = None
+
+    def encode_text(self, prompts: Prompts) -> torch.Tensor:
+        key = (prompts.text_ids.device, self.dtype)
+        if self._fixed_key != key:
+            with torch.no_grad():
+                self._fixed_text = super().encode_text(prompts)
+            self._fixed_key = key
+        return self._fixed_text.to(self.dtype)
+
+
+@TRAINER_REGISTRY.register()
+class VPT(PromptTrainer):
+    """``--trainer VPT``, config block ``TRAINER.VPT``."""
+
+    CFG_KEY = "VPT"
+    MODEL_NAME = "prompt_learner"
+
+    def build_prompt_learner(self, cfg, classnames, clip_model):
+        mcfg = self.method_cfg
+        return VLPromptLearner(clip_model, classnames, n_ctx_text=0, depth_text=0, n_ctx_vision=mcfg.N_CTX_VISION,
+                               depth_vision=mcfg.PROMPT_DEPTH_VISION, ctx_init=mcfg.CTX_INIT, key=self.CFG_KEY)
+
+    def build_clip_model(self, cfg, classnames, clip_model):
+        return FixedTextCLIP(clip_model, self.build_prompt_learner(cfg, classnames, clip_model))
+
+    @staticmethod
+    def convert_reference_state(state_dict: dict) -> dict:
+        return from_reference_keys(state_dict)
