@@ -1,0 +1,348 @@
+"""The offline demo's tiny CLIP ("tiny-digits"): its architecture, its contrastive pretraining, its checkpoint.
+
+The model is the project's own CLIP (:class:`clip.CLIP`, OpenAI's parameter names) at a small size: a ViT on
+32x32 images and a text transformer that uses the real tokenizer (49,408 tokens, context 77). It is pretrained
+from scratch on captioned synthetic digits rendered from fonts (:mod:`pretrain.synthetic`), never on the
+handwritten digits it is then evaluated on zero-shot, so the demo measures transfer::
+
+    python -m pretrain.tiny_digits --out tiny-digits.pt [--seed 0] [--threads 2]
+
+Training, all contrastive, on batches of generated (image, caption) pairs:
+
+1. caption warm-up (:attr:`PretrainConfig.caption_steps`): the text tower alone, with a supervised contrastive
+   loss over captions (captions naming the same digit are positives). At initialisation the image features of
+   a small ViT are nearly identical for all images, and a contrastive image-text loss from there collapses both
+   towers to constant features (loss ``log(batch)``); text features that already separate the digits avoid it.
+2. image-text (:attr:`PretrainConfig.steps`): CLIP's symmetric cross-entropy between image and caption
+   features, where every caption that names the image's digit is a positive (the target is spread uniformly over
+   them; CLIP's one-hot target would call the other captions of the same digit negatives). The text tower
+   learns at :attr:`PretrainConfig.text_lr_scale` times the image tower's rate. The synthetic images start
+   easy (large, upright, clean, grey) and reach their full variety after :attr:`PretrainConfig.ramp` of the
+   steps.
+
+Reproducible: one seed drives the model's initialisation and the data; every operation is deterministic on the
+CPU. The same seed, thread count and torch version give the same file (other thread counts may change the
+floating-point sums and so the bits, not the quality).
+
+The checkpoint is a plain state dict with OpenAI's keys, stored like OpenAI's files with half-precision weights
+(LayerNorms in fp32), so :func:`clip.build_model` and :func:`clip.load` read it. The repository ships it
+(:data:`SHIPPED`, checksum :data:`SHA256`); :func:`checkpoint_path` returns it, or pretrains a copy into the
+CLIP cache when it is absent.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["ARCH", "PretrainConfig", "SHIPPED", "SHA256", "EVAL_TEMPLATE", "build", "pretrain",
+           "zero_shot_accuracy", "save_checkpoint", "checkpoint_path", "main"]
+
+#: ``clip.CLIP(**ARCH)``: a ViT-S/4-like image tower on 32x32 images and a 64-wide text tower
+ARCH = dict(
+    embed_dim=64,
+    image_resolution=32,
+    vision_layers=4,
+    vision_width=128,
+    vision_patch_size=8,
+    context_length=77,
+    vocab_size=49408,
+    transformer_width=64,
+    transformer_heads=1,
+    transformer_layers=2,
+)
+
+#: the checkpoint shipped with the repository, and its SHA256
+SHIPPED = Path(__file__).resolve().parent / "weights" / "tiny-digits.pt"
+SHA256 = ""
+#: file name in the CLIP cache when the checkpoint is built there
+CACHE_NAME = "tiny-digits.pt"
+
+#: prompt of the zero-shot evaluation (CoOp's default template)
+EVAL_TEMPLATE = "a photo of a {}."
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Hyper-parameters of :func:`pretrain` (the defaults made the shipped checkpoint)."""
+
+    seed: int = 0                   # model initialisation and data stream
+    caption_steps: int = 60         # stage 1: text-only contrastive steps
+    caption_lr: float = 1e-3        # stage 1 learning rate
+    steps: int = 1000               # stage 2: image-text contrastive steps
+    batch_size: int = 128           # image-caption pairs per step (both stages)
+    lr: float = 1e-3                # stage 2 peak learning rate of the image tower (AdamW)
+    text_lr_scale: float = 0.1      # stage 2: text tower learning rate / image tower learning rate
+    weight_decay: float = 0.05      # AdamW, on matrices and embeddings only
+    warmup: int = 50                # stage 2 linear warm-up steps, then cosine decay to 0
+    ramp: float = 0.4               # fraction of stage 2 over which the synthetic data goes from easy to full
+    logit_scale_max: float = 100.0  # CLIP's clamp of the learned temperature
+
+
+def build(seed: int = 0):
+    """A freshly initialised tiny CLIP (fp32, train mode)."""
+    import clip
+
+    torch.manual_seed(seed)
+    return clip.CLIP(**ARCH)
+
+
+def _multi_positive_ce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each row of ``logits`` against the uniform distribution over its ``positive`` entries.
+
+    ``logits`` (N, M); ``positive`` (N, M) bool with at least one True per row. Entries that are ``-inf`` in
+    ``logits`` (masked) must not be positive.
+    """
+    target = positive.float() / positive.sum(1, keepdim=True)
+    log_prob = logits.log_softmax(1).masked_fill(~positive, 0.0)
+    return -(target * log_prob).sum(1).mean()
+
+
+def caption_loss(text_features: torch.Tensor, digits: torch.Tensor, scale: float) -> torch.Tensor:
+    """Supervised contrastive loss over normalised caption features (N, D); same digit = positive, self excluded."""
+    n = len(digits)
+    self_pair = torch.eye(n, dtype=torch.bool)
+    logits = (scale * text_features @ text_features.T).masked_fill(self_pair, float("-inf"))
+    positive = (digits[:, None] == digits[None, :]) & ~self_pair
+    return _multi_positive_ce(logits, positive)
+
+
+def image_text_loss(image_features: torch.Tensor, text_features: torch.Tensor, digits: torch.Tensor,
+                    scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric loss with every caption of the same digit as a positive; features (N, D) normalised."""
+    logits = scale * image_features @ text_features.T
+    positive = digits[:, None] == digits[None, :]
+    return 0.5 * (_multi_positive_ce(logits, positive) + _multi_positive_ce(logits.T, positive.T))
+
+
+def _normalisation():
+    from clip.transforms import OPENAI_MEAN, OPENAI_STD
+
+    return torch.tensor(OPENAI_MEAN)[:, None, None], torch.tensor(OPENAI_STD)[:, None, None]
+
+
+def _param_groups(model, lr: float, text_lr: float, weight_decay: float):
+    """AdamW groups: image tower / text tower, each split into decayed (ndim >= 2) and not; logit_scale apart."""
+    groups = {}
+    for name, param in model.named_parameters():
+        tower = "image" if name.startswith("visual.") else "text"
+        decay = param.ndim >= 2 and name != "logit_scale"
+        key = (tower, decay)
+        if name == "logit_scale":
+            key = ("image", False)
+        groups.setdefault(key, []).append(param)
+    return [
+        {"params": params, "lr": lr if tower == "image" else text_lr, "weight_decay": weight_decay if decay else 0.0}
+        for (tower, decay), params in sorted(groups.items())
+    ]
+
+
+def pretrain(config: PretrainConfig = PretrainConfig(), log: Callable[[str], None] = print,
+             evaluate_every: int = 0):
+    """Pretrain the tiny CLIP with ``config`` and return the model (fp32, eval mode).
+
+    ``evaluate_every > 0`` logs the zero-shot accuracy on the digits' validation split every that many steps
+    (for development; it does not influence training).
+    """
+    import clip
+
+    from .synthetic import SyntheticDigits
+
+    model = build(config.seed)
+    model.train()
+    data = SyntheticDigits(seed=config.seed, image_size=ARCH["image_resolution"])
+    mean, std = _normalisation()
+    start = time.time()
+
+    # Stage 1: the text tower learns to tell captions of different digits apart.
+    text_params = [p for n, p in model.named_parameters() if not n.startswith("visual.") and n != "logit_scale"]
+    optimizer = torch.optim.AdamW(text_params, lr=config.caption_lr, weight_decay=config.weight_decay,
+                                  betas=(0.9, 0.98), eps=1e-6)
+    scale = model.logit_scale.exp().item()
+    for step in range(config.caption_steps):
+        _, digits, captions = data.batch(config.batch_size, images=False)
+        text_features = F.normalize(model.encode_text(clip.tokenize(captions)), dim=-1)
+        loss = caption_loss(text_features, digits, scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 20 == 0 or step == config.caption_steps - 1:
+            log(f"captions {step + 1}/{config.caption_steps} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
+
+    # Stage 2: image-text contrastive training.
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, config.lr, config.lr * config.text_lr_scale, config.weight_decay),
+        betas=(0.9, 0.98), eps=1e-6,
+    )
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    max_log_scale = math.log(config.logit_scale_max)
+    for step in range(config.steps):
+        factor = _lr_factor(step, config.steps, config.warmup)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * factor
+        data.difficulty = min(1.0, step / max(1.0, config.ramp * config.steps))
+        images, digits, captions = data.batch(config.batch_size)
+        image_features = F.normalize(model.encode_image((images - mean) / std), dim=-1)
+        text_features = F.normalize(model.encode_text(clip.tokenize(captions)), dim=-1)
+        loss = image_text_loss(image_features, text_features, digits, model.logit_scale.exp())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, max_log_scale)
+        if step % 50 == 0 or step == config.steps - 1:
+            msg = (f"image-text {step + 1}/{config.steps} loss {loss.item():.4f} "
+                   f"scale {model.logit_scale.exp().item():.1f} ({time.time() - start:.0f}s)")
+            if evaluate_every and (step % evaluate_every == 0 or step == config.steps - 1):
+                acc = zero_shot_accuracy(model.eval(), split="val")
+                model.train()
+                msg += f" | val zero-shot all {acc['all']:.1%} base {acc['base']:.1%} new {acc['new']:.1%}"
+            log(msg)
+    return model.eval()
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model, split: str = "test", template: str = EVAL_TEMPLATE) -> Dict[str, float]:
+    """Zero-shot accuracy over the 10 classes on a split of the digits dataset (in memory; nothing is written).
+
+    Returns ``{"all", "base", "new"}``: accuracy over all images, over images of classes 0-4 and of 5-9 (still
+    choosing among all 10 class names), and ``"n"``, the number of images. The model runs as it is (device,
+    dtype); images go through :func:`clip.image_transform` at the model's resolution, as in the dataset code.
+    """
+    import clip
+    from datasets.digits import CLASSNAMES, digit_image, load_sklearn_digits, split_entries
+
+    images, labels = load_sklearn_digits()
+    entries = split_entries(labels.tolist())[split]
+    index = [int(rel.split("/")[1].split(".")[0]) for rel, _, _ in entries]
+    transform = clip.image_transform(model.visual.input_resolution)
+    device = next(model.parameters()).device
+    batch = torch.stack([transform(digit_image(images[i])) for i in index]).to(device)
+    target = torch.tensor([labels[i] for i in index], device=device)
+    tokens = clip.tokenize([template.format(c) for c in CLASSNAMES]).to(device)
+    text = F.normalize(model.encode_text(tokens).float(), dim=-1)
+    image = F.normalize(model.encode_image(batch).float(), dim=-1)
+    correct = ((image @ text.T).argmax(1) == target).float()
+    half = (len(CLASSNAMES) + 1) // 2
+    return {
+        "all": correct.mean().item(),
+        "base": correct[target < half].mean().item(),
+        "new": correct[target >= half].mean().item(),
+        "n": len(index),
+    }
+
+
+def state_dict_for_release(model) -> Dict[str, torch.Tensor]:
+    """The model's state dict as OpenAI stores it: half-precision weights, LayerNorms in fp32 (model unchanged)."""
+    import copy
+
+    import clip
+
+    return clip.resolve_precision("fp16", "cuda").cast_model(copy.deepcopy(model)).state_dict()
+
+
+def save_checkpoint(state_dict: Dict[str, torch.Tensor], path: Union[str, Path]) -> Path:
+    """Write ``state_dict`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state_dict, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def checkpoint_path(cache_dir: Union[str, Path, None] = None) -> str:
+    """Path of the tiny-digits checkpoint: the shipped file if its checksum matches, else a copy built in the cache.
+
+    The cache is ``cache_dir``, else :func:`clip.cache_dir` (``$CLIP_CACHE_DIR`` or ``~/.cache/clip``). Building
+    runs :func:`pretrain` with the default config (about 10 minutes on 2 CPU cores) under a file lock, so runs
+    started together build it once.
+    """
+    import clip
+    from clip.download import _exclusive, sha256_of
+
+    if SHIPPED.is_file() and SHA256 and sha256_of(SHIPPED) == SHA256:
+        return str(SHIPPED)
+    if SHIPPED.is_file():
+        warnings.warn(f"{SHIPPED} does not have the expected SHA256 {SHA256}; using a copy built in the cache")
+    target = clip.cache_dir(cache_dir) / CACHE_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target):
+        if not target.is_file():
+            print(f"Pretraining the tiny-digits CLIP into {target} (python -m pretrain.tiny_digits; about 10 min)")
+            threads = min(2, os.cpu_count() or 1)
+            torch.set_num_threads(threads)
+            model = pretrain(PretrainConfig())
+            save_checkpoint(state_dict_for_release(model), target)
+            if SHA256 and sha256_of(target) != SHA256:
+                print(f"Note: the rebuilt checkpoint differs in its bits from the shipped one (SHA256 {SHA256}); "
+                      "another torch version or thread count changes floating-point sums, not the recipe.")
+    return str(target)
+
+
+def _parse(argv: Optional[Sequence[str]]):
+    parser = argparse.ArgumentParser(prog="python -m pretrain.tiny_digits", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="checkpoint file to write (OpenAI-format state dict)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="log validation zero-shot accuracy every N steps (development; default off)")
+    defaults = PretrainConfig()
+    for f in fields(PretrainConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
+                            default=getattr(defaults, f.name), help=f"default {getattr(defaults, f.name)}")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parse(argv)
+    if args.threads < 1:
+        print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    config = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)})
+    print(f"tiny-digits CLIP {ARCH}")
+    print(f"pretraining with {asdict(config)} on {args.threads} thread(s)")
+    start = time.time()
+    model = pretrain(config, evaluate_every=args.eval_every)
+    seconds = time.time() - start
+    state_dict = state_dict_for_release(model)
+    path = save_checkpoint(state_dict, args.out)
+    from clip.download import sha256_of
+
+    import clip
+
+    released = clip.build_model(state_dict)
+    n_params = sum(p.numel() for p in released.parameters())
+    print(f"pretraining took {seconds:.0f}s; wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, "
+          f"{n_params:,} parameters), SHA256 {sha256_of(path)}")
+    for split in ("val", "test"):
+        acc = zero_shot_accuracy(released, split=split)
+        print(f"zero-shot on the handwritten digits ({split}, {acc['n']} images, prompt {EVAL_TEMPLATE!r}): "
+              f"all {acc['all']:.1%}  base 0-4 {acc['base']:.1%}  new 5-9 {acc['new']:.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
