@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 import zipfile
 
-from dassl.utils import UserError
+from .errors import UserError
 
 __all__ = ["DownloadError", "http_download", "gdrive_download", "extract", "install", "RETRY_DELAY"]
 

@@ -6,7 +6,7 @@ There is no split file: the lists are the split.
 """
 import os.path as osp
 
-from dassl.utils import UserError
+from .errors import UserError
 from dassl.data.datasets import DATASET_REGISTRY
 
 from .splits import SplitDataset, read_lines

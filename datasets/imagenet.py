@@ -14,7 +14,7 @@ import pickle
 from collections import OrderedDict
 
 from dassl.data.datasets import DATASET_REGISTRY, DatasetBase
-from dassl.utils import UserError
+from .errors import UserError
 
 from .splits import (
     SplitDataset,

@@ -6,7 +6,7 @@ Layout: ``imagenetv2/imagenetv2-matched-frequency-format-val/<0..999>/*.jpeg`` (
 import os.path as osp
 
 from dassl.data.datasets import DATASET_REGISTRY
-from dassl.utils import UserError
+from .errors import UserError
 
 from .imagenet import ImageNetVariant
 from .splits import list_images

@@ -8,7 +8,9 @@ import random
 from collections import defaultdict
 
 from dassl.data.datasets import DATASET_REGISTRY, Datum
-from dassl.utils import UserError, read_json
+from dassl.utils import read_json
+
+from .errors import UserError
 
 from .splits import SplitDataset
 

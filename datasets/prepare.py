@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from dassl.data.datasets import DATASET_REGISTRY
-from dassl.utils import UserError
+from .errors import UserError
 from PIL import Image
 
 from . import download as dl

@@ -37,7 +37,9 @@ import warnings
 from collections import defaultdict
 
 from dassl.data.datasets import DatasetBase, Datum
-from dassl.utils import UserError, listdir_nohidden
+from dassl.utils import listdir_nohidden
+
+from .errors import UserError
 
 __all__ = [
     "IMAGE_EXTENSIONS",

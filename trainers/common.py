@@ -29,6 +29,12 @@ from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import load_checkpoint
 
+try:  # this project's engine prints it as one "error:" line
+    from dassl.utils import UserError
+except ImportError:  # the real Dassl.pytorch has no such class
+    class UserError(Exception):
+        """A problem with the user's input, explained by the message."""
+
 #: The precisions a method config may ask for (``TRAINER.<M>.PREC``).
 PRECISIONS = ("fp32", "fp16", "bf16", "amp")
 
@@ -390,8 +396,6 @@ class PromptTrainer(TrainerX):
             else:
                 path = osp.join(folder, "model-best.pth.tar")
         if not osp.isfile(path):
-            from dassl.utils import UserError
-
             raise UserError(
                 f'no checkpoint at "{path}": pass the training run\'s output folder to --model-dir and the '
                 "epoch it saved (the number after model.pth.tar-) to --load-epoch"

@@ -20,9 +20,8 @@ import torch.nn as nn
 
 import clip
 from dassl.engine import TRAINER_REGISTRY, TrainerX
-from dassl.utils import UserError
 
-from .common import load_clip
+from .common import UserError, load_clip
 from .templates import IMAGENET_TEMPLATES_SELECT, dataset_template
 
 
