@@ -1,6 +1,5 @@
 """Checkpoint download, against a local HTTP server on 127.0.0.1 (never the real URLs)."""
 import hashlib
-import http.server
 import socket
 import threading
 
@@ -9,76 +8,22 @@ import torch
 
 import clip
 from clip.download import download
+from http_server import FileServer
 from tiny_clip import write_tiny_checkpoint
 
 
-class _Server:
-    """Serves ``files`` (path -> bytes) with HTTP Range support; ``break_after`` cuts the next transfer short."""
-
-    def __init__(self):
-        self.files = {}
-        self.break_after = None
-        self.honour_range = True
-        self.requests = []  # (path, Range header or None)
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.requests.append((self.path, self.headers.get("Range")))
-                data = server.files.get(self.path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                start = 0
-                rng = self.headers.get("Range") if server.honour_range else None
-                if rng:
-                    start = int(rng.split("=")[1].split("-")[0])
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Content-Type", "application/octet-stream")
-                self.end_headers()
-                if server.break_after is not None:
-                    cut, server.break_after = server.break_after, None
-                    self.wfile.write(body[:cut])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def add(self, name, data):
-        sha = hashlib.sha256(data).hexdigest()
-        self.files[f"/clip/models/{sha}/{name}"] = data
-        return f"{self.url}/clip/models/{sha}/{name}", sha
+def _publish(server, name, data):
+    """Serve ``data`` under an OpenAI-style URL (``.../<sha256>/<name>``); returns ``(url, sha256)``."""
+    sha = hashlib.sha256(data).hexdigest()
+    path = f"clip/models/{sha}/{name}"
+    server.files[path] = data
+    return server.url_for(path), sha
 
 
 @pytest.fixture
 def server():
-    s = _Server()
-    s.thread.start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    with FileServer() as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +45,7 @@ def registered():
 
 
 def test_download_and_load(server, checkpoint_bytes, registered, tmp_path):
-    url, sha = server.add("tiny-test.pt", checkpoint_bytes)
+    url, sha = _publish(server, "tiny-test.pt", checkpoint_bytes)
     registered("tiny-test", url=url)  # the SHA256 is read from the URL, as in OpenAI's URLs
     assert clip.pretrained._REGISTRY["tiny-test"].sha256 == sha
     assert "tiny-test" in clip.available_models()
@@ -110,13 +55,13 @@ def test_download_and_load(server, checkpoint_bytes, registered, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tiny-test.pt.lock", "tiny-test.pt"]
     assert model.visual.width == 64
     # a cached file with the right checksum is used without asking the server
-    n = len(server.requests)
+    n = len(server.log)
     clip.load("tiny-test", download_root=tmp_path)
-    assert len(server.requests) == n
+    assert len(server.log) == n
 
 
 def test_bad_checksum_is_a_clear_error_and_leaves_no_file(server, checkpoint_bytes, registered, tmp_path):
-    url, _ = server.add("tiny-bad.pt", checkpoint_bytes)
+    url, _ = _publish(server, "tiny-bad.pt", checkpoint_bytes)
     registered("tiny-bad", url=url, sha256="0" * 64)
     with pytest.raises(clip.DownloadError) as err:
         clip.load("tiny-bad", download_root=tmp_path)
@@ -127,9 +72,9 @@ def test_bad_checksum_is_a_clear_error_and_leaves_no_file(server, checkpoint_byt
 
 
 def test_broken_transfer_resumes(server, checkpoint_bytes, tmp_path):
-    url, sha = server.add("tiny-resume.pt", checkpoint_bytes)
+    url, sha = _publish(server, "tiny-resume.pt", checkpoint_bytes)
     target = tmp_path / "tiny-resume.pt"
-    server.break_after = 1000
+    server.cut[f"clip/models/{sha}/tiny-resume.pt"] = 1000  # the first transfer stops after 1000 bytes
     with pytest.raises(clip.DownloadError, match="the next call resumes") as err:
         download(url, target, sha256=sha, progress=False)
     assert f"put it at {target}" in str(err.value)
@@ -137,11 +82,11 @@ def test_broken_transfer_resumes(server, checkpoint_bytes, tmp_path):
     assert not target.exists() and part.stat().st_size == 1000
     download(url, target, sha256=sha, progress=False)
     assert target.read_bytes() == checkpoint_bytes and not part.exists()
-    assert server.requests[-1][1] == "bytes=1000-"
+    assert server.log[-1][1] == "bytes=1000-"
 
 
 def test_concurrent_downloads_fetch_once(server, checkpoint_bytes, tmp_path):
-    url, sha = server.add("tiny-concurrent.pt", checkpoint_bytes)
+    url, sha = _publish(server, "tiny-concurrent.pt", checkpoint_bytes)
     target = tmp_path / "tiny-concurrent.pt"
     errors = []
 
@@ -158,16 +103,16 @@ def test_concurrent_downloads_fetch_once(server, checkpoint_bytes, tmp_path):
         t.join()
     assert not errors
     assert target.read_bytes() == checkpoint_bytes
-    assert len(server.requests) == 1
+    assert len(server.log) == 1
 
 
 def test_stale_part_file_when_the_server_ignores_ranges(server, checkpoint_bytes, tmp_path):
-    url, sha = server.add("tiny-norange.pt", checkpoint_bytes)
+    url, sha = _publish(server, "tiny-norange.pt", checkpoint_bytes)
     server.honour_range = False  # answers 200 with the whole file: the partial file must be started over
     (tmp_path / "tiny-norange.pt.part").write_bytes(b"stale bytes")
     download(url, tmp_path / "tiny-norange.pt", sha256=sha, progress=False)
     assert (tmp_path / "tiny-norange.pt").read_bytes() == checkpoint_bytes
-    assert server.requests[-1][1] == "bytes=11-"
+    assert server.log[-1][1] == "bytes=11-"
 
 
 def test_offline_error_names_url_and_destination(registered, tmp_path):

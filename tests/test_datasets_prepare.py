@@ -1,9 +1,7 @@
 """``python -m datasets.prepare`` end to end against a local HTTP server on 127.0.0.1 (no other network)."""
 import os
 import shutil
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -14,67 +12,13 @@ from dassl.data.datasets import build_dataset
 from dassl.utils import UserError
 from datasets.fixtures import make_fixture
 from datasets.prepare import ensure_dataset, main, prepare
-
-
-class Server:
-    """A threaded HTTP server on 127.0.0.1 serving in-memory files, with Range support and a request log.
-
-    ``cut[name] = n`` makes the next response for ``name`` announce the full length but stop after ``n`` bytes.
-    """
-
-    def __init__(self):
-        self.files, self.cut, self.log = {}, {}, []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                name = self.path.lstrip("/")
-                server.log.append((name, self.headers.get("Range")))
-                if name not in server.files:
-                    self.send_error(404)
-                    return
-                data, start = server.files[name], 0
-                rng = self.headers.get("Range")
-                if rng:
-                    start = int(rng.split("=")[1].split("-")[0])
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                limit = server.cut.pop(name, None)
-                self.wfile.write(body if limit is None else body[:limit])
-                if limit is not None:
-                    self.wfile.flush()
-                    self.close_connection = True
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+from http_server import FileServer
 
 
 @pytest.fixture
 def server():
-    s = Server()
-    yield s
-    s.close()
+    with FileServer() as s:
+        yield s
 
 
 @pytest.fixture(autouse=True)
