@@ -53,7 +53,7 @@ def _classes():
     out = {}
     for name in DATASET_REGISTRY.registered_names():
         cls = DATASET_REGISTRY.get(name)
-        if getattr(cls, "config_name", "") in SOURCES:
+        if getattr(cls, "config_name", "") in SOURCES or getattr(cls, "builds_itself", False):
             out[cls.config_name] = cls
     return out
 
@@ -257,8 +257,12 @@ def prepare(name, root, mirror=None, archives=(), verify_only=False, force=False
     """Fetch, extract and verify one dataset (see the module docstring). Returns the verification summary."""
     cls = dataset_class(name)
     root = osp.abspath(osp.expanduser(root))
-    source = SOURCES[cls.config_name]
     dataset_dir = osp.join(root, cls.dataset_dir)
+    if getattr(cls, "builds_itself", False):  # data shipped by a package: nothing to download
+        cls.generate_split(dataset_dir)
+        print(f"{cls.config_name}: built from the data its package ships, in {dataset_dir}")
+        return {"built": dataset_dir}
+    source = SOURCES[cls.config_name]
     archives = [osp.abspath(osp.expanduser(a)) for a in archives]
     print(f"== {cls.config_name} ({cls.__name__}) in {dataset_dir}")
 
@@ -336,6 +340,9 @@ def ensure_dataset(name, root):
     cls = dataset_class(name)
     root = osp.abspath(osp.expanduser(root))
     dataset_dir = osp.join(root, cls.dataset_dir)
+    if getattr(cls, "builds_itself", False):  # written on first use from data a package ships
+        cls.generate_split(dataset_dir)
+        return dataset_dir
     required = [osp.join(dataset_dir, f) for f in cls.required_files()]
     complete = osp.isdir(osp.join(dataset_dir, cls.image_subdir)) and all(osp.isfile(p) for p in required)
     if complete and _read_state(cls, root).get("verified"):

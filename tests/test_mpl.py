@@ -278,3 +278,20 @@ def test_text_features_cached_during_evaluation(tiny):
             torch.testing.assert_close(net(images(tiny, seed=1)), first)
     finally:
         del tiny.encode_text_embeddings
+
+
+def test_maple_reference_keys_load():
+    """The official MaPLe names its per-layer maps ``compound_prompt_projections.<l>``."""
+    from trainers.maple import from_reference_keys
+
+    model = make_tiny_clip("vit", vision_layers=3, transformer_layers=3)
+    mcfg = maple_defaults()
+    mcfg.PROMPT_DEPTH = 3
+    learner = MultiModalPromptLearner(maple_as_mpl(mcfg), CLASSES, model, prefix="a photo of a")
+    reference = {}
+    for k, v in learner.state_dict().items():
+        reference[k.replace("txt2img_proj.0.", "compound_prompt_projections.")] = torch.randn_like(v)
+    assert any(k.startswith("compound_prompt_projections.1.") for k in reference)
+    fresh = MultiModalPromptLearner(maple_as_mpl(mcfg), CLASSES, model, prefix="a photo of a")
+    fresh.load_state_dict(from_reference_keys(reference), strict=True)
+    torch.testing.assert_close(fresh.txt2img_proj[0][1].weight, reference["compound_prompt_projections.1.weight"])

@@ -119,3 +119,39 @@ def test_every_precision_trains_on_cpu(prec):
     optim.step()
     assert torch.isfinite(loss) and learner.ctx.dtype == torch.float32
     assert not torch.equal(before, learner.ctx.detach())
+
+
+def test_reference_whole_model_checkpoint_loads_in_eval_only(env):
+    """A checkpoint in the official repository's format (the whole CustomCLIP under MultiModalPromptLearner,
+    prompts under ``prompt_learner.``, frozen CLIP weights and class buffers beside them) evaluates exactly like
+    our prompt-only checkpoint holding the same prompts."""
+    root, e, opts = env
+    out = root / "output"
+    ours = out / "base2new/train_base" / TAIL
+    if not (ours / "result.json").exists():  # run alone: train first
+        assert script("base2new_train.sh", "eurosat", "1", "2", env=e, opts=opts).returncode == 0
+    ckpt = torch.load(ours / "MultiModalPromptLearner/model.pth.tar-2", map_location="cpu", weights_only=False)
+    whole = {f"prompt_learner.{k}": v for k, v in ckpt["state_dict"].items()}
+    whole["prompt_learner.token_prefix"] = torch.zeros(5, 1, 64)  # class-dependent buffers the reference saves
+    whole["prompt_learner.token_suffix"] = torch.zeros(5, 75, 64)
+    whole["image_encoder.conv1.weight"] = torch.zeros(64, 3, 8, 8)  # frozen CLIP weights the reference saves
+    whole["logit_scale"] = torch.tensor(4.6)
+    ref_dir = root / "reference_run"
+    (ref_dir / "MultiModalPromptLearner").mkdir(parents=True)
+    torch.save({"state_dict": whole, "epoch": 2, "optimizer": None, "scheduler": None, "val_result": None},
+               ref_dir / "MultiModalPromptLearner" / "model.pth.tar-2")
+
+    def evaluate(model_dir, out_dir):
+        cmd = [sys.executable, "train.py", "--root", e["DATA"], "--seed", "1", "--trainer", "MPL",
+               "--dataset-config-file", "configs/datasets/eurosat.yaml",
+               "--config-file", "configs/trainers/MPL/vit_b4_c1_add2_rm1.yaml", "--output-dir", str(out_dir),
+               "--model-dir", str(model_dir), "--load-epoch", "2", "--eval-only",
+               "DATASET.NUM_SHOTS", "2", "DATASET.SUBSAMPLE_CLASSES", "new", *opts[1:]]
+        proc = subprocess.run(cmd, env=e, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return json.loads((out_dir / "result.json").read_text())
+
+    a = evaluate(ours, root / "eval_ours")
+    b = evaluate(ref_dir, root / "eval_reference")
+    assert a["num_test"] == b["num_test"] > 0
+    assert a["accuracy"] == b["accuracy"] and a["macro_f1"] == b["macro_f1"]
