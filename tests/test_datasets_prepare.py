@@ -84,6 +84,19 @@ def test_part_file_from_an_earlier_run_is_resumed(server, eurosat_files, tmp_pat
     assert (tmp_path / ".prepare" / "downloads" / "EuroSAT.zip").read_bytes() == data and not part.exists()
 
 
+def test_part_file_is_restarted_when_the_server_ignores_ranges(server, eurosat_files, tmp_path):
+    """A server that answers a Range request with the whole file (200): the partial file must not be appended to."""
+    server.files.update(eurosat_files)
+    server.honour_range = False
+    data = eurosat_files["EuroSAT.zip"]
+    part = tmp_path / ".prepare" / "downloads" / "EuroSAT.zip.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[:1000])
+    dl.http_download(f"{server.url}/EuroSAT.zip", str(part)[: -len(".part")], quiet=True)
+    assert server.log == [("EuroSAT.zip", "bytes=1000-")]
+    assert (tmp_path / ".prepare" / "downloads" / "EuroSAT.zip").read_bytes() == data and not part.exists()
+
+
 def test_missing_and_unreadable_images_are_named(server, eurosat_files, tmp_path, capsys):
     server.files.update(eurosat_files)
     prepare("eurosat", tmp_path, mirror=server.url, quiet=True)
