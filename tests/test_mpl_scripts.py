@@ -155,3 +155,22 @@ def test_reference_whole_model_checkpoint_loads_in_eval_only(env):
     b = evaluate(ref_dir, root / "eval_reference")
     assert a["num_test"] == b["num_test"] > 0
     assert a["accuracy"] == b["accuracy"] and a["macro_f1"] == b["macro_f1"]
+
+
+@pytest.mark.parametrize("backbone,expected", [
+    ("/nonexistent/ViT-B-16.pt", "MODEL.BACKBONE.NAME: unknown model '/nonexistent/ViT-B-16.pt'"),
+    ("ViT-B/16", "put it at"),  # offline: the download fails with where to put the file
+])
+def test_missing_backbone_is_one_clear_line(env, tmp_path, backbone, expected):
+    root, e, opts = env
+    e = dict(e, CLIP_CACHE_DIR=str(tmp_path / "empty_cache"))
+    cmd = [sys.executable, "train.py", "--root", e["DATA"], "--trainer", "MPL",
+           "--dataset-config-file", "configs/datasets/eurosat.yaml",
+           "--config-file", "configs/trainers/MPL/vit_b4_c1_add2_rm1.yaml", "--output-dir", str(tmp_path / "out"),
+           *opts[1:], "MODEL.BACKBONE.NAME", backbone]
+    if backbone == "ViT-B/16":  # make sure no real download can happen, even on a machine with network access
+        e["https_proxy"] = e["HTTPS_PROXY"] = "http://127.0.0.1:9"
+    proc = subprocess.run(cmd, env=e, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0] and "Traceback" not in proc.stderr

@@ -45,7 +45,13 @@ def load_clip(cfg) -> nn.Module:
     The name is a released model (``ViT-B/16``), a registered project model (``tiny-digits``) or a checkpoint
     path. Weights are cast to the run's precision later, once the prompt learner has read what it needs.
     """
-    model, _ = clip.load(cfg.MODEL.BACKBONE.NAME, device="cpu", precision="fp32")
+    name = cfg.MODEL.BACKBONE.NAME
+    try:
+        model, _ = clip.load(name, device="cpu", precision="fp32")
+    except clip.DownloadError as err:  # offline or a bad checksum: the message says which file to put where
+        raise UserError(f"CLIP backbone {name!r}: {err}") from err
+    except (ValueError, FileNotFoundError) as err:  # neither a registered name nor a checkpoint file
+        raise UserError(f"MODEL.BACKBONE.NAME: {err}; give a model name or the path of a CLIP checkpoint") from err
     return model.float().eval()
 
 
