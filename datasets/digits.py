@@ -64,7 +64,7 @@ def load_sklearn_digits():
 
 def digit_image(pixels, size=IMAGE_SIZE):
     """One 8x8 ``load_digits`` array (values 0..16) as the ``size`` x ``size`` RGB image the dataset stores."""
-    grey = (255 - np.round(np.asarray(pixels, dtype=np.float64) * 255 / 16)).clip(0, 255).astype(np.uint8)
+    grey = (255 - np.round(np.asarray(pixels) * 255 / 16)).clip(0, 255).astype(np.uint8)
     return Image.fromarray(grey, mode="L").resize((size, size), Image.BILINEAR).convert("RGB")
 
 

@@ -32,6 +32,8 @@ CLIP cache when it is absent.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import os
 import sys
@@ -64,7 +66,7 @@ ARCH = dict(
 
 #: the checkpoint shipped with the repository, and its SHA256
 SHIPPED = Path(__file__).resolve().parent / "weights" / "tiny-digits.pt"
-SHA256 = ""
+SHA256 = "96a89bc5930d3edbfe325f76bca26b7690267a11139dc18c6361da882c034f0b"
 #: file name in the CLIP cache when the checkpoint is built there
 CACHE_NAME = "tiny-digits.pt"
 
@@ -79,7 +81,7 @@ class PretrainConfig:
     seed: int = 0                   # model initialisation and data stream
     caption_steps: int = 60         # stage 1: text-only contrastive steps
     caption_lr: float = 1e-3        # stage 1 learning rate
-    steps: int = 1000               # stage 2: image-text contrastive steps
+    steps: int = 2500               # stage 2: image-text contrastive steps
     batch_size: int = 128           # image-caption pairs per step (both stages)
     lr: float = 1e-3                # stage 2 peak learning rate of the image tower (AdamW)
     text_lr_scale: float = 0.1      # stage 2: text tower learning rate / image tower learning rate
@@ -103,7 +105,7 @@ def _multi_positive_ce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Te
     ``logits`` (N, M); ``positive`` (N, M) bool with at least one True per row. Entries that are ``-inf`` in
     ``logits`` (masked) must not be positive.
     """
-    target = positive.float() / positive.sum(1, keepdim=True)
+    target = positive / positive.sum(1, keepdim=True)
     log_prob = logits.log_softmax(1).masked_fill(~positive, 0.0)
     return -(target * log_prob).sum(1).mean()
 
@@ -132,28 +134,42 @@ def _normalisation():
 
 
 def _param_groups(model, lr: float, text_lr: float, weight_decay: float):
-    """AdamW groups: image tower / text tower, each split into decayed (ndim >= 2) and not; logit_scale apart."""
+    """AdamW groups: the image tower and ``logit_scale`` at ``lr``, the text tower at ``text_lr``; weight decay
+    on matrices and embeddings (``ndim >= 2``) only."""
     groups = {}
     for name, param in model.named_parameters():
-        tower = "image" if name.startswith("visual.") else "text"
-        decay = param.ndim >= 2 and name != "logit_scale"
-        key = (tower, decay)
-        if name == "logit_scale":
-            key = ("image", False)
-        groups.setdefault(key, []).append(param)
-    return [
-        {"params": params, "lr": lr if tower == "image" else text_lr, "weight_decay": weight_decay if decay else 0.0}
-        for (tower, decay), params in sorted(groups.items())
-    ]
+        tower_lr = lr if name.startswith("visual.") or name == "logit_scale" else text_lr
+        groups.setdefault((tower_lr, weight_decay if param.ndim >= 2 else 0.0), []).append(param)
+    return [{"params": params, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), params in groups.items()]
 
 
-def pretrain(config: PretrainConfig = PretrainConfig(), log: Callable[[str], None] = print,
+@contextlib.contextmanager
+def _cpu_settings(threads: int):
+    """Run with ``threads`` torch threads and deterministic algorithms; restore both afterwards."""
+    old_threads, old_deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_deterministic)
+
+
+def pretrain(config: PretrainConfig = PretrainConfig(), threads: int = 2, log: Callable[[str], None] = print,
              evaluate_every: int = 0):
-    """Pretrain the tiny CLIP with ``config`` and return the model (fp32, eval mode).
+    """Pretrain the tiny CLIP with ``config`` on ``threads`` CPU threads; return the model (fp32, eval mode).
 
     ``evaluate_every > 0`` logs the zero-shot accuracy on the digits' validation split every that many steps
     (for development; it does not influence training).
     """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    with _cpu_settings(threads):
+        return _pretrain(config, log, evaluate_every)
+
+
+def _pretrain(config: PretrainConfig, log: Callable[[str], None], evaluate_every: int):
     import clip
 
     from .synthetic import SyntheticDigits
@@ -236,14 +252,14 @@ def zero_shot_accuracy(model, split: str = "test", template: str = EVAL_TEMPLATE
     batch = torch.stack([transform(digit_image(images[i])) for i in index]).to(device)
     target = torch.tensor([labels[i] for i in index], device=device)
     tokens = clip.tokenize([template.format(c) for c in CLASSNAMES]).to(device)
-    text = F.normalize(model.encode_text(tokens).float(), dim=-1)
-    image = F.normalize(model.encode_image(batch).float(), dim=-1)
-    correct = ((image @ text.T).argmax(1) == target).float()
-    half = (len(CLASSNAMES) + 1) // 2
+    text = F.normalize(model.encode_text(tokens), dim=-1)
+    image = F.normalize(model.encode_image(batch), dim=-1)
+    correct = (image @ text.T).argmax(1) == target
+    base = target < (len(CLASSNAMES) + 1) // 2  # labels 0-4, the base classes of the base-to-new protocol
     return {
-        "all": correct.mean().item(),
-        "base": correct[target < half].mean().item(),
-        "new": correct[target >= half].mean().item(),
+        "all": correct.sum().item() / len(correct),
+        "base": correct[base].sum().item() / base.sum().item(),
+        "new": correct[~base].sum().item() / (~base).sum().item(),
         "n": len(index),
     }
 
@@ -258,13 +274,18 @@ def state_dict_for_release(model) -> Dict[str, torch.Tensor]:
 
 
 def save_checkpoint(state_dict: Dict[str, torch.Tensor], path: Union[str, Path]) -> Path:
-    """Write ``state_dict`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``state_dict`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    The bytes depend only on the tensors (not on the file name), so equal weights give equal checksums.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()  # torch.save names the archive's folder after the file; a buffer keeps it fixed
+    torch.save(state_dict, buffer)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        torch.save(state_dict, tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -291,9 +312,7 @@ def checkpoint_path(cache_dir: Union[str, Path, None] = None) -> str:
     with _exclusive(target):
         if not target.is_file():
             print(f"Pretraining the tiny-digits CLIP into {target} (python -m pretrain.tiny_digits; about 10 min)")
-            threads = min(2, os.cpu_count() or 1)
-            torch.set_num_threads(threads)
-            model = pretrain(PretrainConfig())
+            model = pretrain(PretrainConfig(), threads=2)
             save_checkpoint(state_dict_for_release(model), target)
             if SHA256 and sha256_of(target) != SHA256:
                 print(f"Note: the rebuilt checkpoint differs in its bits from the shipped one (SHA256 {SHA256}); "
@@ -319,13 +338,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads < 1:
         print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
     config = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)})
     print(f"tiny-digits CLIP {ARCH}")
     print(f"pretraining with {asdict(config)} on {args.threads} thread(s)")
     start = time.time()
-    model = pretrain(config, evaluate_every=args.eval_every)
+    model = pretrain(config, threads=args.threads, evaluate_every=args.eval_every)
     seconds = time.time() - start
     state_dict = state_dict_for_release(model)
     path = save_checkpoint(state_dict, args.out)
