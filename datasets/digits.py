@@ -31,6 +31,7 @@ import tempfile
 
 import numpy as np
 from dassl.data.datasets import DATASET_REGISTRY
+from dassl.utils import UserError
 from PIL import Image
 
 from .splits import SplitDataset, atomic_write
@@ -115,8 +116,14 @@ def build(dataset_dir):
     image_dir = osp.join(dataset_dir, IMAGE_SUBDIR)
     if not _images_complete(image_dir, relpaths):
         print(f"Writing the digits dataset (scikit-learn's load_digits) to {image_dir}")
-        os.makedirs(dataset_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".images.", suffix=".tmp", dir=dataset_dir)
+        try:
+            os.makedirs(dataset_dir, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=".images.", suffix=".tmp", dir=dataset_dir)
+        except OSError as err:
+            raise UserError(
+                f"cannot write the digits dataset into {dataset_dir} ({err}); set DATASET.ROOT (--root) to a "
+                "folder you can write to, or write it there once with a user who can"
+            ) from err
         try:
             for name in CLASSNAMES:
                 os.makedirs(osp.join(tmp, name))

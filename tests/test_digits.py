@@ -10,6 +10,7 @@ from PIL import Image
 from dassl.config import get_cfg_default
 from dassl.data import DataManager
 from dassl.data.datasets import DATASET_REGISTRY, build_dataset
+from dassl.utils import UserError
 from datasets import digits
 from datasets.digits import CLASSNAMES, Digits, digit_image, load_sklearn_digits
 
@@ -142,3 +143,10 @@ def test_loads_through_the_data_manager(root):
     assert tuple(batch["img"].shape) == (4, 3, 32, 32)
     assert set(batch["label"].tolist()) <= set(range(5))
     assert sum(len(b["label"]) for b in dm.test_loader) == len(dm.dataset.test)
+
+
+def test_unwritable_root_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the data folder should be")
+    with pytest.raises(UserError, match="cannot write the digits dataset"):
+        build_dataset(make_cfg(blocker))
