@@ -74,6 +74,16 @@ for _name, (_sha, _file) in _OPENAI_RELEASES.items():
     register_pretrained(_name, url=f"{_OPENAI_BASE}/{_sha}/{_file}", sha256=_sha)
 
 
+def _tiny_digits(root: Path) -> str:
+    """The project's tiny CLIP for the offline demo: shipped in ``pretrain/``, rebuilt into the cache if absent."""
+    from pretrain.tiny_digits import checkpoint_path
+
+    return checkpoint_path(root)
+
+
+register_pretrained("tiny-digits", builder=_tiny_digits)
+
+
 def available_models() -> List[str]:
     """Names :func:`clip.load` accepts (OpenAI's released models first, then registered ones)."""
     return list(_REGISTRY)

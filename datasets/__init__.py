@@ -8,6 +8,7 @@ layouts for tests.
 from . import (  # noqa: F401  (imported for their registrations)
     caltech101,
     caltech256,
+    digits,
     dtd,
     eurosat,
     fgvc_aircraft,

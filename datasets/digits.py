@@ -156,6 +156,8 @@ class Digits(SplitDataset):
     split_file = SPLIT_FILE
     config_name = "digits"
     full_num_classes = len(CLASSNAMES)
+    #: nothing to download: ``python -m datasets.prepare digits`` (and ``--check``) just builds it
+    builds_itself = True
 
     def __init__(self, cfg):
         build(osp.join(osp.abspath(osp.expanduser(cfg.DATASET.ROOT)), self.dataset_dir))

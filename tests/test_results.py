@@ -363,3 +363,12 @@ def test_published_mpl_tables_are_consistent(protocol, metric, ref, n):
         assert len(per) == n and len(avg["over"]) == n
         assert sum(per) / n == pytest.approx(avg[metric], abs=0.006)
     assert all(e.get("source") for e in pub.entries)
+
+
+def test_dataset_names_of_result_files_match_the_published_tables():
+    """result.json records cfg.DATASET.NAME (the class name): DTD's is DescribableTextures."""
+    from tools.results.names import canonical_dataset
+
+    assert canonical_dataset("DescribableTextures") == canonical_dataset("dtd") == "DTD"
+    assert canonical_dataset("Digits") == canonical_dataset("digits")
+    assert canonical_dataset("OxfordFlowers") == canonical_dataset("oxford_flowers") == "OxfordFlowers"

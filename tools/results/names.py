@@ -21,6 +21,9 @@ DATASETS = {
     "ImageNetSketch": "ImageNet-Sketch",
     "ImageNetA": "ImageNet-A",
     "ImageNetR": "ImageNet-R",
+    # not in the papers' tables
+    "Caltech256": "Caltech256",
+    "Digits": "Digits",  # the offline demo
 }
 DG_TARGETS = ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
 
@@ -30,6 +33,7 @@ _ALIASES = {
     "pets": "OxfordPets", "cars": "StanfordCars", "food": "Food101", "aircraft": "FGVCAircraft",
     "fgvcaircraft": "FGVCAircraft", "sun": "SUN397", "ucf": "UCF101", "imagenetsketch": "ImageNetSketch",
     "imagenetv2": "ImageNetV2", "imageneta": "ImageNetA", "imagenetr": "ImageNetR",
+    "describabletextures": "DTD",  # cfg.DATASET.NAME of DTD (the class name), as result.json records it
 }
 
 # Row order of the papers (baselines first, MPL last); methods not listed follow alphabetically.
