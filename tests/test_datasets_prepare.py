@@ -73,21 +73,12 @@ def test_truncated_download_resumes(server, eurosat_files, tmp_path):
     assert requests == [None, f"bytes={size // 3}-"]
 
 
-def test_part_file_from_an_earlier_run_is_resumed(server, eurosat_files, tmp_path):
+@pytest.mark.parametrize("honour_range", [True, False], ids=["resumed", "server_ignores_range"])
+def test_part_file_from_an_earlier_run(server, eurosat_files, tmp_path, honour_range):
+    """A leftover .part file is resumed with a Range request; when the server answers with the whole file (200)
+    instead, the download starts over rather than appending to the partial file."""
     server.files.update(eurosat_files)
-    data = eurosat_files["EuroSAT.zip"]
-    part = tmp_path / ".prepare" / "downloads" / "EuroSAT.zip.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(data[:1000])
-    dl.http_download(f"{server.url}/EuroSAT.zip", str(part)[: -len(".part")], quiet=True)
-    assert server.log == [("EuroSAT.zip", "bytes=1000-")]
-    assert (tmp_path / ".prepare" / "downloads" / "EuroSAT.zip").read_bytes() == data and not part.exists()
-
-
-def test_part_file_is_restarted_when_the_server_ignores_ranges(server, eurosat_files, tmp_path):
-    """A server that answers a Range request with the whole file (200): the partial file must not be appended to."""
-    server.files.update(eurosat_files)
-    server.honour_range = False
+    server.honour_range = honour_range
     data = eurosat_files["EuroSAT.zip"]
     part = tmp_path / ".prepare" / "downloads" / "EuroSAT.zip.part"
     part.parent.mkdir(parents=True)
