@@ -31,9 +31,9 @@ import tempfile
 
 import numpy as np
 from dassl.data.datasets import DATASET_REGISTRY
-from dassl.utils import UserError
 from PIL import Image
 
+from .errors import UserError
 from .splits import SplitDataset, atomic_write
 
 __all__ = ["Digits", "CLASSNAMES", "SPLIT_SEED", "IMAGE_SIZE", "digit_image", "load_sklearn_digits", "build"]
