@@ -54,8 +54,9 @@ def test_parameter_counts_vit_b16_meta():
 def visual_trace(learner, model):
     prompts = learner()
     trace = []
+    r = model.visual.input_resolution
     with torch.device("meta"):
-        image = torch.empty(1, 3, 224, 224)
+        image = torch.empty(1, 3, r, r)
     model.encode_image(image, ops=prompts.vision_ops, trace=trace)
     return trace
 
@@ -295,3 +296,23 @@ def test_maple_reference_keys_load():
     fresh = MultiModalPromptLearner(maple_as_mpl(mcfg), CLASSES, model, prefix="a photo of a")
     fresh.load_state_dict(from_reference_keys(reference), strict=True)
     torch.testing.assert_close(fresh.txt2img_proj[0][1].weight, reference["compound_prompt_projections.1.weight"])
+
+
+@pytest.mark.parametrize("arch,text_width,vision_width,patches", [
+    ("ViT-B/32", 512, 768, 49), ("ViT-L/14", 768, 1024, 256), ("ViT-L/14@336px", 768, 1024, 576)])
+def test_mpl_and_maple_at_other_widths_meta(arch, text_width, vision_width, patches):
+    """Nothing assumes 512/768: sizes come from the backbone, and the schedule runs at its sequence length."""
+    with torch.device("meta"):
+        model = clip.create_model(arch)
+        mpl = MultiModalPromptLearner(mpl_cfg(N_CTX=1, N_ADD_OP=2, N_RM_OP=1, PROMPT_DEPTH=9), CLASSES, model)
+        maple = MultiModalPromptLearner(maple_as_mpl(maple_defaults()), CLASSES, model, prefix="a photo of a")
+    linear = text_width * vision_width + vision_width
+    assert count(mpl) == text_width + linear + 8 * text_width + 16 * linear
+    assert count(maple) == 2 * text_width + linear + 8 * 2 * text_width + 8 * linear
+    first = 1 + patches
+    assert visual_trace(mpl, model) == [first + p for p in [1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 9]] + [first + 9] * (
+        model.visual.layers - 12)
+    prompts = mpl()
+    feats = model.encode_text_embeddings(prompts.text_embeddings, prompts.text_ids, ops=prompts.text_ops,
+                                         n_prompt=prompts.n_text_prompt)
+    assert feats.shape == (len(CLASSES), model.text_projection.shape[1])
