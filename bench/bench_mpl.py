@@ -7,13 +7,15 @@ image, since CLIP is frozen). Measured against it, with random ViT-B/16 weights 
   text encoder on every class, loss, backward -- with the exact text truncation on (the default);
 * ``train77[C]``: the same step with truncation off (the 77-token text path of the references); the two
   give equal logits, which is checked;
-* ``eval[C]``: evaluation of a few test batches with text features computed once per evaluation (the
-  default), and ``eval_pertext[C]`` recomputing them for every batch, as the references do.
+* evaluation: the time of the text features of C classes and of one test batch with them cached; from these,
+  the throughput over a test set of ``--test-images`` images with the text features computed once per
+  evaluation (the default) and recomputed for every batch (the references).
 
 Usage::
 
     python -m bench.bench_mpl                       # CPU, small class counts, a few repeats
     python -m bench.bench_mpl --device cuda --classes 10 500 --precision fp16
+    python -m bench.bench_mpl --skip-train                # evaluation only
 
 Prints a table of seconds, ratio to the floor and memory (CUDA: peak of ``max_memory_allocated``; CPU: the
 tensors saved for backward), and the speed-up of truncation. Nothing here is asserted: these are measurements, not tests.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import statistics
 import sys
 import time
@@ -105,7 +108,8 @@ def main(argv=None):
     parser.add_argument("--classes", type=int, nargs="+", default=None, help="default: 10 500 on CUDA, 10 100 on CPU")
     parser.add_argument("--batch", type=int, default=4, help="training batch (the reference's 4)")
     parser.add_argument("--eval-batch", type=int, default=100, help="evaluation batch (the reference's 100)")
-    parser.add_argument("--eval-batches", type=int, default=3, help="evaluation batches per timing")
+    parser.add_argument("--test-images", type=int, default=10000, help="test-set size for the throughput figure")
+    parser.add_argument("--skip-train", action="store_true", help="only the evaluation measurements")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -141,52 +145,52 @@ def main(argv=None):
     t_floor = timeit(floor, device, args.repeats)
     rows.append(("floor (image fwd+bwd)", t_floor, peak_memory(floor, device)))
 
-    speedups = []
+    speedups, throughputs = [], []
     for n in classes:
         net.prompt_learner = MultiModalPromptLearner(cfg, classnames(n), net.clip_model).to(device)
         label = torch.randint(0, n, (args.batch,), device=device)
 
-        def step():
-            with precision.autocast(device):
-                logits = net(image)
-            loss = F.cross_entropy(logits.float(), label)
-            loss.backward()
-            net.prompt_learner.zero_grad(set_to_none=True)
-            return logits
+        if not args.skip_train:
 
-        net.clip_model.text_truncation = True
-        with torch.no_grad(), precision.autocast(device):
-            a = net(image).float()
-        t_short = timeit(step, device, args.repeats)
-        m_short = peak_memory(step, device)
-        net.clip_model.text_truncation = False
-        with torch.no_grad(), precision.autocast(device):
-            b = net(image).float()
-        t_full = timeit(step, device, args.repeats)
-        m_full = peak_memory(step, device)
-        net.clip_model.text_truncation = True
-        diff = (a - b).abs().max().item()
-        rows.append((f"train[{n}] truncated text", t_short, m_short))
-        rows.append((f"train77[{n}] 77-token text", t_full, m_full))
-        speedups.append((n, t_full / t_short, diff))
+            def step():
+                with precision.autocast(device):
+                    logits = net(image)
+                loss = F.cross_entropy(logits.float(), label)
+                loss.backward()
+                net.prompt_learner.zero_grad(set_to_none=True)
+
+            logits, times, mems = {}, {}, {}
+            for truncate in (True, False):
+                net.clip_model.text_truncation = truncate
+                with torch.no_grad(), precision.autocast(device):
+                    logits[truncate] = net(image).float()
+                times[truncate] = timeit(step, device, args.repeats)
+                mems[truncate] = peak_memory(step, device)
+            net.clip_model.text_truncation = True
+            diff = (logits[True] - logits[False]).abs().max().item()
+            rows.append((f"train[{n}] truncated text", times[True], mems[True]))
+            rows.append((f"train77[{n}] 77-token text", times[False], mems[False]))
+            speedups.append((n, times[False] / times[True], diff))
 
         eval_image = torch.randn(args.eval_batch, 3, res, res, device=device)
 
-        def eval_cached():
-            with torch.no_grad(), precision.autocast(device), net.frozen_text_features():
-                for _ in range(args.eval_batches):
-                    net(eval_image)
-
-        def eval_pertext():
+        def text_once():
             with torch.no_grad(), precision.autocast(device):
-                for _ in range(args.eval_batches):
-                    net(eval_image)
+                net.encode_text(net.prompt_learner())
 
-        k = args.eval_batches
-        rows.append((f"eval[{n}] {k} batches, text once", timeit(eval_cached, device, args.repeats),
-                     peak_memory(eval_cached, device)))
-        rows.append((f"eval_pertext[{n}] {k} batches, text per batch", timeit(eval_pertext, device, args.repeats),
-                     peak_memory(eval_pertext, device)))
+        def eval_batch():  # one test batch with the text features already computed
+            with torch.no_grad(), precision.autocast(device):
+                net(eval_image)
+
+        t_text = timeit(text_once, device, args.repeats)
+        with torch.no_grad(), precision.autocast(device), net.frozen_text_features():
+            t_batch = timeit(eval_batch, device, args.repeats)
+        rows.append((f"text features[{n}] (eval, once)", t_text, 0.0))
+        rows.append((f"eval batch of {args.eval_batch} (text cached)", t_batch, 0.0))
+        batches = math.ceil(args.test_images / args.eval_batch)
+        cached = args.test_images / (batches * t_batch + t_text)
+        per_batch = args.test_images / (batches * (t_batch + t_text))
+        throughputs.append((n, cached, per_batch))
 
     print(f"\n{'measurement':40s} {'seconds':>10s} {'x floor':>9s} {'MiB':>10s}")
     for name, t, mem in rows:
@@ -195,6 +199,9 @@ def main(argv=None):
     for n, s, diff in speedups:
         print(f"{n} classes: truncation makes a training step {s:.2f}x faster than the 77-token path "
               f"(max |logit difference| {diff:.2e})")
+    for n, cached, per_batch in throughputs:
+        print(f"{n} classes, {args.test_images} test images: {cached:.1f} images/s with text features once per "
+              f"evaluation, {per_batch:.1f} images/s recomputing them per batch ({cached / per_batch:.2f}x)")
 
 
 if __name__ == "__main__":
