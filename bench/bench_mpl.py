@@ -36,6 +36,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import clip  # noqa: E402
+from clip import MASTER_DTYPE  # noqa: E402
 from trainers.common import PromptedCLIP  # noqa: E402
 from trainers.mpl import MultiModalPromptLearner, mpl_defaults  # noqa: E402
 
@@ -140,7 +141,7 @@ def main(argv=None):
         x = image.clone().requires_grad_(True)
         with precision.autocast(device):
             out = net.clip_model.encode_image(x)
-        out.float().sum().backward()
+        out.to(MASTER_DTYPE).sum().backward()
 
     t_floor = timeit(floor, device, args.repeats)
     rows.append(("floor (image fwd+bwd)", t_floor, peak_memory(floor, device)))
@@ -155,7 +156,7 @@ def main(argv=None):
             def step():
                 with precision.autocast(device):
                     logits = net(image)
-                loss = F.cross_entropy(logits.float(), label)
+                loss = F.cross_entropy(logits.to(MASTER_DTYPE), label)
                 loss.backward()
                 net.prompt_learner.zero_grad(set_to_none=True)
 
@@ -163,7 +164,7 @@ def main(argv=None):
             for truncate in (True, False):
                 net.clip_model.text_truncation = truncate
                 with torch.no_grad(), precision.autocast(device):
-                    logits[truncate] = net(image).float()
+                    logits[truncate] = net(image).to(MASTER_DTYPE)
                 times[truncate] = timeit(step, device, args.repeats)
                 mems[truncate] = peak_memory(step, device)
             net.clip_model.text_truncation = True

@@ -12,7 +12,7 @@ from .configs import MODEL_CONFIGS, create_model, model_config
 from .download import DownloadError
 from .model import CLIP, ModifiedResNet, Transformer, VisionTransformer, build_model, config_from_state_dict
 from .ops import LayerOp
-from .precision import PRECISIONS, Precision, resolve_precision
+from .precision import MASTER_DTYPE, PRECISIONS, Precision, resolve_precision
 from .pretrained import available_models, cache_dir, register_pretrained
 from .tokenization import DEFAULT_CONTEXT_LENGTH, tokenize, tokenizer
 from .transforms import image_transform
@@ -22,5 +22,5 @@ __all__ = [
     "build_model", "config_from_state_dict", "model_config", "create_model", "MODEL_CONFIGS",
     "CLIP", "VisionTransformer", "ModifiedResNet", "Transformer", "LayerOp",
     "tokenize", "tokenizer", "DEFAULT_CONTEXT_LENGTH", "image_transform",
-    "Precision", "resolve_precision", "PRECISIONS",
+    "Precision", "resolve_precision", "PRECISIONS", "MASTER_DTYPE",
 ]

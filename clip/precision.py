@@ -28,12 +28,15 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-__all__ = ["Precision", "resolve_precision", "PRECISIONS", "NORM_DTYPE", "DEFAULT_DTYPE"]
+__all__ = ["Precision", "resolve_precision", "PRECISIONS", "NORM_DTYPE", "DEFAULT_DTYPE", "MASTER_DTYPE"]
 
 #: dtype in which LayerNorm computes, whatever the weights' dtype.
 NORM_DTYPE = torch.float32
 #: dtype of freshly built models and of models returned by ``build_model``.
 DEFAULT_DTYPE = torch.float32
+#: dtype of learnable prompt parameters (master weights), losses and the logits handed to metrics, whatever
+#: the precision of the frozen model.
+MASTER_DTYPE = torch.float32
 
 #: name -> (weight dtype, autocast dtype or None, uses a GradScaler)
 _TABLE = {

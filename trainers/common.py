@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import clip
-from clip import LayerOp
+from clip import MASTER_DTYPE, LayerOp
 from dassl.engine import TrainerX
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
@@ -52,7 +52,7 @@ def load_clip(cfg) -> nn.Module:
         raise UserError(f"CLIP backbone {name!r}: {err}") from err
     except (ValueError, FileNotFoundError) as err:  # neither a registered name nor a checkpoint file
         raise UserError(f"MODEL.BACKBONE.NAME: {err}; give a model name or the path of a CLIP checkpoint") from err
-    return model.float().eval()
+    return model.eval()
 
 
 def count_learnable(module: nn.Module) -> int:
@@ -91,7 +91,7 @@ class ClassPrompts(nn.Module):
         texts = [f"{prefix} {name}." if prefix else f"{name}." for name in names]
         ids = clip.tokenize(texts, context_length=clip_model.context_length)
         with torch.no_grad():
-            emb = clip_model.token_embedding(ids).float()
+            emb = clip_model.token_embedding(ids).to(MASTER_DTYPE)
         self.n_ctx = n_ctx
         self.texts = texts
         self.class_token_position = class_token_position
@@ -314,7 +314,7 @@ class PromptTrainer(TrainerX):
     def compute_loss(self, image: torch.Tensor, label: torch.Tensor):
         """Returns (loss, logits). Methods with extra loss terms override this."""
         logits = self.model(image)
-        return F.cross_entropy(logits.float(), label), logits
+        return F.cross_entropy(logits.to(MASTER_DTYPE), label), logits
 
     def forward_backward(self, batch):
         image, label = self.parse_batch_train(batch)
@@ -330,7 +330,7 @@ class PromptTrainer(TrainerX):
             self.scaler.update()
         else:
             self.model_backward_and_update(loss)
-        summary = {"loss": loss.item(), "acc": compute_accuracy(logits.float(), label)[0].item()}
+        summary = {"loss": loss.item(), "acc": compute_accuracy(logits.to(MASTER_DTYPE), label)[0].item()}
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
@@ -340,7 +340,7 @@ class PromptTrainer(TrainerX):
 
     def model_inference(self, image):
         with self.precision.autocast(self.device):
-            return self.model(image).float()
+            return self.model(image).to(MASTER_DTYPE)
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def test(self, split=None):

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 import clip
+from clip import MASTER_DTYPE
 from dassl.engine import TRAINER_REGISTRY
 
 from .common import PromptedCLIP, PromptTrainer
@@ -73,10 +74,10 @@ def self_consistency_losses(logits: torch.Tensor, text: torch.Tensor, image: tor
             features, L2-normalised.
     Returns: ``ce``, ``text`` (weighted L1), ``image`` (weighted L1), ``kl`` and their sum ``loss``.
     """
-    logits, zs_logits = logits.float(), zs_logits.float()
+    logits, zs_logits = logits.to(MASTER_DTYPE), zs_logits.to(MASTER_DTYPE)
     ce = F.cross_entropy(logits, label)
-    l_text = F.l1_loss(text.float(), zs_text.float(), reduction="mean") * text_weight
-    l_image = F.l1_loss(image.float(), zs_image.float(), reduction="mean") * image_weight
+    l_text = F.l1_loss(text.to(MASTER_DTYPE), zs_text.to(MASTER_DTYPE), reduction="mean") * text_weight
+    l_image = F.l1_loss(image.to(MASTER_DTYPE), zs_image.to(MASTER_DTYPE), reduction="mean") * image_weight
     kl = F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(zs_logits, dim=1), reduction="sum",
                   log_target=True) / logits.numel()
     return {"ce": ce, "text": l_text, "image": l_image, "kl": kl, "loss": ce + kl + l_text + l_image}
@@ -118,7 +119,7 @@ class PromptSRCCLIP(PromptedCLIP):
             zs_image = self.clip_model.encode_image(image.to(self.dtype))  # the frozen CLIP without prompts
             zs_image = zs_image / zs_image.norm(dim=-1, keepdim=True)
             zs_text = self.fixed_embeddings / self.fixed_embeddings.norm(dim=-1, keepdim=True)
-            zs_logits = scale.float() * zs_image.float() @ zs_text.t()
+            zs_logits = scale.to(MASTER_DTYPE) * zs_image.to(MASTER_DTYPE) @ zs_text.t()
         return logits, text, img, zs_logits, zs_text, zs_image
 
 
@@ -145,7 +146,7 @@ class PromptSRC(PromptTrainer):
         print(f"Computing the frozen text features of {len(classnames)} classes over {len(PROMPTSRC_TEMPLATES)} "
               "templates")
         clip_model.to(self.device)
-        fixed = template_text_features(clip_model, classnames, PROMPTSRC_TEMPLATES).float()
+        fixed = template_text_features(clip_model, classnames, PROMPTSRC_TEMPLATES).to(MASTER_DTYPE)
         return PromptSRCCLIP(clip_model, learner, fixed)
 
     def build_model(self):
@@ -171,7 +172,7 @@ class PromptSRC(PromptTrainer):
         """Add the learned parameters with epoch ``epoch``'s (0-based) weight; after the last, load the sum."""
         learner = self.model.prompt_learner
         weight = self.gpa_weights[epoch]
-        current = {k: v.detach().float() * weight for k, v in learner.state_dict().items()}
+        current = {k: v.detach().to(MASTER_DTYPE) * weight for k, v in learner.state_dict().items()}
         if self.gpa_sum is None:
             self.gpa_sum = current
         else:

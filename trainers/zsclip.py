@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 import clip
+from clip import MASTER_DTYPE
 from dassl.engine import TRAINER_REGISTRY, TrainerX
 
 from .common import UserError, load_clip
@@ -77,7 +78,7 @@ class ZeroshotCLIP(TrainerX):
             features = self.clip_model.encode_image(image)
             features = features / features.norm(dim=-1, keepdim=True)
             logits = self.clip_model.logit_scale.exp() * features @ self.text_features.to(features.dtype).t()
-        return logits.float()
+        return logits.to(MASTER_DTYPE)
 
     def train(self):
         raise UserError(f"{type(self).__name__} does not train: run train.py with --eval-only")
