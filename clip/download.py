@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["download", "sha256_of", "DownloadError"]
+__all__ = ["download", "sha256_of", "exclusive_lock", "DownloadError"]
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
@@ -76,7 +76,7 @@ def _fetch(url: str, part: Path, progress: bool) -> None:
 
 
 @contextlib.contextmanager
-def _exclusive(target: Path):
+def exclusive_lock(target: Path):
     """Hold an exclusive lock for ``target`` (POSIX ``flock``, released even if the process dies), so runs started
     together download a file once instead of writing the same ``.part`` file. A no-op where flock is missing."""
     try:
@@ -104,7 +104,7 @@ def download(url: str, target: Path, sha256: Optional[str] = None, progress: boo
     if target.is_file() and (sha256 is None or sha256_of(target) == sha256):
         return target  # no lock needed (the cache may be read-only)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(target):
+    with exclusive_lock(target):
         return _download_locked(url, target, sha256, progress)
 
 

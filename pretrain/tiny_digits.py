@@ -304,7 +304,7 @@ def checkpoint_path(cache_dir: Union[str, Path, None] = None) -> str:
     started together build it once.
     """
     import clip
-    from clip.download import _exclusive, sha256_of
+    from clip.download import exclusive_lock, sha256_of
 
     if SHIPPED.is_file() and SHA256 and sha256_of(SHIPPED) == SHA256:
         return str(SHIPPED)
@@ -312,7 +312,7 @@ def checkpoint_path(cache_dir: Union[str, Path, None] = None) -> str:
         warnings.warn(f"{SHIPPED} does not have the expected SHA256 {SHA256}; using a copy built in the cache")
     target = clip.cache_dir(cache_dir) / CACHE_NAME
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(target):
+    with exclusive_lock(target):
         if not target.is_file():
             print(f"Pretraining the tiny-digits CLIP into {target} (python -m pretrain.tiny_digits; about 6 minutes on 2 cores)")
             model = pretrain(PretrainConfig(), threads=2)
