@@ -169,24 +169,6 @@ class Prompts:
     n_text_prompt: int = 0
 
 
-def cast_ops(ops: Optional[Sequence[Optional[LayerOp]]], dtype: torch.dtype):
-    """Cast the tensors of a list of operations to the encoder's dtype (prompts are learned in fp32)."""
-    if ops is None:
-        return None
-    out = []
-    for op in ops:
-        if op is None:
-            out.append(None)
-            continue
-        out.append(LayerOp(
-            remove=op.remove,
-            add=None if op.add is None else op.add.to(dtype),
-            replace=None if op.replace is None else op.replace.to(dtype),
-            replace_at=op.replace_at,
-        ))
-    return out
-
-
 class PromptedCLIP(nn.Module):
     """Frozen CLIP driven by a prompt learner: ``logits = exp(logit_scale) * cos(image, class text)``.
 
@@ -207,23 +189,24 @@ class PromptedCLIP(nn.Module):
         return self.clip_model.dtype
 
     def encode_text(self, prompts: Prompts) -> torch.Tensor:
-        """(C, E) L2-normalised class features."""
+        """(C, E) L2-normalised class features.
+
+        The encoders cast their inputs and the operations' tensors to the model's dtype (prompts are fp32).
+        """
         model = self.clip_model
-        if prompts.text_embeddings is None and prompts.text_ops is None:
+        if prompts.text_embeddings is None and prompts.text_ops is None:  # plain class prompts
             feats = model.encode_text(prompts.text_ids)
         else:
             emb = prompts.text_embeddings
             if emb is None:
                 emb = model.token_embedding(prompts.text_ids)
-            feats = model.encode_text_embeddings(
-                emb.to(self.dtype), prompts.text_ids,
-                ops=cast_ops(prompts.text_ops, self.dtype), n_prompt=prompts.n_text_prompt,
-            )
+            feats = model.encode_text_embeddings(emb, prompts.text_ids, ops=prompts.text_ops,
+                                                 n_prompt=prompts.n_text_prompt)
         return feats / feats.norm(dim=-1, keepdim=True)
 
     def encode_image(self, image: torch.Tensor, prompts: Prompts) -> torch.Tensor:
         """(B, E) L2-normalised image features."""
-        feats = self.clip_model.encode_image(image.to(self.dtype), ops=cast_ops(prompts.vision_ops, self.dtype))
+        feats = self.clip_model.encode_image(image, ops=prompts.vision_ops)
         return feats / feats.norm(dim=-1, keepdim=True)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
