@@ -66,6 +66,8 @@ class Transformer(nn.Module):
                 x = entry(x)
             if trace is not None:
                 trace.append(x.shape[1])
+                if hasattr(trace, "layout"):  # clip.LayoutTrace: where every prompt part sits
+                    trace.layout.append(segment.layout())
             x = block(x, causal=self.causal)
         return x
 
@@ -301,7 +303,8 @@ class CLIP(nn.Module):
         """Plain CLIP text features ``(N, embed_dim)`` for token ids ``(N, L)``."""
         return self.encode_text_embeddings(self.token_embedding(text), text)
 
-    def encode_text_embeddings(self, x: Tensor, text_ids: Tensor, ops: Ops = None, n_prompt: int = 0,
+    def encode_text_embeddings(self, x: Tensor, text_ids: Tensor, ops: Ops = None,
+                               n_prompt: Union[int, Sequence[int]] = 0,
                                trace: Optional[List[int]] = None) -> Tensor:
         """Text features ``(N, embed_dim)`` from token embeddings.
 
@@ -309,18 +312,21 @@ class CLIP(nn.Module):
             x: ``(N, L, D)`` token embeddings of the sequences in ``text_ids``, without positional embedding.
             text_ids: ``(N, L)`` token ids; only used to find EOT (the largest id, as OpenAI does).
             ops: per-layer operations; ``ops[0]`` applies after the positional embedding.
-            n_prompt: tokens right after SOS (positions ``1..n_prompt``) that form the initial prompt segment.
+            n_prompt: tokens right after SOS (positions ``1..n_prompt``) that form the initial prompt segment; a
+                tuple gives the initial length of each prompt part (one per prompt set, in token order), for
+                composed ops (:func:`clip.compose`).
             trace: if a list, the sequence length at the input of each block is appended to it.
         """
         if x.dim() != 3 or text_ids.shape != x.shape[:2]:
             raise ValueError(f"text embeddings {tuple(x.shape)} do not match token ids {tuple(text_ids.shape)}")
-        if not 0 <= n_prompt < x.shape[1]:
+        total = sum(n_prompt) if isinstance(n_prompt, (tuple, list)) else n_prompt
+        if not 0 <= total < x.shape[1]:
             raise ValueError(f"n_prompt={n_prompt} is outside the sequence of length {x.shape[1]}")
         eot = text_ids.argmax(dim=-1)
         length = x.shape[1]
         if self.text_truncation and x.device.type != "meta":
             # exact under the causal mask: positions after the last EOT never influence any EOT feature
-            length = max(int(eot.max()) + 1, n_prompt + 1)
+            length = max(int(eot.max()) + 1, total + 1)
         x = x[:, :length].to(self.dtype) + self.positional_embedding[:length].to(self.dtype)
         segment = PromptSegment(start=1, length=n_prompt, eot=eot)
         x = self.transformer(x, ops=ops, segment=segment, trace=trace)

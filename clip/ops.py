@@ -13,7 +13,28 @@ Examples (``p``: an ``(n, D)`` tensor)::
     VPT-shallow   ops = [LayerOp(add=p0)]
     VPT-deep      ops = [LayerOp(add=p0)] + [LayerOp(remove=n, add=p_i) for i in 1..depth-1]
     MPL           ops = [LayerOp(add=v0)] + [LayerOp(remove=n_rm, add=V_i) for i in 1..depth-1]
-    text deep     ops = [None] + [LayerOp(replace=t_i, replace_at=1) for i in 1..depth-1]
+    text deep     ops = [None] + [LayerOp(replace=t_i) for i in 1..depth-1]
+
+Composition: several prompt sets in one sequence
+------------------------------------------------
+The segment may be split into *parts*, one per prompt set, in a declared order. A layer's entry is then a tuple
+with one ``LayerOp`` (or None) per part, in that order (:func:`compose` zips per-set schedules into such entries).
+Each op acts on its own part only: ``add`` appends to the end of the part, ``remove`` drops the part's own most
+recently added tokens (never another set's), and ``replace`` overwrites the part's first tokens. No position is
+ever written as a number; every position follows from the order and the parts' current lengths. The three
+layouts of CasPL (``boost``: frozen boosting prompts, ``adapt``: a method's own)::
+
+    PromptSRC + CasPL   vision [CLS][patches][boost][adapt]      text [SOS][adapt][boost][class .][EOT]
+    MaPLe + CasPL       vision [CLS][patches][boost][proj(ctx)]  text [SOS][MaPLe ctx][boost][words][EOT]
+    MPL + CasPL         vision [CLS][patches][boost][MPL's tokens, added/removed/carried by MPL's ops]
+                        text   [SOS][boost][MPL ctx][a photo of a][class .][EOT]
+
+    vision_ops = compose([boost_vision_ops, adapt_vision_ops])   # parts in vision order
+    text_ops   = compose([adapt_text_ops, boost_text_ops])       # parts in text order
+    model.encode_text_embeddings(x, ids, ops=text_ops, n_prompt=(n_adapt, n_boost))
+
+With MPL in the second vision part, ``remove`` at a deep layer takes MPL's newest tokens; the boosting tokens
+before them are replaced in place by their own op at every layer, whatever MPL does.
 """
 from __future__ import annotations
 
@@ -23,7 +44,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["LayerOp", "PromptSegment", "check_ops"]
+__all__ = ["LayerOp", "PromptSegment", "LayoutTrace", "check_ops", "compose"]
 
 
 @dataclass
@@ -34,14 +55,15 @@ class LayerOp:
         remove: drop this many tokens from the END of the prompt segment (the most recently added go first).
         add: ``(n, D)`` (broadcast over the batch) or ``(B, n, D)``; appended at the end of the prompt segment.
             Added tokens get no positional embedding.
-        replace: ``(n, D)`` or ``(B, n, D)``; overwrites positions ``[replace_at, replace_at + n)``.
-        replace_at: absolute position in the current sequence (1 = right after CLS / SOS).
+        replace: ``(n, D)`` or ``(B, n, D)``; overwrites ``n`` positions starting at ``replace_at``.
+        replace_at: None (the default): the first token of the op's own prompt set (of the whole segment when there
+            is one set; text: right after SOS). An int: an absolute position in the current sequence.
     """
 
     remove: int = 0
     add: Optional[Tensor] = None
     replace: Optional[Tensor] = None
-    replace_at: int = 1
+    replace_at: Optional[int] = None
 
 
 def check_ops(ops: Optional[Sequence[Optional[LayerOp]]], n_layers: int) -> List[Optional[LayerOp]]:
@@ -52,9 +74,41 @@ def check_ops(ops: Optional[Sequence[Optional[LayerOp]]], n_layers: int) -> List
     if len(ops) > n_layers:
         raise ValueError(f"got {len(ops)} layer ops for a transformer with {n_layers} layers")
     for i, op in enumerate(ops):
-        if op is not None and not isinstance(op, LayerOp):
-            raise TypeError(f"ops[{i}] must be a clip.LayerOp or None, got {type(op).__name__}")
+        members = op if isinstance(op, (tuple, list)) else (op,)
+        for member in members:
+            if member is not None and not isinstance(member, LayerOp):
+                raise TypeError(f"ops[{i}] must be a clip.LayerOp, a tuple of them (one per prompt set) or None, "
+                                f"got {type(member).__name__}")
     return ops
+
+
+def compose(schedules: Sequence[Optional[Sequence[Optional[LayerOp]]]]) -> Optional[List[Optional[tuple]]]:
+    """Zip per-set schedules (each a list over layers, or None) into one schedule of per-layer tuples.
+
+    ``schedules`` is in token order: entry ``j`` of every tuple acts on prompt part ``j``. Returns None when every
+    schedule is None or empty; layers where every set has no op get None.
+    """
+    schedules = [list(s) if s is not None else [] for s in schedules]
+    n = max((len(s) for s in schedules), default=0)
+    if n == 0:
+        return None
+    out: List[Optional[tuple]] = []
+    for i in range(n):
+        entry = tuple(s[i] if i < len(s) else None for s in schedules)
+        out.append(None if all(e is None for e in entry) else entry)
+    return out
+
+
+class LayoutTrace(list):
+    """A ``trace`` list that also records, per layer, the ``(start, length)`` of every prompt part.
+
+    ``trace`` (a plain list) receives the sequence length at each block's input; ``trace.layout[i]`` is the
+    tuple of parts at block ``i``'s input, in token order.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.layout: List[tuple] = []
 
 
 def _as_batch(t: Tensor, x: Tensor, what: str, layer: int) -> Tensor:
@@ -77,17 +131,25 @@ class PromptSegment:
 
     Args:
         start: position of the segment's first token (text: 1, after SOS; vision: the initial length).
-        length: tokens already in the segment (text: ``n_prompt``; vision: 0).
+        length: tokens already in the segment (text: ``n_prompt``; vision: 0), or a tuple with the initial length
+            of every part (one per prompt set, in token order). With an int, the number of parts is fixed by the
+            first composed op (a tuple), whose parts then start empty -- possible only while the segment is empty.
         eot: ``(B,)`` EOT positions at layer 0 (text only). ``self.eot`` follows the segment's length.
     """
 
-    def __init__(self, start: int, length: int = 0, eot: Optional[Tensor] = None):
-        if start < 0 or length < 0:
+    def __init__(self, start: int, length=0, eot: Optional[Tensor] = None):
+        parts = list(length) if isinstance(length, (tuple, list)) else [length]
+        if start < 0 or any((not isinstance(n, int)) or n < 0 for n in parts):
             raise ValueError(f"invalid prompt segment: start={start}, length={length}")
         self.start = start
-        self.length = length
-        self._initial_length = length
+        self.parts = parts
+        self._composed = isinstance(length, (tuple, list))
+        self._initial_length = sum(parts)
         self._eot0 = eot
+
+    @property
+    def length(self) -> int:
+        return sum(self.parts)
 
     @property
     def end(self) -> int:
@@ -100,26 +162,69 @@ class PromptSegment:
             return None
         return self._eot0 + (self.length - self._initial_length)
 
-    def apply(self, x: Tensor, op: LayerOp, layer: int) -> Tensor:
-        """Apply ``op`` to ``x`` ``(B, L, D)``; returns the new sequence (never modifies x in place)."""
+    def layout(self) -> tuple:
+        """``((start, length), ...)`` of every part, in token order."""
+        out, at = [], self.start
+        for n in self.parts:
+            out.append((at, n))
+            at += n
+        return tuple(out)
+
+    def _members(self, op, layer: int) -> List[Optional[LayerOp]]:
+        if not isinstance(op, (tuple, list)):
+            if len(self.parts) != 1:
+                raise ValueError(f"layer {layer}: the prompt segment has {len(self.parts)} parts (prompt sets); give "
+                                 "one LayerOp per part (a tuple, see clip.compose), not a single LayerOp")
+            return [op]
+        if not self._composed:  # first composed op: the segment splits into that many parts
+            if self.length:
+                raise ValueError(f"layer {layer}: a composed op with {len(op)} parts meets a prompt segment of "
+                                 f"{self.length} tokens in one part; give the text encoder n_prompt as a tuple "
+                                 "with the initial length of every part")
+            self.parts = [0] * len(op)
+            self._composed = True
+        if len(op) != len(self.parts):
+            raise ValueError(f"layer {layer}: got {len(op)} ops for a prompt segment of {len(self.parts)} parts "
+                             "(one LayerOp or None per prompt set, in token order)")
+        return list(op)
+
+    def apply(self, x: Tensor, op, layer: int) -> Tensor:
+        """Apply ``op`` (a LayerOp, or a tuple of one per part) to ``x`` ``(B, L, D)``; never modifies x in place."""
+        for j, member in enumerate(self._members(op, layer)):
+            if member is not None:
+                x = self._apply_part(x, member, j, layer)
+        return x
+
+    def _part_start(self, j: int) -> int:
+        return self.start + sum(self.parts[:j])
+
+    def _apply_part(self, x: Tensor, op: LayerOp, j: int, layer: int) -> Tensor:
+        where = f" of prompt part {j}" if len(self.parts) > 1 else ""
         if op.remove:
             n = op.remove
             if not isinstance(n, int) or n < 0:
                 raise ValueError(f"layer {layer}: LayerOp.remove must be a non-negative int, got {n!r}")
-            if n > self.length:
-                raise ValueError(f"layer {layer}: cannot remove {n} prompt tokens; the prompt segment holds only "
-                                 f"{self.length}")
-            end = self.end
+            if n > self.parts[j]:
+                raise ValueError(f"layer {layer}: cannot remove {n} prompt tokens; the prompt segment{where} holds "
+                                 f"only {self.parts[j]}")
+            end = self._part_start(j) + self.parts[j]
             x = torch.cat([x[:, :end - n], x[:, end:]], dim=1)
-            self.length -= n
+            self.parts[j] -= n
         if op.add is not None:
             add = _as_batch(op.add, x, "add", layer)
-            end = self.end
+            end = self._part_start(j) + self.parts[j]
             x = torch.cat([x[:, :end], add, x[:, end:]], dim=1)
-            self.length += add.shape[1]
+            self.parts[j] += add.shape[1]
         if op.replace is not None:
             rep = _as_batch(op.replace, x, "replace", layer)
-            at, n = op.replace_at, rep.shape[1]
+            n = rep.shape[1]
+            if op.replace_at is None:
+                at = self._part_start(j)
+                if n > self.parts[j]:
+                    raise ValueError(f"layer {layer}: LayerOp.replace has {n} tokens, but the prompt segment{where} "
+                                     f"holds only {self.parts[j]}")
+            else:
+                at = op.replace_at
             if at < 0 or at + n > x.shape[1]:
                 raise ValueError(f"layer {layer}: LayerOp.replace covers positions [{at}, {at + n}), outside the "
                                  f"current sequence of length {x.shape[1]}")

@@ -2,7 +2,9 @@
 
 OpenAI's released models are registered with their URLs; the SHA256 of each file is the URL's second-to-last
 path component. :func:`register_pretrained` adds entries: a URL (with its SHA256), or a ``builder`` callable that
-produces the file in the cache (used for checkpoints the project makes itself).
+produces the file in the cache (used for checkpoints the project makes itself). ``clip`` is a leaf package: it
+imports nothing else of the project; the project's own models (``tiny-digits``) are registered by ``pretrain``
+when it is imported (``trainers`` imports it).
 
 Cache folder: the ``download_root`` argument, else ``$CLIP_CACHE_DIR``, else ``~/.cache/clip``.
 """
@@ -74,14 +76,6 @@ for _name, (_sha, _file) in _OPENAI_RELEASES.items():
     register_pretrained(_name, url=f"{_OPENAI_BASE}/{_sha}/{_file}", sha256=_sha)
 
 
-def _tiny_digits(root: Path) -> str:
-    """The project's tiny CLIP for the offline demo: shipped in ``pretrain/``, rebuilt into the cache if absent."""
-    from pretrain.tiny_digits import checkpoint_path
-
-    return checkpoint_path(root)
-
-
-register_pretrained("tiny-digits", builder=_tiny_digits)
 
 
 def available_models() -> List[str]:

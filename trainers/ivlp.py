@@ -114,7 +114,7 @@ class VLPromptLearner(nn.Module):
     def text_ops(self) -> Optional[List[Optional[LayerOp]]]:
         if not len(self.text_prompts):
             return None
-        return [None] + [LayerOp(replace=t, replace_at=1) for t in self.text_prompts]
+        return [None] + [LayerOp(replace=t) for t in self.text_prompts]
 
     def vision_ops(self) -> Optional[List[Optional[LayerOp]]]:
         if not len(self.vision_prompts):

@@ -242,7 +242,7 @@ class MultiModalPromptLearner(nn.Module):
             vision_ops.append(LayerOp(remove=s.vision_rm[k], add=self._deep_vision_tokens(k)))
             t = self.compound_prompts_text[k]
             if s.text_mode == "replace":
-                text_ops.append(LayerOp(replace=t, replace_at=1))
+                text_ops.append(LayerOp(replace=t))
             else:
                 text_ops.append(LayerOp(remove=s.text_rm[k], add=t))
         return Prompts(
