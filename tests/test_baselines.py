@@ -12,15 +12,14 @@ import torch
 import torch.nn.functional as F
 
 import clip
-from trainers.cocoop import CoCoOpCLIP, PromptLearner as CoCoOpLearner, cocoop_defaults
+from trainers.cocoop import PromptLearner as CoCoOpLearner, cocoop_defaults
 from trainers.common import PromptedCLIP, extract_prompt_state
 from trainers.coop import PromptLearner as CoOpLearner, coop_defaults
 from trainers.ivlp import VLPromptLearner, from_reference_keys
-from trainers.promptsrc import (PromptSRC, PromptSRCCLIP, gpa_weights, self_consistency_losses,
+from trainers.promptsrc import (GPAState, PromptSRC, gpa_weights, self_consistency_losses,
                                 template_text_features)
 from trainers.templates import (CUSTOM_TEMPLATES, IMAGENET_TEMPLATES, IMAGENET_TEMPLATES_SELECT,
                                 PROMPTSRC_TEMPLATES)
-from trainers.vpt import FixedTextCLIP
 from trainers.zsclip import ZeroshotCLIP, ZeroshotCLIP2, zeroshot_text_features
 
 from tiny_clip import make_tiny_clip
@@ -134,7 +133,7 @@ def test_coop_equals_reference(tiny, position, csc):
     prompts = torch.cat([torch.cat(r, dim=1) for r in rows])
     with torch.no_grad():
         ref = ref_logits(tiny, tiny.encode_image(image), ref_text(tiny, prompts, ids))
-        ours = PromptedCLIP(tiny, learner)(image)
+        ours = PromptedCLIP(tiny, learner)(image).logits
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     assert learner.ctx.shape == ((len(CLASSES), 4, 64) if csc else (4, 64))
 
@@ -146,7 +145,7 @@ def test_coop_init_phrase_and_resnet_backbone():
     torch.testing.assert_close(learner.ctx.detach(), tokens(rn, ["a photo of a"])[1][0, 1:5].detach())
     assert learner.class_prompts.texts[1] == "a photo of a sea lion."
     with torch.no_grad():
-        logits = PromptedCLIP(rn, learner)(images(rn))
+        logits = PromptedCLIP(rn, learner)(images(rn)).logits
     assert logits.shape == (3, len(CLASSES)) and torch.isfinite(logits).all()
 
 
@@ -173,13 +172,21 @@ def test_cocoop_batched_equals_per_image(tiny, chunk):
     learner = CoCoOpLearner(cfg_of(cocoop_defaults, N_CTX=4, CTX_INIT="a photo of a"), CLASSES, tiny)
     for p in learner.meta_net.parameters():  # a meta-net with visible effect
         p.data.normal_(std=0.5)
-    net = CoCoOpCLIP(tiny, learner, prompts_per_chunk=chunk)
+    learner.prompts_per_chunk = chunk
+    net = PromptedCLIP(tiny, learner)
     image = images(tiny, n=5)
+    calls = []
+    original = tiny.encode_text_embeddings
+    tiny.encode_text_embeddings = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        with torch.no_grad():
+            ours = net(image).logits
+    finally:
+        del tiny.encode_text_embeddings
     with torch.no_grad():
-        ours = net(image)
         ref = cocoop_reference(tiny, learner, image)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
-    assert net.images_per_chunk(5) == {0: 5, 1: 1, 9: 2}[chunk]
+    assert len(calls) == {0: 1, 1: 5, 9: 3}[chunk]  # images per text-encoder call: 5, 1, 2
     assert n_params(learner) == 4 * 64 + (32 * 2 + 2) + (2 * 64 + 64)  # E=32 -> hidden 2, text width 64
 
 
@@ -197,7 +204,7 @@ def test_ivlp_equals_reference(tiny, n_text, d_text, n_vis, d_vis):
         txt = ref_text(tiny, prompts, ids, deep=list(learner.text_prompts), n_ctx=n_text)
         img = ref_image(tiny, image, vpt=list(learner.vision_prompts), n_ctx=n_vis)
         ref = ref_logits(tiny, img, txt)
-        ours = PromptedCLIP(tiny, learner)(image)
+        ours = PromptedCLIP(tiny, learner)(image).logits
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     # "a photo" / "a photo of a" are learned from their embeddings; the prompt keeps the whole phrase
     torch.testing.assert_close(learner.ctx.detach(), emb[0, 1:1 + n_text].detach())
@@ -208,7 +215,7 @@ def test_vpt_equals_reference_and_text_is_computed_once(tiny):
     torch.manual_seed(3)
     learner = VLPromptLearner(tiny, CLASSES, n_ctx_text=0, depth_text=0, n_ctx_vision=3, depth_vision=3)
     assert not any("ctx" in k or "text" in k for k in learner.state_dict())
-    net = FixedTextCLIP(tiny, learner)
+    net = PromptedCLIP(tiny, learner)
     image = images(tiny)
     ids = clip.tokenize([f"a photo of a {c.replace('_', ' ')}." for c in CLASSES])
     calls = []
@@ -219,14 +226,14 @@ def test_vpt_equals_reference_and_text_is_computed_once(tiny):
             ref = ref_logits(tiny, ref_image(tiny, image, vpt=list(learner.vision_prompts), n_ctx=3),
                              original(ids))
         for _ in range(3):  # training steps: the fixed text features are computed once
-            loss = F.cross_entropy(net(image), torch.tensor([0, 1, 2]))
+            loss = F.cross_entropy(net(image).logits, torch.tensor([0, 1, 2]))
             loss.backward()
         assert len(calls) == 1
         assert all(p.grad is not None for p in learner.parameters())
     finally:
         del tiny.encode_text
     with torch.no_grad():
-        torch.testing.assert_close(net(image), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(net(image).logits, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_reference_whole_model_checkpoints_load(tiny):
@@ -295,18 +302,25 @@ def test_gpa_weights_reference_values():
 
 def test_gpa_aggregates_the_learned_parameters_only(tiny):
     learner = VLPromptLearner(tiny, CLASSES, n_ctx_text=2, depth_text=2, n_ctx_vision=2, depth_vision=2)
+    learner.add_module("gpa", GPAState())
     trainer = PromptSRC.__new__(PromptSRC)  # the aggregation needs only these attributes
     trainer.model = PromptedCLIP(tiny, learner)
-    trainer.gpa_weights, trainer.gpa_sum, trainer.max_epoch = gpa_weights(2, 1, 3), None, 3
+    trainer.gpa_weights, trainer.max_epoch = gpa_weights(2, 1, 3), 3
     snapshots = []
     for epoch in range(3):
         for p in learner.parameters():
             p.data.normal_()
-        snapshots.append({k: v.clone() for k, v in learner.state_dict().items()})
+        snapshots.append({k: v.clone() for k, v in learner.named_parameters()})
         trainer.aggregate_prompts(epoch)
-    for k, v in learner.state_dict().items():
+    for k, v in learner.named_parameters():
         torch.testing.assert_close(v, sum(w * s[k] for w, s in zip(trainer.gpa_weights, snapshots)))
-    assert set(trainer.gpa_sum) == set(learner.state_dict())  # no CLIP weights in the running sum
+    assert set(trainer.gpa_sum) == set(dict(learner.named_parameters()))  # no CLIP weights in the running sum
+    # the running sum travels in the learner's state dict, which both Dassl engines save and restore
+    restored = VLPromptLearner(tiny, CLASSES, n_ctx_text=2, depth_text=2, n_ctx_vision=2, depth_vision=2)
+    restored.add_module("gpa", GPAState())
+    restored.load_state_dict(learner.state_dict())
+    assert set(restored.gpa.sum) == set(trainer.gpa_sum)
+    assert all(torch.equal(restored.gpa.sum[k], trainer.gpa_sum[k]) for k in trainer.gpa_sum)
 
 
 def test_promptsrc_teachers(tiny):
@@ -322,13 +336,18 @@ def test_promptsrc_teachers(tiny):
         direct = torch.stack([tiny.encode_text(clip.tokenize([t.replace("{}", n) for t in PROMPTSRC_TEMPLATES])).mean(0)
                               for n in names])
         torch.testing.assert_close(fixed, direct, atol=1e-5, rtol=1e-5)  # mean before normalisation
-        net = PromptSRCCLIP(tiny, learner, fixed)
+        net = PromptedCLIP(tiny, learner)
+        net.register_buffer("fixed_embeddings", fixed, persistent=False)
+        trainer = PromptSRC.__new__(PromptSRC)
+        trainer.model = net
         image = images(tiny)
-        logits, text, img, zs_logits, zs_text, zs_image = net.forward_train(image)
+        out = net(image)
+        logits = out.logits
+        zs_logits, zs_text, zs_image = trainer.zero_shot(image, out.logit_scale)
         plain = tiny.encode_image(image)  # the frozen CLIP without prompts is the zero-shot encoder
         torch.testing.assert_close(zs_image, plain / plain.norm(dim=-1, keepdim=True))
         torch.testing.assert_close(zs_logits, ref_logits(tiny, plain, direct), atol=1e-4, rtol=1e-5)
-        torch.testing.assert_close(logits, net(image))  # inference: the prompted logits
+        torch.testing.assert_close(logits, net(image).logits)  # inference: the prompted logits
     assert not any(k.startswith("clip_model") or "fixed" in k for k in net.prompt_learner.state_dict())
 
 
@@ -368,8 +387,9 @@ def bf16_nets(model):
     cocoop = CoCoOpLearner(cfg_of(cocoop_defaults, N_CTX=2), CLASSES, model)
     ivlp = VLPromptLearner(model, CLASSES, n_ctx_text=2, depth_text=2, n_ctx_vision=2, depth_vision=2)
     vpt = VLPromptLearner(model, CLASSES, n_ctx_text=0, depth_text=0, n_ctx_vision=2, depth_vision=2)
-    return {"CoOp": PromptedCLIP(model, coop), "CoCoOp": CoCoOpCLIP(model, cocoop, 4),
-            "IVLP": PromptedCLIP(model, ivlp), "VPT": FixedTextCLIP(model, vpt)}
+    cocoop.prompts_per_chunk = 4
+    return {"CoOp": PromptedCLIP(model, coop), "CoCoOp": PromptedCLIP(model, cocoop),
+            "IVLP": PromptedCLIP(model, ivlp), "VPT": PromptedCLIP(model, vpt)}
 
 
 def test_every_method_trains_in_bf16():
@@ -379,7 +399,7 @@ def test_every_method_trains_in_bf16():
         p.requires_grad_(False)
     image = images(model, n=2)
     for name, net in bf16_nets(model).items():
-        loss = F.cross_entropy(net(image).float(), torch.tensor([0, 3]))
+        loss = F.cross_entropy(net(image).logits.float(), torch.tensor([0, 3]))
         loss.backward()
         grads = [p.grad for p in net.prompt_learner.parameters()]
         assert torch.isfinite(loss) and all(g is not None and g.dtype == torch.float32 for g in grads), name

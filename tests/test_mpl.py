@@ -156,7 +156,7 @@ def test_mpl_equals_reference_semantics(tiny, n_ctx, n_add, n_rm, depth):
     net = PromptedCLIP(tiny, learner)
     image = images(tiny)
     with torch.no_grad():
-        ours = net(image)
+        ours = net(image).logits
         ref = reference_logits(tiny, learner, image, n_rm)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     # a schedule with the deep operations dropped gives other logits: the comparison above is not vacuous
@@ -177,7 +177,7 @@ def test_maple_equals_reference_replacement(tiny):
         p.data.normal_()
     image = images(tiny)
     with torch.no_grad():
-        ours = PromptedCLIP(tiny, learner)(image)
+        ours = PromptedCLIP(tiny, learner)(image).logits
         ref = reference_logits(tiny, learner, image, n_rm=mcfg.N_CTX, maple=True)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     # MaPLe's learned context replaces "a photo": the prompt keeps "of a {class}."
@@ -197,7 +197,7 @@ def test_mpl_with_add_equal_remove_is_maple(tiny):
     mpl.load_state_dict(maple.state_dict())
     image = images(tiny)
     with torch.no_grad():
-        torch.testing.assert_close(PromptedCLIP(tiny, mpl)(image), PromptedCLIP(tiny, maple)(image))
+        torch.testing.assert_close(PromptedCLIP(tiny, mpl)(image).logits, PromptedCLIP(tiny, maple)(image).logits)
 
 
 def test_depth_one_is_shallow_prompting(tiny):
@@ -206,7 +206,7 @@ def test_depth_one_is_shallow_prompting(tiny):
     assert count(learner) == learner.ctx.numel() + sum(p.numel() for p in learner.proj.parameters())
     image = images(tiny)
     with torch.no_grad():
-        ours = PromptedCLIP(tiny, learner)(image)
+        ours = PromptedCLIP(tiny, learner)(image).logits
         ref = reference_logits(tiny, learner, image, n_rm=0)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
@@ -233,7 +233,7 @@ def test_other_couplings_train(tiny, coupling):
     net = PromptedCLIP(tiny, learner)
     for p in tiny.parameters():
         p.requires_grad_(False)
-    loss = F.cross_entropy(net(images(tiny)), torch.tensor([0, 1, 2]))
+    loss = F.cross_entropy(net(images(tiny)).logits, torch.tensor([0, 1, 2]))
     loss.backward()
     assert all(p.grad is not None for p in learner.parameters())
 
@@ -271,12 +271,12 @@ def test_text_features_cached_during_evaluation(tiny):
     tiny.encode_text_embeddings = lambda *a, **k: calls.append(1) or original(*a, **k)
     try:
         with torch.no_grad(), net.frozen_text_features():
-            first = net(images(tiny, seed=1))
+            first = net(images(tiny, seed=1)).logits
             net(images(tiny, seed=2))
             net(images(tiny, seed=3))
         assert len(calls) == 1
         with torch.no_grad():
-            torch.testing.assert_close(net(images(tiny, seed=1)), first)
+            torch.testing.assert_close(net(images(tiny, seed=1)).logits, first)
     finally:
         del tiny.encode_text_embeddings
 

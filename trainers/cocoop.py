@@ -12,7 +12,9 @@ through the text encoder in one call, ``PROMPTS_PER_CHUNK`` sequences (images x 
 image's classes per call -- which gives the same logits (the text encoder treats every sequence independently)
 with far fewer calls. The text transformer also runs on the shortest length that holds every EOT (exact).
 
-Text features depend on the image, so they are never cached across batches (``CACHE_TEXT_FEATURES = False``).
+Text features depend on the image, so they are never cached across batches. On the method contract
+(``trainers/common.py``) CoCoOp is a prompt learner with ``conditioned_on_image = True``: the prompted CLIP
+hands it the image features and runs the chunked text pass.
 """
 from __future__ import annotations
 
@@ -26,9 +28,8 @@ from yacs.config import CfgNode as CN
 from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import load_pretrained_weights
 
-from .common import ClassPrompts, PromptedCLIP, PromptTrainer
+from .common import ClassPrompts, PromptTrainer, Prompts, encoder_dims, learned_context
 from .config import register_config
-from .coop import phrase_context
 
 
 @register_config("COCOOP")
@@ -50,16 +51,21 @@ class PromptLearner(nn.Module):
         ctx: (n_ctx, Dt).
         meta_net: linear1 (E -> E // 16), relu, linear2 (E // 16 -> Dt).
 
-    Input shape: image features (B, E), L2-normalised. Output shape: prompt embeddings (B, C, L, Dt).
+    Input shape: image features (B, E), L2-normalised. Output: :class:`Prompts` whose text embeddings are
+    (B, C, L, Dt).
     """
+
+    #: the prompted CLIP passes the image features to forward() (see trainers/common.py)
+    conditioned_on_image = True
 
     def __init__(self, mcfg, classnames: Sequence[str], clip_model: nn.Module):
         super().__init__()
-        width = clip_model.ln_final.weight.shape[0]
+        width = encoder_dims(clip_model).text_width
         vis_dim = clip_model.embed_dim
-        prefix, n_ctx = phrase_context(mcfg.CTX_INIT, int(mcfg.N_CTX))
+        prefix, n_ctx, from_phrase = learned_context(mcfg.CTX_INIT, mcfg.N_CTX, "COCOOP", rule="phrase")
+        self.prompts_per_chunk = int(mcfg.PROMPTS_PER_CHUNK)
         self.class_prompts = ClassPrompts(clip_model, classnames, prefix, n_ctx)
-        if mcfg.CTX_INIT.strip():
+        if from_phrase:
             ctx = self.class_prompts.init_ctx.clone()
         else:
             ctx = torch.empty(n_ctx, width).normal_(std=0.02)
@@ -78,62 +84,20 @@ class PromptLearner(nn.Module):
         bias = self.meta_net(image_features.to(weight.dtype))  # (B, Dt)
         return self.ctx.unsqueeze(0) + bias.unsqueeze(1)
 
-    def forward(self, image_features: torch.Tensor, length: int = 0) -> torch.Tensor:
-        """Prompt embeddings (B, C, L, Dt); only the first ``length`` positions when ``length > 0``."""
+    def forward(self, image_features: torch.Tensor, length: int = 0) -> Prompts:
+        """Prompts of every class for every image: embeddings (B, C, L, Dt); only the first ``length`` positions
+        when ``length > 0``."""
         cp = self.class_prompts
         ctx = self.shifted_context(image_features)
         batch, n_cls = ctx.shape[0], cp.num_classes
         suffix = cp.token_suffix if length <= 0 else cp.token_suffix[:, :max(length - 1 - cp.n_ctx, 0)]
         ctx = ctx.to(cp.token_prefix.dtype)
-        return torch.cat([
+        emb = torch.cat([
             cp.token_prefix.unsqueeze(0).expand(batch, -1, -1, -1),
             ctx.unsqueeze(1).expand(-1, n_cls, -1, -1),
             suffix.unsqueeze(0).expand(batch, -1, -1, -1),
         ], dim=2)
-
-
-class CoCoOpCLIP(PromptedCLIP):
-    """Frozen CLIP with image-conditioned class prompts.
-
-    Input shape: image (B, 3, H, W). Output shape: logits (B, C).
-    """
-
-    def __init__(self, clip_model: nn.Module, prompt_learner: PromptLearner, prompts_per_chunk: int):
-        super().__init__(clip_model, prompt_learner)
-        self.prompts_per_chunk = int(prompts_per_chunk)
-
-    def images_per_chunk(self, batch: int) -> int:
-        n_cls = self.prompt_learner.class_prompts.num_classes
-        if self.prompts_per_chunk <= 0:
-            return max(batch, 1)
-        return max(1, self.prompts_per_chunk // n_cls)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        model = self.clip_model
-        learner = self.prompt_learner
-        ids = learner.class_prompts.token_ids
-        features = model.encode_image(image.to(self.dtype))
-        features = features / features.norm(dim=-1, keepdim=True)
-        scale = model.logit_scale.exp()
-        length = 0
-        if model.text_truncation and ids.device.type != "meta":
-            # exact under the causal mask: nothing after the last EOT reaches any EOT feature
-            length = int(ids.argmax(dim=-1).max()) + 1
-            ids = ids[:, :length]
-        n_cls = ids.shape[0]
-        step = self.images_per_chunk(features.shape[0])
-        logits = []
-        for start in range(0, features.shape[0], step):
-            f = features[start:start + step]
-            prompts = learner(f, length=length)  # (b, C, L, Dt)
-            b = prompts.shape[0]
-            text = model.encode_text_embeddings(prompts.flatten(0, 1).to(self.dtype), ids.repeat(b, 1))
-            text = (text / text.norm(dim=-1, keepdim=True)).view(b, n_cls, -1)
-            logits.append(scale * torch.einsum("be,bce->bc", f, text))
-        return torch.cat(logits, dim=0)
-
-    def frozen_text_features(self):
-        raise RuntimeError("CoCoOp's text features depend on the image; they cannot be cached")
+        return Prompts(text_ids=cp.token_ids, text_embeddings=emb, n_text_prompt=cp.n_ctx)
 
 
 @TRAINER_REGISTRY.register()
@@ -142,14 +106,9 @@ class CoCoOp(PromptTrainer):
 
     CFG_KEY = "COCOOP"
     MODEL_NAME = "prompt_learner"
-    CACHE_TEXT_FEATURES = False
 
     def build_prompt_learner(self, cfg, classnames, clip_model):
         return PromptLearner(self.method_cfg, classnames, clip_model)
-
-    def build_clip_model(self, cfg, classnames, clip_model):
-        learner = self.build_prompt_learner(cfg, classnames, clip_model)
-        return CoCoOpCLIP(clip_model, learner, self.method_cfg.PROMPTS_PER_CHUNK)
 
     def build_model(self):
         super().build_model()

@@ -1,22 +1,39 @@
-"""What every prompt method shares: loading CLIP, class prompts, the prompted CLIP and the trainer base.
+"""The method contract: prompt sets, the prompted CLIP that composes them, and the trainer base.
 
-A method is two things (see ``trainers/mpl.py`` for the fullest example):
+A method is
 
-* a *prompt learner*: an ``nn.Module`` holding only learnable parameters, whose ``forward()`` returns a
-  :class:`Prompts` -- the text-encoder input and the per-layer token operations (:class:`clip.LayerOp`) for
-  each encoder;
-* a trainer: a subclass of :class:`PromptTrainer` that names its config block and builds its prompt learner.
+* one or more **prompt sets**. A prompt set is an ``nn.Module`` whose ``forward()`` returns a :class:`Prompts`:
+  its tokens and the per-layer token operations (:class:`clip.LayerOp`) it contributes to each encoder. The
+  method's own set is its *prompt learner* (trainable; the registered model, which checkpoints hold). Further
+  sets can be declared **frozen** and loaded from an earlier run (:meth:`PromptTrainer.build_frozen_sets`,
+  :func:`load_prompt_set`): they are never updated, never counted, never saved, and their origin (path + SHA256)
+  is recorded in the new run's checkpoint and ``result.json``.
+* an **order** of the sets in each encoder (:meth:`PromptTrainer.prompt_order`), e.g. vision
+  ``[CLS][patches][boost][adapt]`` and text ``[SOS][adapt][boost][words][EOT]``. Positions are derived from the
+  order (:func:`clip.compose`); no method writes a position as a number.
+* optionally **frozen models** (:meth:`PromptTrainer.teacher`: a CLIP of another size by name or path, loaded
+  once through the same loader and precision policy; never in checkpoints) and a **loss**
+  (:meth:`PromptTrainer.compute_loss`), which sees the one model output, :class:`ModelOutput`.
 
-Everything else -- precision, freezing CLIP, the optimiser, checkpoints that hold only what is learned,
-loading the reference repositories' whole-model checkpoints, computing text features once per evaluation --
-lives here, written once.
+The prompted CLIP (:class:`PromptedCLIP`) is the same for every method: it composes the sets, runs both encoders
+and returns a :class:`ModelOutput` (logits, image and text features, logit scale, the prompts). Image-conditioned
+prompts (CoCoOp) are a prompt learner with ``conditioned_on_image = True``: it receives the image features.
+Text features are computed once and reused while nothing they depend on can change: during evaluation
+(:meth:`PromptedCLIP.frozen_text_features`) and, for methods whose text side has nothing trainable (VPT), always.
+
+Everything else -- precision, freezing, the optimiser, checkpoints that hold only what is learned, loading the
+reference repositories' whole-model checkpoints -- lives here, written once. ``README.md`` ("Write your own
+method") walks through KgCoOp (``trainers/kgcoop.py``) as a worked example.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
 import os.path as osp
-from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -37,15 +54,17 @@ except ImportError:  # the real Dassl.pytorch has no such class
 
 #: The precisions a method config may ask for (``TRAINER.<M>.PREC``).
 PRECISIONS = ("fp32", "fp16", "bf16", "amp")
+#: The name of the method's own (trainable) prompt set in prompt orders.
+ADAPT = "adapt"
 
 
-def load_clip(cfg) -> nn.Module:
-    """Load the frozen CLIP named by ``cfg.MODEL.BACKBONE.NAME`` on the CPU, in fp32.
+def load_clip(cfg, name: Optional[str] = None) -> nn.Module:
+    """Load the frozen CLIP named by ``name`` (default ``cfg.MODEL.BACKBONE.NAME``) on the CPU, in fp32.
 
     The name is a released model (``ViT-B/16``), a registered project model (``tiny-digits``) or a checkpoint
     path. Weights are cast to the run's precision later, once the prompt learner has read what it needs.
     """
-    name = cfg.MODEL.BACKBONE.NAME
+    name = name or cfg.MODEL.BACKBONE.NAME
     try:
         model, _ = clip.load(name, device="cpu", precision="fp32")
     except clip.DownloadError as err:  # offline or a bad checksum: the message says which file to put where
@@ -57,6 +76,64 @@ def load_clip(cfg) -> nn.Module:
 
 def count_learnable(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+@dataclass(frozen=True)
+class EncoderDims:
+    """Widths and depths of a CLIP's encoders, read from the named modules (``vision_*`` are None for a ResNet)."""
+
+    text_width: int
+    text_layers: int
+    vision_width: Optional[int]
+    vision_layers: Optional[int]
+
+
+def encoder_dims(clip_model: nn.Module, need_vit: str = "") -> EncoderDims:
+    """The sizes a prompt learner needs. ``need_vit``: the config block of a method with vision prompts, which
+    then refuses a ResNet backbone with one clear error."""
+    is_vit = bool(getattr(clip_model, "is_vit", False))
+    if need_vit and not is_vit:
+        raise UserError(
+            f"TRAINER.{need_vit} puts prompts into the image encoder's transformer layers, which needs a Vision "
+            f"Transformer backbone (ViT-B/32, ViT-B/16, ViT-L/14, ...); this CLIP has a ResNet image encoder. Choose "
+            "a ViT with MODEL.BACKBONE.NAME, or a text-only method (CoOp, CoCoOp, KgCoOp)")
+    visual = clip_model.visual
+    return EncoderDims(
+        text_width=clip_model.transformer.width, text_layers=clip_model.transformer.layers,
+        vision_width=visual.width if is_vit else None, vision_layers=visual.transformer.layers if is_vit else None,
+    )
+
+
+def learned_context(ctx_init: str, n_ctx: int, key: str, rule: str) -> Tuple[str, int, bool]:
+    """The one reading of ``CTX_INIT``/``N_CTX``: (prompt prefix, number of learned vectors, init from the phrase).
+
+    Rules of the reference families:
+
+    * ``"phrase"`` (CoOp, CoCoOp, KgCoOp): with a phrase, every word of it is learned and ``N_CTX`` is ignored;
+      otherwise ``N_CTX`` placeholders ``"X"`` with random vectors.
+    * ``"first_tokens"`` (IVLP, MaPLe, PromptSRC): with a phrase and ``N_CTX <= 4``, the first ``N_CTX`` tokens of
+      the phrase are learned and the rest stay fixed words; a phrase with fewer tokens than ``N_CTX`` is an error
+      (the reference silently learned over the class name); otherwise ``N_CTX`` random placeholders.
+    """
+    init = " ".join(str(ctx_init).replace("_", " ").split())
+    n_ctx = int(n_ctx)
+    if rule == "phrase":
+        if init:
+            return init, len(init.split(" ")), True
+    elif rule == "first_tokens":
+        if init and n_ctx <= 4:
+            n_tokens = len(clip.tokenizer().encode(init))
+            if n_tokens < n_ctx:
+                raise UserError(
+                    f'TRAINER.{key}.CTX_INIT "{init}" has {n_tokens} token(s), fewer than N_CTX={n_ctx}: the learned '
+                    f"context would cover the class name. Give a phrase of at least {n_ctx} tokens, lower N_CTX, "
+                    "or set CTX_INIT \"\" for random context")
+            return init, n_ctx, True
+    else:
+        raise ValueError(f"unknown context rule {rule!r}")
+    if n_ctx < 1:
+        raise UserError(f"TRAINER.{key}.N_CTX must be at least 1 when CTX_INIT gives no phrase, got {n_ctx}")
+    return " ".join(["X"] * n_ctx), n_ctx, False
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -149,50 +226,170 @@ def _class_token_order(name_lens: Sequence[int], n_ctx: int, length: int, positi
 
 
 # ----------------------------------------------------------------------------------------------------------
-# What a prompt learner returns, and the prompted CLIP that consumes it
+# What a prompt set returns, how sets compose, and the prompted CLIP
 # ----------------------------------------------------------------------------------------------------------
 @dataclass
 class Prompts:
-    """The prompts of one forward pass.
+    """One prompt set's contribution to a forward pass.
 
-    text_embeddings: (C, L, D) text-encoder input (learned context already in place), or None to use the
-        plain class prompts ``text_ids`` through CLIP's own embedding (methods with no text prompts).
-    text_ids: (C, L) token ids locating EOT.
-    text_ops / vision_ops: per-layer token operations (index = layer), or None.
-    n_text_prompt: how many tokens after SOS form the text prompt segment at layer 0.
+    The set that holds the class prompts gives ``text_ids`` (and usually ``text_embeddings``); any other set gives
+    ``text_tokens``, which are inserted into those class prompts at the set's place in the text order.
+
+    text_ids: (C, L) token ids of the class prompts, locating EOT.
+    text_embeddings: (C, L, D) text-encoder input with the learned context in place (or, for a prompt learner
+        conditioned on the image, (B, C, L', D)); None: the plain class prompts ``text_ids``.
+    text_tokens: (n, D) layer-0 text tokens of a set that does not hold the class prompts.
+    text_ops / vision_ops: per-layer token operations of this set (index = layer), or None.
+    n_text_prompt: the tokens after SOS that form this set's part of the text prompt segment at layer 0.
     """
 
-    text_ids: torch.Tensor
+    text_ids: Optional[torch.Tensor] = None
     text_embeddings: Optional[torch.Tensor] = None
+    text_tokens: Optional[torch.Tensor] = None
     text_ops: Optional[List[Optional[LayerOp]]] = None
     vision_ops: Optional[List[Optional[LayerOp]]] = None
     n_text_prompt: int = 0
 
+    def tensors(self):
+        """Every tensor this set feeds into the text encoder (to tell whether text features can be cached)."""
+        out = [t for t in (self.text_embeddings, self.text_tokens) if t is not None]
+        for op in self.text_ops or ():
+            for member in (op if isinstance(op, (tuple, list)) else (op,)):
+                if member is not None:
+                    out += [t for t in (member.add, member.replace) if t is not None]
+        return out
 
-class PromptedCLIP(nn.Module):
-    """Frozen CLIP driven by a prompt learner: ``logits = exp(logit_scale) * cos(image, class text)``.
 
-    Attributes:
-        prompt_learner: the only module with learnable parameters.
-        clip_model: the frozen CLIP.
-    Input shape: image (B, 3, H, W). Output shape: logits (B, C).
+def compose_prompts(sets: Mapping[str, Prompts], text_order: Sequence[str], vision_order: Sequence[str],
+                    token_embedding: nn.Module, context_length: int) -> Prompts:
+    """One :class:`Prompts` from several sets, placed in the declared orders (see :mod:`clip.ops`).
+
+    Exactly one set holds the class prompts (``text_ids``). The text input becomes
+    ``[SOS][part of set 1][part of set 2]..[words][EOT]`` in ``text_order``; every part keeps its own ops.
+    """
+    if len(sets) == 1:
+        return next(iter(sets.values()))
+    holders = [name for name, p in sets.items() if p.text_ids is not None]
+    if len(holders) != 1:
+        raise ValueError(f"exactly one prompt set must hold the class prompts (text_ids); got {holders}")
+    base = sets[holders[0]]
+    ids = base.text_ids
+    emb = base.text_embeddings if base.text_embeddings is not None else token_embedding(ids)
+    if emb.dim() != 3:
+        raise ValueError("image-conditioned class prompts cannot be composed with other prompt sets yet")
+    n_cls = ids.shape[0]
+    pieces, id_pieces, parts = [emb[:, :1]], [ids[:, :1]], []
+    for name in text_order:
+        p = sets[name]
+        if name == holders[0]:
+            n = p.n_text_prompt
+            pieces.append(emb[:, 1:1 + n])
+            id_pieces.append(ids[:, 1:1 + n])
+        else:
+            tok = p.text_tokens
+            n = 0 if tok is None else tok.shape[-2]
+            if n:
+                tok = tok.to(emb.dtype)
+                pieces.append(tok.unsqueeze(0).expand(n_cls, -1, -1) if tok.dim() == 2 else tok)
+                id_pieces.append(ids.new_zeros(n_cls, n))  # placeholders: never the EOT (the largest id)
+        parts.append(n)
+    n_base = base.n_text_prompt
+    pieces.append(emb[:, 1 + n_base:])
+    id_pieces.append(ids[:, 1 + n_base:])
+    emb, ids = torch.cat(pieces, dim=1), torch.cat(id_pieces, dim=1)
+    last_eot = int(ids.argmax(dim=-1).max()) if ids.device.type != "meta" else 0
+    if last_eot >= context_length:
+        raise UserError(f"the composed text prompts are {last_eot + 1} tokens long, more than CLIP's context of "
+                        f"{context_length}: use fewer prompt tokens or shorter class names")
+    emb, ids = emb[:, :context_length], ids[:, :context_length]
+    return Prompts(
+        text_ids=ids, text_embeddings=emb,
+        text_ops=clip.compose([sets[n].text_ops for n in text_order]),
+        vision_ops=clip.compose([sets[n].vision_ops for n in vision_order]),
+        n_text_prompt=tuple(parts),
+    )
+
+
+@dataclass
+class ModelOutput:
+    """What the prompted CLIP returns for a batch (every method, training and evaluation).
+
+    logits: (B, C) ``logit_scale * image_features @ text_features.T`` (per image for conditioned prompts).
+    image_features: (B, E) and text_features: (C, E) or (B, C, E), L2-normalised.
+    logit_scale: the exponentiated scale. prompts: the composed :class:`Prompts` of this pass.
     """
 
-    def __init__(self, clip_model: nn.Module, prompt_learner: nn.Module):
+    logits: torch.Tensor
+    image_features: torch.Tensor
+    text_features: torch.Tensor
+    logit_scale: torch.Tensor
+    prompts: Optional[Prompts] = None
+    extras: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class PromptedCLIP(nn.Module):
+    """Frozen CLIP driven by prompt sets: ``logits = exp(logit_scale) * cos(image, class text)``.
+
+    Args:
+        clip_model: the frozen CLIP.
+        prompt_learner: the method's own prompt set (the only trainable module).
+        frozen_sets: further prompt sets by name (frozen: never trained or saved).
+        text_order / vision_order: the sets' names in token order per encoder (the learner is ``"adapt"``);
+            default: the learner, then the frozen sets in the given order.
+    Input shape: image (B, 3, H, W). Output: :class:`ModelOutput`.
+    """
+
+    def __init__(self, clip_model: nn.Module, prompt_learner: nn.Module,
+                 frozen_sets: Optional[Mapping[str, nn.Module]] = None,
+                 text_order: Optional[Sequence[str]] = None, vision_order: Optional[Sequence[str]] = None):
         super().__init__()
         self.prompt_learner = prompt_learner
         self.clip_model = clip_model
+        self.frozen_sets = nn.ModuleDict(dict(frozen_sets or {}))
+        names = [ADAPT, *self.frozen_sets.keys()]
+        self.text_order = tuple(text_order or names)
+        self.vision_order = tuple(vision_order or names)
+        for what, order in (("text_order", self.text_order), ("vision_order", self.vision_order)):
+            if sorted(order) != sorted(names):
+                raise ValueError(f"{what} {list(order)} must name every prompt set once: {names}")
+        #: frozen models a method needs (a teacher CLIP); never in checkpoints, see PromptTrainer.teacher
+        self.teachers = nn.ModuleDict()
         self._cached_text: Optional[torch.Tensor] = None
+        self._fixed_text: Optional[Tuple] = None  # (key, features) when the text side has nothing to learn
+        #: whether text features depend on nothing trainable; None: decided at the first forward
+        self.text_is_fixed: Optional[bool] = None
 
     @property
     def dtype(self) -> torch.dtype:
         return self.clip_model.dtype
 
-    def encode_text(self, prompts: Prompts) -> torch.Tensor:
-        """(C, E) L2-normalised class features.
+    @property
+    def conditioned_on_image(self) -> bool:
+        return bool(getattr(self.prompt_learner, "conditioned_on_image", False))
 
-        The encoders cast their inputs and the operations' tensors to the model's dtype (prompts are fp32).
-        """
+    # -- prompts -------------------------------------------------------------------------------------------
+    def prompts(self, image_features: Optional[torch.Tensor] = None, length: int = 0) -> Prompts:
+        """The composed prompts of all sets (``image_features``/``length``: for a conditioned learner)."""
+        if self.conditioned_on_image:
+            own = self.prompt_learner(image_features, length=length)
+        else:
+            own = self.prompt_learner()
+        if not len(self.frozen_sets):
+            return own
+        sets = {ADAPT: own, **{name: m() for name, m in self.frozen_sets.items()}}
+        model = self.clip_model
+        return compose_prompts(sets, self.text_order, self.vision_order, model.token_embedding, model.context_length)
+
+    def _vision_ops(self):
+        """Vision ops when the learner is conditioned on the image (then only frozen sets prompt the image)."""
+        if not len(self.frozen_sets):
+            return None
+        sets = [self.frozen_sets[n]() for n in self.vision_order if n != ADAPT]
+        return clip.compose([p.vision_ops for p in sets])
+
+    # -- encoders ------------------------------------------------------------------------------------------
+    def encode_text(self, prompts: Prompts) -> torch.Tensor:
+        """(C, E) L2-normalised class features. The encoders cast inputs and op tensors to the model's dtype."""
         model = self.clip_model
         if prompts.text_embeddings is None and prompts.text_ops is None:  # plain class prompts
             feats = model.encode_text(prompts.text_ids)
@@ -204,27 +401,81 @@ class PromptedCLIP(nn.Module):
                                                  n_prompt=prompts.n_text_prompt)
         return feats / feats.norm(dim=-1, keepdim=True)
 
-    def encode_image(self, image: torch.Tensor, prompts: Prompts) -> torch.Tensor:
+    def encode_image(self, image: torch.Tensor, prompts: Optional[Prompts]) -> torch.Tensor:
         """(B, E) L2-normalised image features."""
-        feats = self.clip_model.encode_image(image, ops=prompts.vision_ops)
+        ops = prompts.vision_ops if prompts is not None else None
+        feats = self.clip_model.encode_image(image, ops=ops)
         return feats / feats.norm(dim=-1, keepdim=True)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        prompts = self.prompt_learner()
-        text = self._cached_text if self._cached_text is not None else self.encode_text(prompts)
-        image_features = self.encode_image(image, prompts)
+    def text_features(self, prompts: Prompts) -> torch.Tensor:
+        """The class features, from the one cache when it is valid (evaluation, or a text side fixed for good)."""
+        if self._cached_text is not None:
+            return self._cached_text
+        if self.text_is_fixed is None:
+            self.refresh_text_dependency()
+        if self.text_is_fixed:
+            key = (prompts.text_ids.device, self.dtype)
+            if self._fixed_text is None or self._fixed_text[0] != key:
+                with torch.no_grad():
+                    self._fixed_text = (key, self.encode_text(prompts))
+            return self._fixed_text[1]
+        return self.encode_text(prompts)
+
+    def refresh_text_dependency(self) -> bool:
+        """Decide once (after freezing) whether text features depend on anything trainable; returns the answer."""
+        self._fixed_text = None
+        if self.conditioned_on_image:
+            self.text_is_fixed = False
+        else:
+            with torch.enable_grad():
+                tensors = self.prompts().tensors()
+            self.text_is_fixed = not any(t.requires_grad for t in tensors)
+        return self.text_is_fixed
+
+    # -- forward -------------------------------------------------------------------------------------------
+    def forward(self, image: torch.Tensor) -> ModelOutput:
         scale = self.clip_model.logit_scale.exp()
-        return scale * image_features @ text.t()
+        if self.conditioned_on_image:
+            return self._forward_conditioned(image, scale)
+        prompts = self.prompts()
+        text = self.text_features(prompts)
+        image_features = self.encode_image(image, prompts)
+        return ModelOutput(scale * image_features @ text.t(), image_features, text, scale, prompts)
+
+    def _forward_conditioned(self, image: torch.Tensor, scale: torch.Tensor) -> ModelOutput:
+        """Text prompts that depend on each image (CoCoOp): the text encoder runs for several images per call,
+        ``prompts_per_chunk`` sequences (images x classes) at a time, at least one image's classes per call."""
+        model, learner = self.clip_model, self.prompt_learner
+        image_features = self.encode_image(image, Prompts(vision_ops=self._vision_ops()))
+        ids = learner.class_prompts.token_ids
+        length = 0
+        if model.text_truncation and ids.device.type != "meta":
+            # exact under the causal mask: nothing after the last EOT reaches any EOT feature
+            length = int(ids.argmax(dim=-1).max()) + 1
+            ids = ids[:, :length]
+        n_cls = ids.shape[0]
+        per_chunk = int(getattr(learner, "prompts_per_chunk", 0))
+        step = max(image_features.shape[0], 1) if per_chunk <= 0 else max(1, per_chunk // n_cls)
+        logits, texts = [], []
+        for start in range(0, image_features.shape[0], step):
+            f = image_features[start:start + step]
+            prompts = self.prompts(f, length=length)  # text_embeddings (b, C, L, D)
+            b = prompts.text_embeddings.shape[0]
+            text = model.encode_text_embeddings(prompts.text_embeddings.flatten(0, 1), ids.repeat(b, 1))
+            text = (text / text.norm(dim=-1, keepdim=True)).view(b, n_cls, -1)
+            texts.append(text)
+            logits.append(scale * torch.einsum("be,bce->bc", f, text))
+        return ModelOutput(torch.cat(logits), image_features, torch.cat(texts), scale, None)
 
     @contextlib.contextmanager
     def frozen_text_features(self):
-        """Within this block, text features are computed once and reused for every batch.
-
-        Valid only while the prompts do not change (evaluation). Methods whose text prompts depend on the
-        image (CoCoOp) do not use it.
-        """
+        """Within this block, text features are computed once and reused for every batch (evaluation: the prompts
+        do not change). For prompts conditioned on the image it changes nothing."""
+        if self.conditioned_on_image:
+            yield
+            return
         with torch.no_grad():
-            self._cached_text = self.encode_text(self.prompt_learner())
+            self._cached_text = self.encode_text(self.prompts())
         try:
             yield
         finally:
@@ -232,20 +483,108 @@ class PromptedCLIP(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Prompt sets from earlier runs
+# ----------------------------------------------------------------------------------------------------------
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_run_checkpoint(source: str, model_name: str, epoch: Optional[int] = None) -> Tuple[str, Optional[int]]:
+    """The checkpoint file of a run folder (or the file itself) and its epoch.
+
+    For a folder: ``<source>/<model_name>/model.pth.tar-<epoch>``, with the epoch given, else the one the run
+    recorded in ``result.json``, else the newest the ``checkpoint`` pointer names.
+    """
+    if osp.isfile(source):
+        return source, epoch
+    if not osp.isdir(source):
+        raise UserError(f'no run folder or checkpoint file at "{source}"')
+    if epoch is None:
+        result = osp.join(source, "result.json")
+        if osp.isfile(result):
+            with open(result) as f:
+                epoch = json.load(f).get("epochs")
+    folder = osp.join(source, model_name)
+    if epoch is not None:
+        path = osp.join(folder, f"model.pth.tar-{epoch}")
+    else:
+        pointer = osp.join(folder, "checkpoint")
+        if not osp.isfile(pointer):
+            raise UserError(f'the run folder "{source}" holds no {model_name} checkpoint (no "{pointer}"): finish '
+                            "that run first, or give the checkpoint file itself")
+        with open(pointer) as f:
+            path = osp.join(folder, f.readline().strip())
+    if not osp.isfile(path):
+        raise UserError(f'no checkpoint at "{path}": finish the run in "{source}" first, or give the checkpoint file')
+    return path, epoch
+
+
+def load_prompt_set(module: nn.Module, source: str, model_name: str, epoch: Optional[int] = None,
+                    what: str = "prompt set") -> Dict[str, object]:
+    """Load a prompt set's parameters from an earlier run (folder or file), freeze it, and return its origin.
+
+    Every parameter must be present with the same shape: a mismatch names the parameter and both shapes (a
+    different prompt size or depth between the runs). Returns ``{"path", "sha256", "epoch", "model"}``.
+    """
+    path, epoch = resolve_run_checkpoint(source, model_name, epoch)
+    checkpoint = load_checkpoint(path)
+    state = extract_prompt_state(checkpoint["state_dict"])
+    own = module.state_dict()
+    problems = []
+    for name, value in own.items():
+        if not torch.is_tensor(value):
+            continue
+        if name not in state:
+            problems.append(f"{name} is missing")
+        elif tuple(state[name].shape) != tuple(value.shape):
+            problems.append(f"{name} has shape {tuple(state[name].shape)} there but {tuple(value.shape)} here")
+    extra = [k for k, v in state.items() if torch.is_tensor(v) and k not in own]
+    if problems or extra:
+        detail = "; ".join(problems + [f"{k} is not expected here" for k in extra])
+        raise UserError(f'the {what} in "{path}" does not match this configuration: {detail}. Use the same prompt '
+                        "sizes and depth as the run that made it")
+    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return {"path": osp.abspath(path), "sha256": sha256_of(path),
+            "epoch": checkpoint.get("epoch", epoch), "model": model_name}
+
+
+class FrozenSetOrigins(nn.Module):
+    """Records where a run's frozen prompt sets came from, inside the learner's checkpoint (``_extra_state``),
+    so both Dassl engines save it and a checkpoint says which frozen prompts it was trained beside."""
+
+    def __init__(self, origins: Optional[Dict[str, dict]] = None):
+        super().__init__()
+        self.origins = dict(origins or {})
+
+    def get_extra_state(self):
+        return {"origins": json.dumps(self.origins, sort_keys=True)}
+
+    def set_extra_state(self, state):
+        self.origins = json.loads(state.get("origins", "{}")) if isinstance(state, dict) else {}
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The trainer base
 # ----------------------------------------------------------------------------------------------------------
 class PromptTrainer(TrainerX):
-    """Dassl ``TrainerX`` for a frozen CLIP with a prompt learner.
+    """Dassl ``TrainerX`` for a frozen CLIP with prompt sets.
 
     Subclasses set :attr:`CFG_KEY` (``cfg.TRAINER.<CFG_KEY>``), :attr:`MODEL_NAME` (the registered name, which
     is also the checkpoint folder; the reference repositories' names are kept) and implement
-    :meth:`build_prompt_learner`. Checkpoints hold only the prompt learner's parameters.
+    :meth:`build_prompt_learner`; optionally :meth:`build_frozen_sets`, :meth:`prompt_order` and
+    :meth:`compute_loss`. Checkpoints hold only the prompt learner's parameters (and the origins of frozen sets).
     """
 
     CFG_KEY: str = ""
     MODEL_NAME: str = "prompt_learner"
-    #: Class prompts depend only on learned parameters, so text features can be cached during evaluation.
-    CACHE_TEXT_FEATURES: bool = True
+    #: protocol defaults of the scripts (``scripts/<method>/``): config names per protocol
+    SCRIPT_CONFIGS: Dict[str, str] = {}
 
     # -- configuration -------------------------------------------------------------------------------------
     @property
@@ -260,34 +599,77 @@ class PromptTrainer(TrainerX):
                 "(fp16 and amp fall back to fp32 on a CPU)"
             )
 
+    # -- what a method declares ----------------------------------------------------------------------------
     def build_prompt_learner(self, cfg, classnames: Sequence[str], clip_model: nn.Module) -> nn.Module:
         raise NotImplementedError
 
+    def build_frozen_sets(self, cfg, classnames: Sequence[str], clip_model: nn.Module) -> Dict[str, nn.Module]:
+        """Frozen prompt sets by name (default none). Load them with :meth:`load_frozen_set`."""
+        return {}
+
+    def prompt_order(self) -> Tuple[Optional[Sequence[str]], Optional[Sequence[str]]]:
+        """(text order, vision order) of the prompt sets; None: the learner first, then the frozen sets."""
+        return None, None
+
     def build_clip_model(self, cfg, classnames: Sequence[str], clip_model: nn.Module) -> nn.Module:
-        """The full model; methods with extra frozen parts (PromptSRC's teachers) override this."""
-        return PromptedCLIP(clip_model, self.build_prompt_learner(cfg, classnames, clip_model))
+        learner = self.build_prompt_learner(cfg, classnames, clip_model)
+        frozen = self.build_frozen_sets(cfg, classnames, clip_model)
+        text_order, vision_order = self.prompt_order()
+        return PromptedCLIP(clip_model, learner, frozen, text_order=text_order, vision_order=vision_order)
+
+    def load_frozen_set(self, name: str, module: nn.Module, source: str, model_name: str,
+                        epoch: Optional[int] = None) -> nn.Module:
+        """Load the frozen set ``name`` from an earlier run and record its origin (checkpoint + result.json)."""
+        origin = load_prompt_set(module, source, model_name, epoch, what=f"frozen prompt set {name!r}")
+        print(f'Frozen prompt set {name!r} from "{origin["path"]}" (epoch {origin["epoch"]}, '
+              f'sha256 {origin["sha256"][:12]}...)')
+        self.frozen_origins[name] = origin
+        return module
+
+    def teacher(self, name: str) -> nn.Module:
+        """A frozen CLIP by model name or checkpoint path, loaded once per run in the run's precision and device.
+
+        It lives in ``self.model.teachers`` (moved with the model, never in checkpoints).
+        """
+        key = name.replace("/", "_").replace(".", "_")
+        if key not in self.model.teachers:
+            print(f"Loading the frozen teacher CLIP {name!r}")
+            model = load_clip(self.cfg, name)
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self.precision.cast_model(model)
+            self.model.teachers[key] = model.to(self.device).eval()
+        return self.model.teachers[key]
 
     # -- model -------------------------------------------------------------------------------------------
     def build_model(self):
         cfg = self.cfg
         classnames = self.dm.dataset.classnames
         self.precision = clip.resolve_precision(self.method_cfg.PREC, self.device)
+        self.frozen_origins: Dict[str, dict] = {}
 
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         clip_model = load_clip(cfg)
         print(f"Building {type(self).__name__} prompts for {len(classnames)} classes")
-        # The prompt learner reads fp32 embeddings; CLIP is cast to the run's precision afterwards.
+        # The prompt sets read fp32 embeddings; CLIP is cast to the run's precision afterwards.
         self.model = self.build_clip_model(cfg, classnames, clip_model)
         self.precision.cast_model(self.model.clip_model)
 
         learner = self.model.prompt_learner
         for name, param in self.model.named_parameters():
             param.requires_grad_(name.startswith("prompt_learner."))
+        if self.frozen_origins:
+            learner.add_module("frozen_set_origins", FrozenSetOrigins(self.frozen_origins))
+            extras = getattr(self, "run_info", None)
+            if extras is None:
+                extras = self.run_info = {}
+            extras.setdefault("result_extras", {})["frozen_sets"] = dict(self.frozen_origins)
         names = sorted(n for n, p in self.model.named_parameters() if p.requires_grad)
         print(f"Parameters to be updated: {names}")
         print(f"Number of learnable parameters: {count_learnable(self.model):,}")
 
         self.model.to(self.device)
+        self.model.refresh_text_dependency()
         self.optim = build_optimizer(learner, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model(self.MODEL_NAME, learner, self.optim, self.sched)
@@ -295,9 +677,10 @@ class PromptTrainer(TrainerX):
 
     # -- training -----------------------------------------------------------------------------------------
     def compute_loss(self, image: torch.Tensor, label: torch.Tensor):
-        """Returns (loss, logits). Methods with extra loss terms override this."""
-        logits = self.model(image)
-        return F.cross_entropy(logits.to(MASTER_DTYPE), label), logits
+        """Returns (loss, logits). Methods with other losses override this; ``self.model(image)`` gives the
+        :class:`ModelOutput` (logits and features)."""
+        out = self.model(image)
+        return F.cross_entropy(out.logits.to(MASTER_DTYPE), label), out.logits
 
     def forward_backward(self, batch):
         image, label = self.parse_batch_train(batch)
@@ -323,19 +706,18 @@ class PromptTrainer(TrainerX):
 
     def model_inference(self, image):
         with self.precision.autocast(self.device):
-            return self.model(image).to(MASTER_DTYPE)
+            return self.model(image).logits.to(MASTER_DTYPE)
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def test(self, split=None):
-        if not self.CACHE_TEXT_FEATURES:
-            return super().test(split)
         self.set_model_mode("eval")
         with self.precision.autocast(self.device), self.model.frozen_text_features():
             return super().test(split)
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def load_model(self, directory, epoch=None):
-        """Load learned prompts from ``<directory>/<MODEL_NAME>/model.pth.tar-<epoch>`` (or the newest).
+        """Load learned prompts from ``<directory>/<MODEL_NAME>/model.pth.tar-<epoch>``; without an epoch,
+        ``model-best.pth.tar`` when the run kept one (``TEST.FINAL_MODEL best_val``), else the newest.
 
         Accepts this project's checkpoints (prompt parameters only) and the reference repositories'
         (the whole model's state dict, prompt parameters under ``prompt_learner.``).
@@ -351,6 +733,7 @@ class PromptTrainer(TrainerX):
             print(f'Loading weights to {name} from "{path}" (epoch = {checkpoint.get("epoch")})')
             module = self._models[name]
             missing, unexpected = module.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.endswith("_extra_state")]
             if missing or unexpected:
                 raise ValueError(
                     f'checkpoint "{path}" does not match the {type(self).__name__} configuration: '
@@ -375,15 +758,17 @@ class PromptTrainer(TrainerX):
     @staticmethod
     def _checkpoint_path(directory: str, name: str, epoch: Optional[int]) -> str:
         folder = osp.join(directory, name)
+        best = osp.join(folder, "model-best.pth.tar")
         if epoch is not None:
             path = osp.join(folder, f"model.pth.tar-{epoch}")
+        elif osp.isfile(best):  # Dassl's meaning of "no epoch": the best validation model
+            path = best
         else:
             pointer = osp.join(folder, "checkpoint")
+            path = best
             if osp.isfile(pointer):
                 with open(pointer) as f:
                     path = osp.join(folder, f.readline().strip())
-            else:
-                path = osp.join(folder, "model-best.pth.tar")
         if not osp.isfile(path):
             raise UserError(
                 f'no checkpoint at "{path}": pass the training run\'s output folder to --model-dir and the '

@@ -15,7 +15,7 @@ CoOp's ``interpret_prompt.py`` reads ours (``state_dict["ctx"]``).
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -24,7 +24,7 @@ from yacs.config import CfgNode as CN
 from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import load_pretrained_weights
 
-from .common import CLASS_TOKEN_POSITIONS, ClassPrompts, PromptTrainer, Prompts
+from .common import CLASS_TOKEN_POSITIONS, ClassPrompts, PromptTrainer, Prompts, encoder_dims, learned_context
 from .config import register_config
 
 
@@ -39,19 +39,6 @@ def coop_defaults() -> CN:
     return c
 
 
-def phrase_context(ctx_init: str, n_ctx: int) -> Tuple[str, int]:
-    """CoOp/CoCoOp's rule: (prompt prefix, number of learned vectors).
-
-    With an init phrase the prefix is the phrase and every word of it is learned; otherwise ``n_ctx`` "X"s.
-    """
-    init = " ".join(ctx_init.replace("_", " ").split())
-    if init:
-        return init, len(init.split(" "))
-    if n_ctx < 1:
-        raise ValueError(f"N_CTX must be at least 1 when CTX_INIT is empty, got {n_ctx}")
-    return " ".join(["X"] * n_ctx), n_ctx
-
-
 class PromptLearner(nn.Module):
     """CoOp's context vectors and the class prompts they enter.
 
@@ -61,13 +48,13 @@ class PromptLearner(nn.Module):
     ``forward()`` returns :class:`~trainers.common.Prompts` whose text embeddings are (C, L, Dt).
     """
 
-    def __init__(self, mcfg, classnames: Sequence[str], clip_model: nn.Module):
+    def __init__(self, mcfg, classnames: Sequence[str], clip_model: nn.Module, key: str = "COOP"):
         super().__init__()
-        width = clip_model.ln_final.weight.shape[0]
-        prefix, n_ctx = phrase_context(mcfg.CTX_INIT, int(mcfg.N_CTX))
+        width = encoder_dims(clip_model).text_width
+        prefix, n_ctx, from_phrase = learned_context(mcfg.CTX_INIT, mcfg.N_CTX, key, rule="phrase")
         self.class_prompts = ClassPrompts(clip_model, classnames, prefix, n_ctx,
                                           class_token_position=mcfg.CLASS_TOKEN_POSITION)
-        if mcfg.CTX_INIT.strip():
+        if from_phrase:
             ctx = self.class_prompts.init_ctx.clone()
         elif mcfg.CSC:
             print("Initializing class-specific contexts")

@@ -28,7 +28,7 @@ import clip
 from clip import LayerOp
 from dassl.engine import TRAINER_REGISTRY
 
-from .common import ClassPrompts, PromptTrainer, Prompts
+from .common import ClassPrompts, PromptTrainer, Prompts, encoder_dims, learned_context
 from .config import register_config
 
 
@@ -65,24 +65,20 @@ class VLPromptLearner(nn.Module):
     def __init__(self, clip_model: nn.Module, classnames: Sequence[str], *, n_ctx_text: int, depth_text: int,
                  n_ctx_vision: int, depth_vision: int, ctx_init: str = "a photo of a", key: str = "IVLP"):
         super().__init__()
-        text_width = clip_model.ln_final.weight.shape[0]
-        n_text_layers = len(clip_model.transformer.resblocks)
-        depth_text = _check_depth(int(depth_text), n_text_layers, f"TRAINER.{key}.PROMPT_DEPTH_TEXT")
+        n_ctx_vision_, depth_vision_ = int(n_ctx_vision), int(depth_vision)
+        dims = encoder_dims(clip_model, need_vit=key if n_ctx_vision_ and depth_vision_ else "")
+        text_width = dims.text_width
+        depth_text = _check_depth(int(depth_text), dims.text_layers, f"TRAINER.{key}.PROMPT_DEPTH_TEXT")
         depth_vision = int(depth_vision)
         n_ctx_text, n_ctx_vision = int(n_ctx_text), int(n_ctx_vision)
         if n_ctx_text < 0 or n_ctx_vision < 0:
             raise ValueError(f"TRAINER.{key}: the numbers of prompt tokens must not be negative")
         self.n_ctx_text, self.n_ctx_vision = n_ctx_text, n_ctx_vision
 
-        init = " ".join(ctx_init.replace("_", " ").split())
         if n_ctx_text == 0:  # fixed hand-written prompt (VPT)
-            prefix, use_init = init, False
-        elif init and n_ctx_text <= 4:
-            prefix, use_init = init, True
-            if len(clip.tokenizer().encode(init)) < n_ctx_text:
-                raise ValueError(f'TRAINER.{key}.CTX_INIT "{init}" has fewer tokens than N_CTX_TEXT={n_ctx_text}')
+            prefix, use_init = " ".join(ctx_init.replace("_", " ").split()), False
         else:
-            prefix, use_init = " ".join(["X"] * n_ctx_text), False
+            prefix, _, use_init = learned_context(ctx_init, n_ctx_text, key, rule="first_tokens")
         self.class_prompts = ClassPrompts(clip_model, classnames, prefix, n_ctx_text)
         if n_ctx_text:
             if use_init:
@@ -98,12 +94,8 @@ class VLPromptLearner(nn.Module):
 
         vision_prompts = []
         if n_ctx_vision and depth_vision:
-            if not getattr(clip_model, "is_vit", False):
-                raise ValueError(f"TRAINER.{key}: vision prompts need a Vision Transformer backbone; set "
-                                 "N_CTX_VISION 0 (or PROMPT_DEPTH_VISION 0) for a ResNet")
-            visual = clip_model.visual
-            _check_depth(depth_vision, len(visual.transformer.resblocks), f"TRAINER.{key}.PROMPT_DEPTH_VISION")
-            width = visual.conv1.weight.shape[0]
+            _check_depth(depth_vision, dims.vision_layers, f"TRAINER.{key}.PROMPT_DEPTH_VISION")
+            width = dims.vision_width
             vision_prompts = [nn.Parameter(torch.empty(n_ctx_vision, width).normal_(std=0.02))
                               for _ in range(depth_vision)]
         self.vision_prompts = nn.ParameterList(vision_prompts)

@@ -4,9 +4,10 @@ MaPLe is the MPL schedule that adds and removes the same number of tokens at eve
 at deep layer ``l`` the text branch overwrites its ``N_CTX`` context tokens with ``t_l`` and the vision branch
 replaces its ``N_CTX`` prompt tokens with ``F_l(t_l)`` (one affine map per layer). It is therefore built from
 MPL's prompt learner with ``N_ADD_OP = 1`` and ``N_RM_OP = N_CTX``. What differs from MPL is the text prompt:
-MaPLe learns the first ``N_CTX`` words of ``CTX_INIT`` ("a photo" of "a photo of a {class}.") instead of extra
-placeholder words, and falls back to ``"X X ..."`` with random context when ``CTX_INIT`` is empty or longer
-than 4 words, as the reference does.
+MaPLe learns the first ``N_CTX`` tokens of ``CTX_INIT`` ("a photo" of "a photo of a {class}.") instead of extra
+placeholder words, and falls back to ``"X X ..."`` with random context when ``CTX_INIT`` is empty or ``N_CTX``
+is above 4, as the reference does (:func:`~trainers.common.learned_context`, rule ``first_tokens``); a phrase
+with fewer tokens than ``N_CTX`` is an error (the reference learned over the class name).
 
 Reference checkpoints (whole model, maps under ``prompt_learner.compound_prompt_projections.<l>``) load
 through :meth:`MaPLe.load_model`.
@@ -19,7 +20,7 @@ from yacs.config import CfgNode as CN
 
 from dassl.engine import TRAINER_REGISTRY
 
-from .common import PromptTrainer
+from .common import PromptTrainer, learned_context
 from .config import register_config
 from .mpl import MultiModalPromptLearner
 
@@ -62,11 +63,9 @@ class MaPLe(PromptTrainer):
 
     def build_prompt_learner(self, cfg, classnames, clip_model):
         mcfg = self.method_cfg
-        init = mcfg.CTX_INIT.replace("_", " ").strip()
-        use_init = bool(init) and mcfg.N_CTX <= 4
-        prefix = init if use_init else " ".join(["X"] * mcfg.N_CTX)
+        prefix, _, use_init = learned_context(mcfg.CTX_INIT, mcfg.N_CTX, self.CFG_KEY, rule="first_tokens")
         return MultiModalPromptLearner(maple_as_mpl(mcfg), classnames, clip_model, prefix=prefix,
-                                       ctx_from_prefix=use_init)
+                                       ctx_from_prefix=use_init, key=self.CFG_KEY)
 
     @staticmethod
     def convert_state(state: dict) -> dict:

@@ -30,7 +30,7 @@ from yacs.config import CfgNode as CN
 from clip import LayerOp
 from dassl.engine import TRAINER_REGISTRY
 
-from .common import ClassPrompts, PromptTrainer, Prompts
+from .common import ClassPrompts, PromptTrainer, Prompts, encoder_dims
 from .config import register_config
 
 COUPLINGS = ("affine", "shared", "independent")
@@ -167,17 +167,18 @@ class MultiModalPromptLearner(nn.Module):
     """
 
     def __init__(self, mcfg, classnames: Sequence[str], clip_model: nn.Module, prefix: Optional[str] = None,
-                 ctx_from_prefix: bool = True):
+                 ctx_from_prefix: bool = True, key: str = "MPL"):
         super().__init__()
-        text_width = clip_model.ln_final.weight.shape[0]
-        vision_width = clip_model.visual.conv1.weight.shape[0]
-        n_layers = min(len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks))
+        dims = encoder_dims(clip_model, need_vit=key)
+        text_width, vision_width = dims.text_width, dims.vision_width
+        n_layers = min(dims.text_layers, dims.vision_layers)
         self.schedule = schedule = build_schedule(mcfg, n_layers)
         self.coupling = mcfg.COUPLING
         n_ctx = schedule.n_ctx
 
-        if prefix is None:  # MPL: placeholder words, then the fixed init phrase
-            prefix = " ".join(["X"] * n_ctx + ([mcfg.CTX_INIT] if mcfg.CTX_INIT else []))
+        if prefix is None:  # MPL: placeholder words, then the fixed init phrase (CTX_INIT is not learned)
+            words = " ".join(str(mcfg.CTX_INIT).replace("_", " ").split())
+            prefix = " ".join(["X"] * n_ctx + ([words] if words else []))
         self.class_prompts = ClassPrompts(clip_model, classnames, prefix, n_ctx)
         print(f'Initial text prompt: "{self.class_prompts.texts[0]}" ({n_ctx} learned context token(s))')
         if ctx_from_prefix:  # the embedding of the words the context replaces ("X" for MPL)

@@ -16,7 +16,8 @@ Reference behaviour (``TRAINER.PROMPTSRC``, muzairkhattak/PromptSRC ``trainers/p
 Differences, all exact or fixes: the zero-shot image encoder is the frozen CLIP itself run without prompts (the
 reference loads a second copy of it); GPA sums the learned parameters only (the reference sums the whole state
 dict every epoch, frozen CLIP included, which reconstructs the frozen weights only because the weights sum to 1);
-the running sum is stored in checkpoints so that a resumed run aggregates the same epochs; the loss is also
+the running sum is stored in checkpoints (inside the learner's state dict, ``gpa._extra_state``, which both this
+engine and the real Dassl save and restore) so that a resumed run aggregates the same epochs; the loss is also
 available under ``amp`` (the reference's amp branch is broken).
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ import clip
 from clip import MASTER_DTYPE
 from dassl.engine import TRAINER_REGISTRY
 
-from .common import PromptedCLIP, PromptTrainer
+from .common import PromptTrainer
 from .config import register_config
 from .ivlp import from_reference_keys, ivlp_defaults, ivlp_learner
 from .templates import PROMPTSRC_TEMPLATES
@@ -98,29 +99,21 @@ def template_text_features(clip_model: nn.Module, classnames: Sequence[str], tem
     return feats.mean(dim=0)
 
 
-class PromptSRCCLIP(PromptedCLIP):
-    """IVLP's prompted CLIP plus the frozen teachers.
+class GPAState(nn.Module):
+    """The running sum of Gaussian prompt aggregation, kept inside the prompt learner's state dict
+    (``gpa._extra_state``) so that both this engine and the real Dassl save it in every checkpoint and restore it
+    on resume."""
 
-    Buffers (not saved): ``fixed_embeddings`` (C, E), the template-ensemble text features (fp32, unnormalised).
-    """
+    def __init__(self):
+        super().__init__()
+        self.sum: Optional[Dict[str, torch.Tensor]] = None
 
-    def __init__(self, clip_model: nn.Module, prompt_learner: nn.Module, fixed_embeddings: torch.Tensor):
-        super().__init__(clip_model, prompt_learner)
-        self.register_buffer("fixed_embeddings", fixed_embeddings, persistent=False)
+    def get_extra_state(self):
+        return {"sum": {k: v.detach().cpu() for k, v in self.sum.items()} if self.sum is not None else {}}
 
-    def forward_train(self, image: torch.Tensor):
-        """Prompted logits and features, and the zero-shot ones (without gradients)."""
-        prompts = self.prompt_learner()
-        text = self.encode_text(prompts)
-        img = self.encode_image(image, prompts)
-        scale = self.clip_model.logit_scale.exp()
-        logits = scale * img @ text.t()
-        with torch.no_grad():
-            zs_image = self.clip_model.encode_image(image.to(self.dtype))  # the frozen CLIP without prompts
-            zs_image = zs_image / zs_image.norm(dim=-1, keepdim=True)
-            zs_text = self.fixed_embeddings / self.fixed_embeddings.norm(dim=-1, keepdim=True)
-            zs_logits = scale.to(MASTER_DTYPE) * zs_image.to(MASTER_DTYPE) @ zs_text.t()
-        return logits, text, img, zs_logits, zs_text, zs_image
+    def set_extra_state(self, state):
+        total = state.get("sum") if isinstance(state, dict) else None
+        self.sum = dict(total) if total else None
 
 
 @TRAINER_REGISTRY.register()
@@ -141,26 +134,39 @@ class PromptSRC(PromptTrainer):
         return ivlp_learner(self.method_cfg, classnames, clip_model, self.CFG_KEY)
 
     def build_clip_model(self, cfg, classnames, clip_model):
-        learner = self.build_prompt_learner(cfg, classnames, clip_model)
+        model = super().build_clip_model(cfg, classnames, clip_model)
+        model.prompt_learner.add_module("gpa", GPAState())
         # the teacher text features, from the fp32 CLIP (before the run's precision is applied), on the run's device
         print(f"Computing the frozen text features of {len(classnames)} classes over {len(PROMPTSRC_TEMPLATES)} "
               "templates")
         clip_model.to(self.device)
         fixed = template_text_features(clip_model, classnames, PROMPTSRC_TEMPLATES).to(MASTER_DTYPE)
-        return PromptSRCCLIP(clip_model, learner, fixed)
+        model.register_buffer("fixed_embeddings", fixed, persistent=False)  # (C, E), unnormalised
+        return model
 
     def build_model(self):
         super().build_model()
         mcfg = self.method_cfg
         self.gpa_weights = gpa_weights(mcfg.GPA_MEAN, mcfg.GPA_STD, self.cfg.OPTIM.MAX_EPOCH)
-        self.gpa_sum: Optional[Dict[str, torch.Tensor]] = None
+
+    @torch.no_grad()
+    def zero_shot(self, image, scale):
+        """The frozen teachers: zero-shot image features (CLIP itself, no prompts), template-ensemble text
+        features and their logits, L2-normalised, without gradients."""
+        model = self.model
+        zs_image = model.clip_model.encode_image(image.to(model.dtype))
+        zs_image = zs_image / zs_image.norm(dim=-1, keepdim=True)
+        zs_text = model.fixed_embeddings / model.fixed_embeddings.norm(dim=-1, keepdim=True)
+        zs_logits = scale.to(MASTER_DTYPE) * zs_image.to(MASTER_DTYPE) @ zs_text.t()
+        return zs_logits, zs_text, zs_image
 
     def compute_loss(self, image, label):
         mcfg = self.method_cfg
-        logits, text, img, zs_logits, zs_text, zs_image = self.model.forward_train(image)
-        terms = self_consistency_losses(logits, text, img, label, zs_logits, zs_text, zs_image,
-                                        mcfg.TEXT_LOSS_WEIGHT, mcfg.IMAGE_LOSS_WEIGHT)
-        return terms["loss"], logits
+        out = self.model(image)
+        zs_logits, zs_text, zs_image = self.zero_shot(image, out.logit_scale)
+        terms = self_consistency_losses(out.logits, out.text_features, out.image_features, label, zs_logits,
+                                        zs_text, zs_image, mcfg.TEXT_LOSS_WEIGHT, mcfg.IMAGE_LOSS_WEIGHT)
+        return terms["loss"], out.logits
 
     # -- Gaussian prompt aggregation ----------------------------------------------------------------------
     def after_epoch(self):
@@ -171,27 +177,22 @@ class PromptSRC(PromptTrainer):
     def aggregate_prompts(self, epoch: int) -> None:
         """Add the learned parameters with epoch ``epoch``'s (0-based) weight; after the last, load the sum."""
         learner = self.model.prompt_learner
+        gpa = learner.gpa
         weight = self.gpa_weights[epoch]
-        current = {k: v.detach().to(MASTER_DTYPE) * weight for k, v in learner.state_dict().items()}
-        if self.gpa_sum is None:
-            self.gpa_sum = current
+        current = {k: v.detach().to(MASTER_DTYPE) * weight for k, v in learner.named_parameters()}
+        if gpa.sum is None:
+            gpa.sum = current
         else:
-            self.gpa_sum = {k: self.gpa_sum[k] + current[k] for k in current}
+            gpa.sum = {k: gpa.sum[k].to(current[k].device) + current[k] for k in current}
         if epoch + 1 == self.max_epoch:
             print("Using GPA model for final inference...")
-            learner.load_state_dict(self.gpa_sum)
+            params = dict(learner.named_parameters())
+            for k, v in gpa.sum.items():
+                params[k].copy_(v.to(params[k].dtype))
 
-    def _checkpoint_extras(self):
-        extras = super()._checkpoint_extras()
-        if self.gpa_sum is not None:
-            extras["gpa_sum"] = {k: v.cpu() for k, v in self.gpa_sum.items()}
-        return extras
-
-    def _restore_checkpoint_extras(self, checkpoint):
-        super()._restore_checkpoint_extras(checkpoint)
-        if checkpoint.get("gpa_sum") is not None:
-            device = next(self.model.prompt_learner.parameters()).device
-            self.gpa_sum = {k: v.to(device) for k, v in checkpoint["gpa_sum"].items()}
+    @property
+    def gpa_sum(self) -> Optional[Dict[str, torch.Tensor]]:
+        return self.model.prompt_learner.gpa.sum
 
     @staticmethod
     def convert_reference_state(state_dict: dict) -> dict:

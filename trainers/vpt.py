@@ -8,19 +8,16 @@ Reference behaviour (``TRAINER.VPT``, muzairkhattak/multimodal-prompt-learning `
   ``1 .. PROMPT_DEPTH_VISION - 1`` they are replaced by the layer's own prompts (IVLP's vision branch);
 * ``PROMPT_DEPTH_VISION 1`` (the default) is VPT-shallow, ``12`` with 8 tokens VPT-deep (the shipped config).
 
-Text features do not depend on anything learned: they are computed once and reused for every batch.
+Text features do not depend on anything learned: the prompted CLIP notices it (nothing on the text side requires a
+gradient) and computes them once, reused for every batch, in training too.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
-import torch
-import torch.nn as nn
 from yacs.config import CfgNode as CN
 
 from dassl.engine import TRAINER_REGISTRY
 
-from .common import PromptedCLIP, PromptTrainer, Prompts
+from .common import PromptTrainer
 from .config import register_config
 from .ivlp import VLPromptLearner, from_reference_keys
 
@@ -35,23 +32,6 @@ def vpt_defaults() -> CN:
     return c
 
 
-class FixedTextCLIP(PromptedCLIP):
-    """A prompted CLIP whose class prompts are fixed: text features are computed once per device and dtype."""
-
-    def __init__(self, clip_model: nn.Module, prompt_learner: nn.Module):
-        super().__init__(clip_model, prompt_learner)
-        self._fixed_text: Optional[torch.Tensor] = None
-        self._fixed_key: Optional[Tuple] = None
-
-    def encode_text(self, prompts: Prompts) -> torch.Tensor:
-        key = (prompts.text_ids.device, self.dtype)
-        if self._fixed_key != key:
-            with torch.no_grad():
-                self._fixed_text = super().encode_text(prompts)
-            self._fixed_key = key
-        return self._fixed_text.to(self.dtype)
-
-
 @TRAINER_REGISTRY.register()
 class VPT(PromptTrainer):
     """``--trainer VPT``, config block ``TRAINER.VPT``."""
@@ -63,9 +43,6 @@ class VPT(PromptTrainer):
         mcfg = self.method_cfg
         return VLPromptLearner(clip_model, classnames, n_ctx_text=0, depth_text=0, n_ctx_vision=mcfg.N_CTX_VISION,
                                depth_vision=mcfg.PROMPT_DEPTH_VISION, ctx_init=mcfg.CTX_INIT, key=self.CFG_KEY)
-
-    def build_clip_model(self, cfg, classnames, clip_model):
-        return FixedTextCLIP(clip_model, self.build_prompt_learner(cfg, classnames, clip_model))
 
     @staticmethod
     def convert_reference_state(state_dict: dict) -> dict:

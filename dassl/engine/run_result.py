@@ -122,7 +122,7 @@ def build_run_result(trainer, eval_only=False, model_dir=None, loaded_epoch=None
 
     eval_time = evaluation.get("time_s")
     num_test = evaluation.get("num_images")
-    return {
+    record = {
         "schema": SCHEMA_VERSION,
         "status": "finished",
         "method": cfg.TRAINER.NAME,
@@ -153,6 +153,10 @@ def build_run_result(trainer, eval_only=False, model_dir=None, loaded_epoch=None
         "versions": _versions(),
         "finished_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    # what a trainer adds about itself (e.g. the origin of frozen prompt sets: path and SHA256)
+    for key, value in (info.get("result_extras") or {}).items():
+        record.setdefault(key, value)
+    return record
 
 
 def write_run_result(trainer, eval_only=False, model_dir=None, loaded_epoch=None):
