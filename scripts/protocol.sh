@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The evaluation protocols of the CoOp family, written once for every method.
 #
-# The per-method scripts (scripts/<method>/*.sh) set TRAINER and the default configs and call this file:
+# scripts/method.sh (which every scripts/<method>/*.sh calls) sets TRAINER and the method's default configs
+# (CFG_B2N, CFG_XD, CFG_FS, CFG_DIGITS, read from its trainer class) and calls this file:
 #   protocol.sh base2new_train DATASET SEED [MAX_EPOCH]   train on base classes; the log ends with base accuracy
 #   protocol.sh base2new_test  DATASET SEED [LOAD_EPOCH]  evaluate the base-trained prompts on new classes
 #   protocol.sh xd_train       [DATASET] SEED [MAX_EPOCH] train on all classes of DATASET (default imagenet)
@@ -22,8 +23,8 @@
 # started again when it saved none -- never taken as done.
 set -euo pipefail
 
-: "${TRAINER:?set TRAINER (the per-method scripts do)}"
-: "${CFG_B2N:?set CFG_B2N (the per-method scripts do)}"
+: "${TRAINER:?set TRAINER (scripts/method.sh does)}"
+: "${CFG_B2N:?set CFG_B2N (scripts/method.sh does)}"
 ROOT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT_DIR"
 DATA=${DATA:-./data}

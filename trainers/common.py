@@ -583,7 +583,9 @@ class PromptTrainer(TrainerX):
 
     CFG_KEY: str = ""
     MODEL_NAME: str = "prompt_learner"
-    #: protocol defaults of the scripts (``scripts/<method>/``): config names per protocol
+    #: config names the protocol scripts use (``scripts/<method>/``, ``tools/method_defaults.py``): keys
+    #: ``base2new``, ``crossdataset``, ``fewshot`` (default: the base2new one), ``digits`` (default
+    #: ``tiny_digits``), and ``<key>@<dataset>`` for a dataset of its own
     SCRIPT_CONFIGS: Dict[str, str] = {}
 
     # -- configuration -------------------------------------------------------------------------------------

@@ -76,6 +76,8 @@ class CoOp(PromptTrainer):
 
     CFG_KEY = "COOP"
     MODEL_NAME = "prompt_learner"
+    SCRIPT_CONFIGS = {"base2new": "vit_b16_ctxv1", "crossdataset": "vit_b16_ep50_ctxv1", "fewshot": "vit_b16",
+                      "base2new@imagenet": "vit_b16_ep50_ctxv1", "fewshot@imagenet": "vit_b16_ep50"}
 
     def check_cfg(self, cfg):
         super().check_cfg(cfg)

@@ -167,6 +167,7 @@ class IVLP(PromptTrainer):
 
     CFG_KEY = "IVLP"
     MODEL_NAME = "VLPromptLearner"
+    SCRIPT_CONFIGS = {"base2new": "vit_b16_c2_ep5_batch4_2+2ctx"}
 
     def build_prompt_learner(self, cfg, classnames, clip_model):
         return ivlp_learner(self.method_cfg, classnames, clip_model, self.CFG_KEY)

@@ -261,6 +261,7 @@ class MPL(PromptTrainer):
 
     CFG_KEY = "MPL"
     MODEL_NAME = "MultiModalPromptLearner"
+    SCRIPT_CONFIGS = {"base2new": "vit_b4_c1_add2_rm1", "crossdataset": "vit_b4_c1_add2_rm1_cross_datasets"}
 
     def build_prompt_learner(self, cfg, classnames, clip_model):
         return MultiModalPromptLearner(self.method_cfg, classnames, clip_model)

@@ -122,6 +122,8 @@ class PromptSRC(PromptTrainer):
 
     CFG_KEY = "PROMPTSRC"
     MODEL_NAME = "VLPromptLearner"
+    SCRIPT_CONFIGS = {"base2new": "vit_b16_c2_ep20_batch4_4+4ctx", "crossdataset": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets",
+                      "fewshot": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot"}
 
     def check_cfg(self, cfg):
         super().check_cfg(cfg)

@@ -38,6 +38,7 @@ class VPT(PromptTrainer):
 
     CFG_KEY = "VPT"
     MODEL_NAME = "prompt_learner"
+    SCRIPT_CONFIGS = {"base2new": "vit_b16_c2_ep5_batch4_4"}
 
     def build_prompt_learner(self, cfg, classnames, clip_model):
         mcfg = self.method_cfg

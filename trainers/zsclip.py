@@ -54,6 +54,11 @@ class ZeroshotCLIP(TrainerX):
 
     #: the config block whose PREC applies (zero-shot runs use the CoOp configs, as in the reference)
     PREC_KEY = "COOP"
+    #: for the protocol scripts (scripts/zsclip/): evaluation only, with configs/trainers/CoOp/<CFG>.yaml
+    TRAINS = False
+    SCRIPT_ALIASES = ("zsclip",)
+    CONFIG_DIR = "CoOp"
+    SCRIPT_CONFIGS = {"base2new": "vit_b16"}
 
     def templates(self) -> List[str]:
         return [dataset_template(self.cfg.DATASET.NAME)]

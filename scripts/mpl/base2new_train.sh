@@ -1,5 +1,0 @@
-#!/usr/bin/env bash
-# MPL, protocol base2new_train: bash scripts/mpl/base2new_train.sh DATASET SEED [MAX_EPOCH] [-- KEY VALUE ...]
-# See scripts/protocol.sh for the environment variables (DATA, OUTPUT, CFG, SHOTS) and the output folders.
-export TRAINER=MPL CFG_B2N=${CFG_B2N:-vit_b4_c1_add2_rm1} CFG_XD=${CFG_XD:-vit_b4_c1_add2_rm1_cross_datasets} CFG_DIGITS=${CFG_DIGITS:-tiny_digits}
-exec bash "$(dirname "$0")/../protocol.sh" base2new_train "$@"

@@ -1,8 +1,0 @@
-#!/usr/bin/env bash
-# Zero-shot CLIP, protocol dg_test: bash scripts/zsclip/dg_test.sh DATASET [SEED] [-- KEY VALUE ...]
-# Evaluates without training on the all classes of an ImageNet variant (imagenetv2, imagenet_sketch, imagenet_a, imagenet_r).
-# The configs are CoOp's (configs/trainers/CoOp/, as the reference's scripts/zsclip); TRAINER=ZeroshotCLIP2
-# selects the template ensemble. See scripts/protocol.sh for DATA, OUTPUT, CFG, SHOTS and the output folders.
-case "${TRAINER:-}" in ZeroshotCLIP2) ;; *) TRAINER=ZeroshotCLIP;; esac
-export TRAINER CFG_DIR=${CFG_DIR:-CoOp} CFG_B2N=${CFG_B2N:-vit_b16} CFG_XD=${CFG_XD:-vit_b16} CFG_DIGITS=${CFG_DIGITS:-tiny_digits}
-exec bash "$(dirname "$0")/../protocol.sh" zeroshot_dg "$@"

@@ -1,0 +1,88 @@
+"""What the protocol scripts need to know about a method, read from its registered trainer class.
+
+    python -m tools.method_defaults METHOD PROTOCOL [DATASET]
+
+prints shell assignments (``TRAINER=... CFG_B2N=...``) for ``scripts/method.sh``. ``METHOD`` is a registered
+trainer name in any letter case (``mpl``, ``MaPLe``) or a script alias (``zsclip``). The config names come from
+the trainer's ``SCRIPT_CONFIGS`` (keys ``base2new``, ``crossdataset``, ``fewshot``, ``digits``; ``<key>@<dataset>``
+for a dataset of its own, e.g. CoOp's ``base2new@imagenet``); a method that declares none uses
+``configs/trainers/<TRAINER>/vit_b16.yaml`` for every protocol. Unknown names exit with status 2 and the list.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+#: script protocols of methods that do not train (zero-shot CLIP) -> the evaluation they run
+ZERO_SHOT_PROTOCOLS = {"base2new_test": "zeroshot", "xd_test": "zeroshot_xd", "dg_test": "zeroshot_dg"}
+PROTOCOLS = ("base2new_train", "base2new_test", "xd_train", "xd_test", "dg_test", "fewshot_train")
+
+
+def find_trainer(name: str):
+    import trainers  # noqa: F401  (registers every method)
+    from dassl.engine import TRAINER_REGISTRY
+
+    names = TRAINER_REGISTRY.registered_names()
+    wanted = name.lower()
+    for registered in names:
+        cls = TRAINER_REGISTRY.get(registered)
+        aliases = {registered.lower(), *(a.lower() for a in getattr(cls, "SCRIPT_ALIASES", ()))}
+        if wanted in aliases:
+            return registered, cls
+    raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(sorted(names))}")
+
+
+def defaults(name: str, protocol: str, dataset: str = "") -> dict:
+    trainer, cls = find_trainer(name)
+    if protocol not in PROTOCOLS:
+        raise KeyError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    configs = dict(getattr(cls, "SCRIPT_CONFIGS", {}) or {})
+    b2n = configs.get("base2new", "vit_b16")
+    env = {
+        "TRAINER": trainer,
+        "CFG_B2N": b2n,
+        "CFG_XD": configs.get("crossdataset", b2n),
+        "CFG_FS": configs.get("fewshot", b2n),
+        "CFG_DIGITS": configs.get("digits", "tiny_digits"),
+        "PROTO": protocol,
+    }
+    if getattr(cls, "TRAINS", True) is False:  # zero-shot CLIP: evaluation only, on another method's configs
+        if protocol not in ZERO_SHOT_PROTOCOLS:
+            raise KeyError(f"{trainer} does not train: use {', '.join(ZERO_SHOT_PROTOCOLS)}")
+        env["PROTO"] = ZERO_SHOT_PROTOCOLS[protocol]
+        env["CFG_DIR"] = getattr(cls, "CONFIG_DIR", "CoOp")
+    key = {"base2new_train": "base2new", "base2new_test": "base2new", "fewshot_train": "fewshot"}.get(protocol)
+    if key and dataset and f"{key}@{dataset}" in configs:
+        env["CFG"] = configs[f"{key}@{dataset}"]
+    return env
+
+
+def with_environment(env: dict, environ) -> dict:
+    """The user's environment wins for config names (CFG, CFG_B2N, ...), and for TRAINER only where a script
+    family covers several trainers (``TRAINER=ZeroshotCLIP2 bash scripts/zsclip/...``)."""
+    out = dict(env)
+    for key in ("CFG", "CFG_B2N", "CFG_XD", "CFG_FS", "CFG_DIGITS", "CFG_DIR"):
+        if environ.get(key):
+            out[key] = environ[key]
+    if "CFG_DIR" in env and environ.get("TRAINER"):
+        out["TRAINER"] = find_trainer(environ["TRAINER"])[0]
+    return out
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 2:
+        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    try:
+        env = with_environment(defaults(argv[0], argv[1], argv[2] if len(argv) > 2 else ""), os.environ)
+    except KeyError as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        return 2
+    print(" ".join(f"export {k}={shlex.quote(v)};" for k, v in env.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
