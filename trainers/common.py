@@ -275,33 +275,36 @@ def compose_prompts(sets: Mapping[str, Prompts], text_order: Sequence[str], visi
     base = sets[holders[0]]
     ids = base.text_ids
     emb = base.text_embeddings if base.text_embeddings is not None else token_embedding(ids)
-    if emb.dim() != 3:
-        raise ValueError("image-conditioned class prompts cannot be composed with other prompt sets yet")
+    lead = emb.shape[:-2]  # (C,) or, for image-conditioned class prompts, (B, C)
+    seq = emb.dim() - 2  # the sequence dimension
     n_cls = ids.shape[0]
-    pieces, id_pieces, parts = [emb[:, :1]], [ids[:, :1]], []
+    length = emb.shape[-2]  # a conditioned learner may hand over a truncated length
+    ids = ids[:, :length]
+    pieces, id_pieces, parts = [emb.narrow(seq, 0, 1)], [ids[:, :1]], []
+    n_base = base.n_text_prompt
     for name in text_order:
         p = sets[name]
         if name == holders[0]:
-            n = p.n_text_prompt
-            pieces.append(emb[:, 1:1 + n])
+            n = n_base
+            pieces.append(emb.narrow(seq, 1, n))
             id_pieces.append(ids[:, 1:1 + n])
         else:
             tok = p.text_tokens
             n = 0 if tok is None else tok.shape[-2]
             if n:
-                tok = tok.to(emb.dtype)
-                pieces.append(tok.unsqueeze(0).expand(n_cls, -1, -1) if tok.dim() == 2 else tok)
+                if tok.dim() != 2:
+                    raise ValueError(f"prompt set {name!r}: text_tokens must be (n, D), got {tuple(tok.shape)}")
+                pieces.append(tok.to(emb.dtype).expand(*lead, -1, -1))
                 id_pieces.append(ids.new_zeros(n_cls, n))  # placeholders: never the EOT (the largest id)
         parts.append(n)
-    n_base = base.n_text_prompt
-    pieces.append(emb[:, 1 + n_base:])
+    pieces.append(emb.narrow(seq, 1 + n_base, length - 1 - n_base))
     id_pieces.append(ids[:, 1 + n_base:])
-    emb, ids = torch.cat(pieces, dim=1), torch.cat(id_pieces, dim=1)
+    emb, ids = torch.cat(pieces, dim=seq), torch.cat(id_pieces, dim=1)
     last_eot = int(ids.argmax(dim=-1).max()) if ids.device.type != "meta" else 0
     if last_eot >= context_length:
         raise UserError(f"the composed text prompts are {last_eot + 1} tokens long, more than CLIP's context of "
                         f"{context_length}: use fewer prompt tokens or shorter class names")
-    emb, ids = emb[:, :context_length], ids[:, :context_length]
+    emb, ids = emb.narrow(seq, 0, min(emb.shape[seq], context_length)), ids[:, :context_length]
     return Prompts(
         text_ids=ids, text_embeddings=emb,
         text_ops=clip.compose([sets[n].text_ops for n in text_order]),
@@ -452,16 +455,18 @@ class PromptedCLIP(nn.Module):
         if model.text_truncation and ids.device.type != "meta":
             # exact under the causal mask: nothing after the last EOT reaches any EOT feature
             length = int(ids.argmax(dim=-1).max()) + 1
-            ids = ids[:, :length]
         n_cls = ids.shape[0]
         per_chunk = int(getattr(learner, "prompts_per_chunk", 0))
         step = max(image_features.shape[0], 1) if per_chunk <= 0 else max(1, per_chunk // n_cls)
         logits, texts = [], []
         for start in range(0, image_features.shape[0], step):
             f = image_features[start:start + step]
-            prompts = self.prompts(f, length=length)  # text_embeddings (b, C, L, D)
-            b = prompts.text_embeddings.shape[0]
-            text = model.encode_text_embeddings(prompts.text_embeddings.flatten(0, 1), ids.repeat(b, 1))
+            prompts = self.prompts(f, length=length)  # text_embeddings (b, C, L, D), with any frozen sets' tokens
+            emb = prompts.text_embeddings
+            b, width = emb.shape[0], emb.shape[-1]
+            seq_ids = prompts.text_ids[:, :emb.shape[-2]]
+            text = model.encode_text_embeddings(emb.reshape(b * n_cls, -1, width), seq_ids.repeat(b, 1),
+                                                ops=prompts.text_ops, n_prompt=prompts.n_text_prompt)
             text = (text / text.norm(dim=-1, keepdim=True)).view(b, n_cls, -1)
             texts.append(text)
             logits.append(scale * torch.einsum("be,bce->bc", f, text))
@@ -480,6 +485,50 @@ class PromptedCLIP(nn.Module):
             yield
         finally:
             self._cached_text = None
+
+
+class DeepPrompts(nn.Module):
+    """IVLP-style deep prompts as a set that sits beside another set's class prompts (e.g. CasPL's boosting set).
+
+    Text: ``n_text`` tokens inserted after SOS at the set's place in the text order, replaced in place by the
+    layer's own tokens at text layers ``1 .. depth_text-1``. Vision: ``n_vision`` tokens appended after the patches
+    (at the set's place), replaced at vision layers ``1 .. depth_vision-1``. Everything N(0, 0.02).
+
+    Parameters: ``ctx`` (n_text, Dt); ``text_prompts[l]`` (n_text, Dt), l = 1..depth_text-1;
+    ``vision_prompts[l]`` (n_vision, Dv), l = 0..depth_vision-1.
+    """
+
+    def __init__(self, clip_model: nn.Module, n_text: int, depth_text: int, n_vision: int, depth_vision: int,
+                 key: str = "PROMPTS"):
+        super().__init__()
+        n_text, depth_text, n_vision, depth_vision = int(n_text), int(depth_text), int(n_vision), int(depth_vision)
+        dims = encoder_dims(clip_model, need_vit=key if n_vision and depth_vision else "")
+        if n_text < 0 or n_vision < 0:
+            raise UserError(f"TRAINER.{key}: the numbers of prompt tokens must not be negative")
+        if not 0 <= depth_text <= dims.text_layers or (n_text and depth_text < 1):
+            raise UserError(f"TRAINER.{key}: the text prompt depth must be between 1 and the text encoder's "
+                            f"{dims.text_layers} layers, got {depth_text}")
+        if n_vision and depth_vision and not 1 <= depth_vision <= dims.vision_layers:
+            raise UserError(f"TRAINER.{key}: the vision prompt depth must be between 1 and the image encoder's "
+                            f"{dims.vision_layers} layers, got {depth_vision}")
+        self.n_text, self.n_vision = n_text, n_vision
+        dt = dims.text_width
+
+        def normal(n, d):
+            return nn.Parameter(torch.empty(n, d).normal_(std=0.02))
+
+        self.ctx = normal(n_text, dt) if n_text else None
+        self.text_prompts = nn.ParameterList([normal(n_text, dt) for _ in range(depth_text - 1)] if n_text else [])
+        self.vision_prompts = nn.ParameterList(
+            [normal(n_vision, dims.vision_width) for _ in range(depth_vision)] if n_vision and depth_vision else [])
+
+    def forward(self) -> Prompts:
+        text_ops = [None] + [LayerOp(replace=t) for t in self.text_prompts] if len(self.text_prompts) else None
+        vision_ops = None
+        if len(self.vision_prompts):
+            first, *deep = list(self.vision_prompts)
+            vision_ops = [LayerOp(add=first)] + [LayerOp(remove=self.n_vision, add=v) for v in deep]
+        return Prompts(text_tokens=self.ctx, text_ops=text_ops, vision_ops=vision_ops)
 
 
 # ----------------------------------------------------------------------------------------------------------
