@@ -13,7 +13,9 @@ class Logger:
     """A file-like object that writes to the console and, if ``fpath`` is given, to that file.
 
     Args:
-        fpath (str, optional): log file, opened for writing (its folder is created).
+        fpath (str, optional): log file, opened for writing (its folder is created). The file is line-buffered:
+            every complete line reaches the file when it is printed, so ``tail -f`` follows a run and a killed
+            run's log ends with the last line it printed (Dassl's file is block-buffered).
 
     Example::
 
@@ -23,9 +25,11 @@ class Logger:
     def __init__(self, fpath=None):
         self.console = sys.stdout
         self.file = None
+        #: The path of the log file (``None`` without one): messages that say "see the log" name it.
+        self.fpath = fpath
         if fpath is not None:
             mkdir_if_missing(osp.dirname(fpath) or ".")
-            self.file = open(fpath, "w")
+            self.file = open(fpath, "w", buffering=1)
 
     def __del__(self):
         self.close()
