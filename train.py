@@ -37,6 +37,7 @@ one-line errors) are then skipped with a one-line notice.
 """
 import argparse
 import difflib
+import importlib
 import os
 import os.path as osp
 import sys
@@ -65,11 +66,8 @@ except ImportError:
 try:
     from dassl.utils import UserError
 except ImportError:
-    try:  # the trainers raise theirs then: catch the same class
-        from trainers.common import UserError
-    except ImportError:
-        class UserError(Exception):
-            """A problem with the user's input, explained by the message."""
+    class UserError(Exception):
+        """A problem with the user's input, explained by the message."""
 try:
     from dassl.data.datasets import DATASET_REGISTRY
 except ImportError:
@@ -101,6 +99,22 @@ def _import_project_package(name):
 
 trainers = _import_project_package("trainers")  # registers the methods in TRAINER_REGISTRY
 _import_project_package("datasets")  # registers the benchmark datasets in DATASET_REGISTRY
+
+
+def _user_error_classes():
+    """On the real Dassl the project's packages define their own UserError: catch all of them."""
+    classes = [UserError]
+    for module in ("trainers.common", "datasets.errors"):
+        try:
+            cls = getattr(importlib.import_module(module), "UserError", None)
+        except ImportError:
+            cls = None
+        if isinstance(cls, type) and cls not in classes:
+            classes.append(cls)
+    return tuple(classes)
+
+
+USER_ERRORS = _user_error_classes()
 
 
 def build_parser():
@@ -409,7 +423,7 @@ def _run_locked(args, cfg, out_dir, created):
         if args.eval_only:
             check_checkpoints(trainer, args.model_dir, args.load_epoch)
             _load_for_eval(trainer, args)
-    except UserError:
+    except USER_ERRORS:
         _forget_failed_start(out_dir, created)
         raise
     run_info = getattr(trainer, "run_info", None)
@@ -436,7 +450,7 @@ def _load_for_eval(trainer, args):
     """``trainer.load_model`` with one clear error when the checkpoint does not fit the model."""
     try:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
-    except UserError:
+    except USER_ERRORS:
         raise
     except (RuntimeError, KeyError, ValueError) as err:
         text = str(err).strip()
@@ -510,7 +524,7 @@ def main(argv=None):
     stdout = sys.stdout
     try:
         return run(args)
-    except UserError as err:
+    except USER_ERRORS as err:
         _report("error: {}".format(err))
         return 2
     except Exception:
