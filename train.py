@@ -62,7 +62,7 @@ try:
     from dassl.utils import RunLock
 except ImportError:
     RunLock = None
-    _MISSING.append("the output-folder lock")
+    _MISSING.append("output-folder lock")
 try:
     from dassl.utils import UserError
 except ImportError:
@@ -370,11 +370,11 @@ def check_checkpoints(trainer, model_dir, epoch):
 # ----------------------------------------------------------------------------------------------------------------
 def run(args):
     """Run the command described by the parsed ``args``; returns the exit status."""
+    if _MISSING:
+        print("Note: this Dassl has no {}; running without.".format(" and no ".join(_MISSING)), file=sys.stderr)
     cfg = setup_cfg(args)
     check_dirs(args, cfg)
     check_names(cfg)
-    if _MISSING:
-        print("Note: this Dassl has no {}; running without.".format(" and no ".join(_MISSING)), file=sys.stderr)
 
     if cfg.SEED >= 0:
         print("Setting fixed seed: {}".format(cfg.SEED))

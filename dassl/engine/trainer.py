@@ -637,11 +637,14 @@ class SimpleTrainer(TrainerBase):
         return len(loader) if loader is not None else 0
 
     def _first_new_step(self):
-        """The first tensorboard step a resumed run writes (``None`` for a fresh run: nothing to purge)."""
+        """The first tensorboard step this run writes, when an earlier attempt may have written it too (a resumed
+        run, or a restart in a folder that has event files); ``None`` for a first attempt: nothing to purge."""
         position = getattr(self, "_resume_position", None)
         done = position["batches_done"] if position else 0
         if not self.start_epoch and not done:
-            return None
+            events = osp.join(self.output_dir, "tensorboard")
+            earlier = osp.isdir(events) and any(f.startswith("events.") for f in os.listdir(events))
+            return 0 if earlier else None
         return self.start_epoch * self._steps_per_epoch() + done
 
     def _epoch_batches(self, loader):
