@@ -121,6 +121,8 @@ def test_killed_at_random_points_resumes_bit_identically(root, baseline, iters):
     assert _train_steps(out) == _train_steps(ref)  # same curve, no duplicate steps after the resumes
     logs = sorted(f for f in os.listdir(out) if f.startswith("log.txt"))
     assert len(logs) == 4  # one per attempt, none overwritten
+    finished = json.loads((out / "result.json").read_text())["log_file"]
+    assert finished == str(out / logs[-1]) and "Finish training" in (out / logs[-1]).read_text()
     assert not (out / "run.lock").exists()  # the stale locks of the killed attempts were replaced, ours released
     # the numbered checkpoint replaced the rolling one; killed writes left only hidden temporary files
     assert sorted(f for f in os.listdir(out / "linear_probe") if not f.startswith(".")) == [
