@@ -235,3 +235,32 @@ def test_train_py_imports_and_runs_on_a_dassl_without_the_project_extras(root, t
     out = tmp_path / "real"
     assert module.main(_argv(root, out, "OPTIM.MAX_EPOCH", "1")) == 0
     assert "Finish training" in (out / "log.txt").read_text()
+
+
+def test_protocol_script_says_what_it_resumes_and_names_the_newest_log(tmp_path):
+    """scripts/protocol.sh with a stand-in for Python (no interpreter start-up): a folder without a checkpoint has
+    nothing to resume; a failed attempt's message names that attempt's log, not the first one's."""
+    repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    fake = tmp_path / "python"
+    fake.write_text('#!/usr/bin/env bash\n'
+                    'if [ "$1" = train.py ]; then\n'
+                    '  while [ "$1" != --output-dir ]; do shift; done\n'
+                    '  echo "attempt" > "$2/log.txt-2099-01-01-00-00-00"; exit "${FAKE_RC:-1}"\n'
+                    'fi\n'
+                    'exit 0\n')
+    fake.chmod(0o755)
+    run_dir = tmp_path / "out/base2new/train_base/eurosat/shots_16/X/c/seed1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "log.txt").write_text("the first attempt\n")
+    env = dict(os.environ, PYTHON=str(fake), OUTPUT=str(tmp_path / "out"), TRAINER="X", CFG_B2N="c")
+    cmd = ["bash", osp.join(repo, "scripts", "protocol.sh"), "base2new_train", "eurosat", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "saved no checkpoint: nothing to resume, starting it again" in proc.stdout
+    assert f"see {run_dir}/log.txt-2099-01-01-00-00-00" in proc.stderr
+
+    (run_dir / "m").mkdir()
+    (run_dir / "m" / "checkpoint").write_text("model-last.pth.tar\n")
+    proc = subprocess.run(cmd, env=dict(env, FAKE_RC="2"), capture_output=True, text=True, timeout=60)
+    assert "Unfinished run found" in proc.stdout and "resuming from its last checkpoint" in proc.stdout
+    assert "train.py refused the run" in proc.stderr and "see " not in proc.stderr
