@@ -88,7 +88,7 @@ def fp32_logits(setup):
     return get
 
 
-@pytest.mark.parametrize("prec", PRECISIONS[1:])
+@pytest.mark.parametrize("prec", PRECISIONS)
 @pytest.mark.parametrize("name", METHODS)
 def test_method_trains_and_evaluates_in_every_precision_on_cpu(setup, fp32_logits, capsys, name, prec):
     trainer = _build(setup, name, prec)
