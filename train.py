@@ -21,9 +21,24 @@ Differences from the original, all deliberate:
   ``--resume`` folder, an unknown trainer name) print one ``error: ...`` line and exit with status 2.
 * Ctrl-C during training exits with status 130 and says how to resume.
 * A finished run writes ``<OUTPUT_DIR>/result.json`` (see ``dassl/engine/run_result.py``).
+* Every input is checked before the output folder is created or anything is printed to it: the trainer and
+  dataset names, the config keys and values, the backbone, ``--model-dir``/``--resume``. A failure while the
+  trainer is built (an unreadable backbone, dataset file or checkpoint) removes the folder again if this run
+  created it, so nothing is left that looks like a run to resume.
+* One run per output folder: ``<OUTPUT_DIR>/run.lock`` (pid, host, command) is held while the run writes there;
+  a second run into the same folder stops at once naming the first (``dassl.utils.RunLock``).
+* The terminal shows a short header (method, dataset, backbone, precision, device, output folder, log file);
+  the full argument, config and environment dump goes to ``log.txt`` as in Dassl (``--print-config`` shows it on
+  the terminal too). Tracebacks of crashes are written to the log file as well.
+* ``CPU_HALF True`` (a key of this project) runs fp16 and amp for real on a CPU instead of falling back to fp32.
+
+It also runs on the real Dassl.pytorch: the project's engine features it lacks (``result.json``, the run lock,
+one-line errors) are then skipped with a one-line notice.
 """
 import argparse
 import difflib
+import importlib
+import os
 import os.path as osp
 import sys
 
@@ -31,11 +46,32 @@ import torch
 import yaml
 
 from dassl.config import get_cfg_default
-from dassl.engine import build_trainer
-from dassl.engine.run_result import write_run_result
-from dassl.utils import Logger, UserError, collect_env_info, listdir_nohidden, set_random_seed, setup_logger
+from dassl.engine import TRAINER_REGISTRY, build_trainer
+from dassl.utils import Logger, collect_env_info, listdir_nohidden, set_random_seed, setup_logger
 
 REPO_ROOT = osp.dirname(osp.realpath(__file__))
+
+# Features of this project's engine that the real Dassl.pytorch lacks: use them when present.
+_MISSING = []
+try:
+    from dassl.engine.run_result import write_run_result
+except ImportError:
+    write_run_result = None
+    _MISSING.append("result.json")
+try:
+    from dassl.utils import RunLock
+except ImportError:
+    RunLock = None
+    _MISSING.append("output-folder lock")
+try:
+    from dassl.utils import UserError
+except ImportError:
+    class UserError(Exception):
+        """A problem with the user's input, explained by the message."""
+try:
+    from dassl.data.datasets import DATASET_REGISTRY
+except ImportError:
+    DATASET_REGISTRY = None
 
 
 def _import_project_package(name):
@@ -65,6 +101,22 @@ trainers = _import_project_package("trainers")  # registers the methods in TRAIN
 _import_project_package("datasets")  # registers the benchmark datasets in DATASET_REGISTRY
 
 
+def _user_error_classes():
+    """On the real Dassl the project's packages define their own UserError: catch all of them."""
+    classes = [UserError]
+    for module in ("trainers.common", "datasets.errors"):
+        try:
+            cls = getattr(importlib.import_module(module), "UserError", None)
+        except ImportError:
+            cls = None
+        if isinstance(cls, type) and cls not in classes:
+            classes.append(cls)
+    return tuple(classes)
+
+
+USER_ERRORS = _user_error_classes()
+
+
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=str, default="", help="path to dataset")
@@ -87,6 +139,10 @@ def build_parser():
     parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
     parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    parser.add_argument(
+        "--print-config", action="store_true",
+        help="also print the arguments, config and environment on the terminal (they are always in log.txt)",
+    )
     parser.add_argument(
         "opts", default=None, nargs=argparse.REMAINDER, help="modify config options using the command-line"
     )
@@ -172,6 +228,9 @@ def setup_cfg(args):
     """Build the frozen run config: defaults, project keys, dataset YAML, method YAML, flags, ``KEY VALUE`` opts."""
     cfg = get_cfg_default()
     trainers.extend_cfg(cfg)
+    if "CPU_HALF" not in cfg:
+        # run fp16 and amp for real on a CPU instead of falling back to fp32 (clip.precision.set_half_on_cpu)
+        cfg.CPU_HALF = False
     if args.dataset_config_file:
         merge_config_file(cfg, args.dataset_config_file, "--dataset-config-file")
     if args.config_file:
@@ -182,16 +241,38 @@ def setup_cfg(args):
     return cfg
 
 
-def print_args(args, cfg):
-    print("***************")
-    print("** Arguments **")
-    print("***************")
+def print_args(args, cfg, file=None):
+    print("***************", file=file)
+    print("** Arguments **", file=file)
+    print("***************", file=file)
     for key in sorted(args.__dict__.keys()):
-        print("{}: {}".format(key, args.__dict__[key]))
-    print("************")
-    print("** Config **")
-    print("************")
-    print(cfg)
+        print("{}: {}".format(key, args.__dict__[key]), file=file)
+    print("************", file=file)
+    print("** Config **", file=file)
+    print("************", file=file)
+    print(cfg, file=file)
+
+
+def _precision_name(cfg):
+    node = cfg.TRAINER.get(str(cfg.TRAINER.NAME).upper())
+    return node.get("PREC") if isinstance(node, dict) else None
+
+
+def short_header(cfg, log_path):
+    """The few lines the terminal shows instead of the full dump (which goes to the log file)."""
+    device = "cuda" if torch.cuda.is_available() and cfg.USE_CUDA else "cpu"
+    prec = _precision_name(cfg)
+    parts = ["{} on {}".format(cfg.TRAINER.NAME, cfg.DATASET.NAME or "?")]
+    if cfg.MODEL.BACKBONE.NAME:
+        parts.append("backbone {}".format(cfg.MODEL.BACKBONE.NAME))
+    if prec:
+        parts.append("precision {}{}".format(prec, " (CPU_HALF)" if cfg.get("CPU_HALF") else ""))
+    parts.append("device {}".format(device))
+    parts.append("seed {}".format(cfg.SEED))
+    lines = [", ".join(parts), "output: {}".format(cfg.OUTPUT_DIR)]
+    if log_path:
+        lines.append("log: {} (full config and environment there; --print-config shows them here)".format(log_path))
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -208,6 +289,50 @@ def check_dirs(args, cfg):
             'resume directory not found: "{}" (given by --resume / RESUME); pass the --output-dir of an earlier run, '
             "or leave it out (checkpoints in the output directory are resumed automatically)".format(cfg.RESUME)
         )
+
+
+def _unknown_name(kind, flag, name, available):
+    close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
+    hint = " (do you mean {}?)".format(close[0]) if close else ""
+    return UserError("unknown {} {!r} ({}){}; registered: {}".format(kind, name, flag, hint, ", ".join(available)))
+
+
+def check_names(cfg):
+    """The trainer, dataset and backbone names exist (before the output folder is created)."""
+    avail = list(TRAINER_REGISTRY.registered_names())
+    if cfg.TRAINER.NAME not in avail:
+        # same wording as Dassl's check_availability, which users and tests know
+        close = difflib.get_close_matches(cfg.TRAINER.NAME, avail, n=1, cutoff=0.0)
+        raise UserError(
+            "unknown trainer [{}] (--trainer / TRAINER.NAME; do you mean [{}]?); registered: {}".format(
+                cfg.TRAINER.NAME, close[0] if close else "", ", ".join(avail))
+        )
+    if DATASET_REGISTRY is not None and cfg.DATASET.NAME:
+        names = list(DATASET_REGISTRY.registered_names())
+        if cfg.DATASET.NAME not in names:
+            raise _unknown_name("dataset", "DATASET.NAME, set by --dataset-config-file", cfg.DATASET.NAME, names)
+    check_backbone(cfg)
+
+
+def check_backbone(cfg):
+    """For this project's trainers, ``MODEL.BACKBONE.NAME`` is a CLIP model name or an existing, non-empty file.
+    (Its content is read when the trainer is built; a bad file is then one clear error too.)"""
+    name = cfg.MODEL.BACKBONE.NAME
+    trainer = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+    if not name or not getattr(trainer, "__module__", "").startswith("trainers."):
+        return
+    import clip
+
+    if name in clip.available_models():
+        return
+    path = osp.expanduser(name)
+    if not osp.isfile(path):
+        raise UserError(
+            "MODEL.BACKBONE.NAME: unknown model {!r}: not a file, and not one of {}; give a model name or the "
+            "path of a CLIP checkpoint".format(name, clip.available_models())
+        )
+    if osp.getsize(path) == 0:
+        raise UserError('MODEL.BACKBONE.NAME: "{}" is an empty file; give the path of a CLIP checkpoint'.format(path))
 
 
 def _epochs_available(model_dir):
@@ -245,32 +370,71 @@ def check_checkpoints(trainer, model_dir, epoch):
 # ----------------------------------------------------------------------------------------------------------------
 def run(args):
     """Run the command described by the parsed ``args``; returns the exit status."""
+    if _MISSING:
+        print("Note: this Dassl has no {}; running without.".format(" and no ".join(_MISSING)), file=sys.stderr)
     cfg = setup_cfg(args)
     check_dirs(args, cfg)
+    check_names(cfg)
 
     if cfg.SEED >= 0:
         print("Setting fixed seed: {}".format(cfg.SEED))
         set_random_seed(cfg.SEED)
-    setup_logger(cfg.OUTPUT_DIR)
+    _set_half_on_cpu(cfg)
+
+    out_dir = cfg.OUTPUT_DIR
+    created = not osp.isdir(out_dir)
+    lock = RunLock(out_dir).acquire() if RunLock is not None else None
+    try:
+        return _run_locked(args, cfg, out_dir, created)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _set_half_on_cpu(cfg):
+    try:
+        from clip.precision import set_half_on_cpu
+    except ImportError:
+        return
+    set_half_on_cpu(bool(cfg.get("CPU_HALF", False)))
+
+
+def _run_locked(args, cfg, out_dir, created):
+    logger = setup_logger(out_dir)
+    log_path = getattr(logger, "fpath", None) or getattr(sys.stdout, "fpath", None)
+    log_file = getattr(sys.stdout, "file", None)
 
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
 
-    print_args(args, cfg)
-    print("Collecting env info ...")
-    print("** System info **\n{}\n".format(collect_env_info()))
+    # The full dump goes to the log file (as in Dassl); the terminal gets a short header unless asked for more.
+    if args.print_config or log_file is None:
+        print_args(args, cfg)
+        print("Collecting env info ...")
+        print("** System info **\n{}\n".format(collect_env_info()))
+    else:
+        sys.stdout.console.write(short_header(cfg, log_path) + "\n")
+        print_args(args, cfg, file=log_file)
+        log_file.write("Collecting env info ...\n")
+        log_file.write("** System info **\n{}\n\n".format(collect_env_info()))
 
-    trainer = build_trainer(cfg)
+    try:
+        trainer = build_trainer(cfg)
+        if args.eval_only:
+            check_checkpoints(trainer, args.model_dir, args.load_epoch)
+            _load_for_eval(trainer, args)
+    except USER_ERRORS:
+        _forget_failed_start(out_dir, created)
+        raise
     run_info = getattr(trainer, "run_info", None)
     if run_info is None:
         run_info = trainer.run_info = {}
     run_info.update(config_file=args.config_file or None, dataset_config_file=args.dataset_config_file or None)
 
     if args.eval_only:
-        check_checkpoints(trainer, args.model_dir, args.load_epoch)
-        trainer.load_model(args.model_dir, epoch=args.load_epoch)
         trainer.test()
-        write_run_result(trainer, eval_only=True, model_dir=args.model_dir or None, loaded_epoch=args.load_epoch)
+        if write_run_result is not None:
+            write_run_result(trainer, eval_only=True, model_dir=args.model_dir or None, loaded_epoch=args.load_epoch)
         return 0
 
     if not args.no_train:
@@ -282,21 +446,75 @@ def run(args):
     return 0
 
 
+def _load_for_eval(trainer, args):
+    """``trainer.load_model`` with one clear error when the checkpoint does not fit the model."""
+    try:
+        trainer.load_model(args.model_dir, epoch=args.load_epoch)
+    except USER_ERRORS:
+        raise
+    except (RuntimeError, KeyError, ValueError) as err:
+        text = str(err).strip()
+        first = text.splitlines()[0] if text else type(err).__name__
+        raise UserError(
+            'the checkpoint in --model-dir "{}" does not fit trainer {} with this configuration ({}); use the '
+            "config file and options of the training run".format(args.model_dir, trainer.cfg.TRAINER.NAME,
+                                                                   first[:300])
+        ) from err
+
+
+_OURS = ("log.txt", "run.lock")
+
+
+def _forget_failed_start(out_dir, created):
+    """After bad input found while building: remove the folder if this run created it and it holds only this run's
+    log and lock, so that nothing looks like a run to resume."""
+    if not created or not osp.isdir(out_dir):
+        return
+    import shutil
+
+    entries = [e for e in os.listdir(out_dir) if not e.startswith(".")]
+    if all(e.startswith(_OURS) for e in entries):
+        _close_log()
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _close_log():
+    logger = sys.stdout
+    if isinstance(logger, Logger):
+        sys.stdout = logger.console
+        logger.close()
+
+
 def _interrupted_message(trainer, output_dir):
     saved = [n for n in trainer.get_model_names() if osp.isfile(osp.join(output_dir, n, "checkpoint"))]
     if saved and len(saved) == len(trainer.get_model_names()):
         return 'interrupted: run the same command with --resume "{}" to continue from the last saved epoch'.format(
             output_dir
         )
-    return "interrupted: no checkpoint was saved yet (set TRAIN.CHECKPOINT_FREQ N to save every N epochs)"
+    return ("interrupted: no checkpoint was saved yet (one is saved after every epoch, and every N iterations with "
+            "TRAIN.CHECKPOINT_ITERS N); the same command starts again")
 
 
 def _report(message):
-    """Print a one-line message on stderr, and into log.txt when a log file is open."""
+    """Print a one-line message on stderr, and into the log file when one is open."""
     print(message, file=sys.stderr)
-    if isinstance(sys.stdout, Logger) and sys.stdout.file is not None:
-        sys.stdout.file.write(message + "\n")
+    log_file = getattr(sys.stdout, "file", None) if isinstance(sys.stdout, Logger) else None
+    if log_file is not None:
+        log_file.write(message + "\n")
         sys.stdout.flush()
+
+
+def _log_traceback():
+    """Write the traceback of the exception being handled into the log file (stderr is not teed there)."""
+    import traceback
+
+    log_file = getattr(sys.stdout, "file", None) if isinstance(sys.stdout, Logger) else None
+    if log_file is not None:
+        log_file.write(traceback.format_exc())
+        log_file.flush()
+        path = getattr(sys.stdout, "fpath", None)
+        if path:
+            print("The run failed; the traceback below is also in {}".format(path), file=sys.stderr)
 
 
 def main(argv=None):
@@ -306,9 +524,12 @@ def main(argv=None):
     stdout = sys.stdout
     try:
         return run(args)
-    except UserError as err:
+    except USER_ERRORS as err:
         _report("error: {}".format(err))
         return 2
+    except Exception:
+        _log_traceback()
+        raise
     finally:
         logger, sys.stdout = sys.stdout, stdout
         if logger is not stdout and isinstance(logger, Logger):

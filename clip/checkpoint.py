@@ -3,9 +3,15 @@
 Accepted files: OpenAI's released TorchScript archives (their ``state_dict()`` is taken; the JIT model itself is
 never used), and plain state dicts saved with ``torch.save`` (read with ``weights_only=True``), optionally wrapped
 as ``{"state_dict": ...}``.
+
+A file that is not one of those -- empty, truncated, corrupt, another format, or the weights of another kind of
+model -- raises :class:`CheckpointFileError` (a ``ValueError``) whose message names the file and what to do. The
+message never passes on PyTorch's advice to retry with ``weights_only=False``: that would run arbitrary code from
+an untrusted file, and a CLIP checkpoint never needs it.
 """
 from __future__ import annotations
 
+import pickle
 import warnings
 import zipfile
 from pathlib import Path
@@ -19,7 +25,18 @@ from .precision import Precision, resolve_precision
 from .pretrained import pretrained_path
 from .transforms import image_transform
 
-__all__ = ["load", "read_state_dict", "is_torchscript_archive"]
+__all__ = ["load", "read_state_dict", "is_torchscript_archive", "CheckpointFileError"]
+
+_WHAT_TO_DO = ("download it again (delete it from the CLIP cache and it is fetched again) or give the path of a "
+               "released CLIP checkpoint")
+
+
+class CheckpointFileError(ValueError):
+    """A CLIP checkpoint file cannot be used; the message names the file and what to do."""
+
+
+def _bad_file(path: Path, why: str) -> CheckpointFileError:
+    return CheckpointFileError(f'"{path}" is not a usable CLIP checkpoint: {why}; {_WHAT_TO_DO}')
 
 
 def is_torchscript_archive(path: Union[str, Path]) -> bool:
@@ -31,19 +48,57 @@ def is_torchscript_archive(path: Union[str, Path]) -> bool:
 
 
 def read_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
-    """The CLIP state dict stored in ``path`` (TorchScript archive or plain state dict), on the CPU."""
+    """The CLIP state dict stored in ``path`` (TorchScript archive or plain state dict), on the CPU.
+
+    Raises :class:`CheckpointFileError` for a file that cannot be read as one.
+    """
     path = Path(path)
-    if is_torchscript_archive(path):
-        with warnings.catch_warnings():  # torch >= 2.9 flags TorchScript as deprecated; we only read weights
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise _bad_file(path, f"it cannot be read ({err.strerror})") from None
+    if size == 0:
+        raise _bad_file(path, "the file is empty")
+    try:
+        with warnings.catch_warnings():
+            # torch >= 2.9 flags TorchScript as deprecated (we only read weights); garbage warns about protocols
             warnings.filterwarnings("ignore", category=FutureWarning)
-            archive = torch.jit.load(str(path), map_location="cpu")
-        return dict(archive.state_dict())
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+            warnings.filterwarnings("ignore", category=UserWarning)
+            if is_torchscript_archive(path):
+                return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any failure to decode the file: say so in our words
+        raise _bad_file(path, _why_unreadable(path, err)) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path} holds neither a TorchScript CLIP archive nor a state dict of tensors")
+        raise _bad_file(path, "it holds neither a TorchScript CLIP archive nor a state dict of tensors")
     return obj
+
+
+def _why_unreadable(path: Path, err: Exception) -> str:
+    """A short reason, in our words (PyTorch's message may advise unsafe loading)."""
+    if zipfile.is_zipfile(path):
+        return "the archive is damaged (a truncated or corrupted download)"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"PK":
+        return "the archive is truncated (an interrupted download or copy)"
+    if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
+        return "it holds Python objects other than tensors (it is not a CLIP checkpoint)"
+    return "it is not a PyTorch checkpoint (unknown format)"
+
+
+def build_state_dict_model(state_dict: Dict[str, Tensor], path: Union[str, Path]) -> CLIP:
+    """:func:`clip.build_model` with a :class:`CheckpointFileError` naming ``path`` when the weights do not
+    describe a CLIP model (another architecture, missing or misshapen tensors)."""
+    try:
+        return build_model(state_dict)
+    except (KeyError, RuntimeError, ValueError, IndexError, AttributeError, TypeError) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if len(detail) > 160:
+            detail = detail[:157] + "..."
+        raise _bad_file(Path(path), f"its tensors do not describe a CLIP model ({detail})") from None
 
 
 def load(name_or_path: Union[str, Path], device: Union[str, torch.device] = "cpu", jit: bool = False,
@@ -73,7 +128,7 @@ def load(name_or_path: Union[str, Path], device: Union[str, torch.device] = "cpu
     path = Path(name_or_path).expanduser()
     if not path.is_file():
         path = pretrained_path(str(name_or_path), download_root)
-    model = build_model(read_state_dict(path))
+    model = build_state_dict_model(read_state_dict(path), path)
     precision.cast_model(model)
     model.to(device)
     return model, image_transform(model.visual.input_resolution)

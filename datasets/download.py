@@ -12,6 +12,7 @@ Shared by every dataset (``datasets.prepare`` calls it; it knows nothing about a
   folder; within one file system every move is a rename.
 """
 import http.client
+import lzma
 import os
 import os.path as osp
 import shutil
@@ -21,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 
 from .errors import UserError
 
@@ -191,10 +193,12 @@ def extract(archive, workdir):
                 else:  # pragma: no cover - Python without PEP 706
                     tar.extractall(workdir)
         else:
-            raise UserError(f"{archive} is neither a zip nor a tar archive (an HTML error page instead of the file?)")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
+            raise UserError(f"{archive} is neither a zip nor a tar archive (an HTML error page instead of the file?); "
+                            "delete it and fetch it again")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as err:
         shutil.rmtree(workdir, ignore_errors=True)
-        raise UserError(f"{archive} is damaged ({err}); fetch it again") from err
+        raise UserError(f"{archive} is damaged ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                        "delete it and fetch it again") from err
     return workdir
 
 

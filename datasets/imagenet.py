@@ -23,6 +23,7 @@ from .splits import (
     list_images,
     prepare_command,
     read_lines,
+    load_datum_pickle,
     reroot_items,
     subsample_classes,
     subsample_setting,
@@ -101,11 +102,7 @@ class ImageNet(SplitDataset):
         DatasetBase.__init__(self, train_x=train, val=test, test=test)
 
     def _load_preprocessed(self):
-        try:
-            with open(self.preprocessed, "rb") as f:
-                data = pickle.load(f)
-        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as err:
-            raise UserError(f"cannot read {self.preprocessed} ({err}); delete it to list the folders again") from err
+        data = load_datum_pickle(self.preprocessed, "ImageNet listing", "delete it to list the folders again")
         if not isinstance(data, dict) or "train" not in data or "test" not in data:
             raise UserError(f'{self.preprocessed} has no "train"/"test" lists; delete it to list the folders again')
         return tuple(reroot_items(data[k], self.dataset_dir, self.preprocessed, sample=200) for k in ("train", "test"))

@@ -109,6 +109,49 @@ def _write_json(obj, path):
     atomic_write(path, lambda f: json.dump(obj, f, indent=4, separators=(",", ": ")))
 
 
+class _DatumUnpickler(pickle.Unpickler):
+    """Unpickles only what Dassl's caches hold: containers of ``Datum`` and plain values. Any other class or
+    function named in the file (which a plain ``pickle.load`` would import and call) is refused, so a tampered or
+    foreign file cannot run code."""
+
+    ALLOWED = {
+        ("dassl.data.datasets.base_dataset", "Datum"),
+        ("collections", "OrderedDict"),
+        ("copyreg", "_reconstructor"),  # instances pickled with protocol 0/1
+        ("builtins", "object"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a dataset cache never holds")
+
+
+def load_datum_pickle(path, what, fix):
+    """Read a Dassl dataset cache (a pickle of ``Datum`` lists) with :class:`_DatumUnpickler`.
+
+    Any problem -- empty, truncated, corrupt, another format, foreign objects -- is one :class:`UserError`
+    naming ``path``, ``what`` it is and ``fix`` (what to do).
+    """
+    try:
+        if osp.getsize(path) == 0:
+            raise UserError(f"the {what} {path} is empty; {fix}")
+        with open(path, "rb") as f:
+            return _DatumUnpickler(f).load()
+    except UserError:
+        raise
+    except pickle.UnpicklingError as err:
+        raise UserError(f"cannot read the {what} {path}: {_short(err)}; {fix}") from None
+    except (EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError, OSError, MemoryError) as err:
+        raise UserError(f"cannot read the {what} {path}: it is truncated or not a pickle of Datum lists "
+                        f"({type(err).__name__}); {fix}") from None
+
+
+def _short(err):
+    text = str(err).strip() or type(err).__name__
+    return text if len(text) < 160 else text[:157] + "..."
+
+
 def _pickle(obj, path):
     atomic_write(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL), binary=True)
 
@@ -128,17 +171,24 @@ def read_split_entries(filepath, path_prefix):
         with open(filepath, "r") as f:
             split = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"split file {filepath} is not valid JSON ({err}); delete it and download it again") from err
+        raise UserError(f"split file {filepath} is not valid JSON ({err}); delete it and download it again") from None
     if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("train", "val", "test")):
-        raise UserError(f'split file {filepath} must be a JSON object with "train", "val" and "test" lists')
+        raise UserError(f'split file {filepath} must be a JSON object with "train", "val" and "test" lists; '
+                        "delete it and download it again")
     out = {}
     for key in ("train", "val", "test"):
         entries = []
         for i, entry in enumerate(split[key]):
-            if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
-                raise UserError(f'split file {filepath}: "{key}"[{i}] is {entry!r}, expected [relpath, label, classname]')
+            if not (isinstance(entry, (list, tuple)) and len(entry) == 3 and isinstance(entry[0], str)):
+                raise UserError(f'split file {filepath}: "{key}"[{i}] is {entry!r}, expected [relpath, label, '
+                                "classname]; delete it and download it again")
             relpath, label, classname = entry
-            entries.append((osp.join(path_prefix, relpath), int(label), classname))
+            try:
+                label = int(label)
+            except (TypeError, ValueError):
+                raise UserError(f'split file {filepath}: "{key}"[{i}] has the label {label!r}, not a number; '
+                                "delete it and download it again") from None
+            entries.append((osp.join(path_prefix, relpath), label, classname))
         out[key] = entries
     return out
 
@@ -358,11 +408,7 @@ def fewshot_with_cache(dataset, train, val, num_shots, seed, cache_dir, with_val
     lab2cname = {item.label: item.classname for item in train}
     if osp.exists(cache_path):
         print(f"Loading preprocessed few-shot data from {cache_path}")
-        try:
-            with open(cache_path, "rb") as f:
-                data = pickle.load(f)
-        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as err:
-            raise UserError(f"cannot read the few-shot cache {cache_path} ({err}); delete it to rebuild it") from err
+        data = load_datum_pickle(cache_path, "few-shot cache", "delete it to rebuild it")
         keys = ("train", "val") if with_val else ("train",)
         if not isinstance(data, dict) or any(k not in data for k in keys):
             raise UserError(f"{cache_path} is not a few-shot cache with keys {list(keys)}; delete it to rebuild it")

@@ -19,8 +19,9 @@
 # configs from configs/trainers/$CFG_DIR/ (default CoOp, as the reference's scripts/zsclip).
 #
 # A run counts as finished only when its folder holds result.json (written atomically at the very end).
-# A finished run is skipped; an unfinished one (crashed or killed) is resumed from its last checkpoint, or
-# started again when it saved none -- never taken as done.
+# A finished run is skipped; an unfinished one (crashed or killed) is resumed from its last checkpoint (one is
+# kept after every epoch), or started again when it saved none -- never taken as done. A folder another run is
+# writing to (run.lock) is refused by train.py, naming that run.
 set -euo pipefail
 
 : "${TRAINER:?set TRAINER (scripts/method.sh does)}"
@@ -61,18 +62,34 @@ trained_epochs() {  # $1: a finished training run's folder -> the epoch its last
     "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["epochs"])' "$1/result.json"
 }
 
+newest_log() {  # $1: run folder -> its newest log file (log.txt, or log.txt-<timestamp> of a later attempt)
+    ls -t "$1"/log.txt* 2>/dev/null | head -n 1 || true
+}
+
 run() {  # $1: output dir; rest: train.py arguments
     local dir=$1; shift
     if [ -f "$dir/result.json" ]; then
         echo "The results exist at $dir (result.json); skip this job. Delete the folder to run it again."
         return 0
     fi
-    if [ -d "$dir" ]; then
-        echo "Unfinished run found at $dir: resuming from its last checkpoint (or starting again if it saved none)."
+    # (if another run is writing there, train.py stops at once, naming it: see run.lock)
+    if compgen -G "$dir/*/checkpoint" >/dev/null; then
+        echo "Unfinished run found at $dir: resuming from its last checkpoint."
+    elif [ -d "$dir" ]; then
+        echo "A run was started at $dir but saved no checkpoint: nothing to resume, starting it again."
     fi
-    "$PYTHON" train.py --output-dir "$dir" "$@"
+    local rc=0
+    "$PYTHON" train.py --output-dir "$dir" "$@" || rc=$?
     if [ ! -f "$dir/result.json" ]; then
-        echo "error: the run in $dir ended without result.json; see $dir/log.txt" >&2
+        local log
+        log=$(newest_log "$dir")
+        if [ "$rc" -eq 2 ]; then
+            echo "error: train.py refused the run in $dir (the error line above says why)" >&2
+        elif [ -n "$log" ]; then
+            echo "error: the run in $dir ended without result.json (exit status $rc); see $log" >&2
+        else
+            echo "error: the run in $dir ended without result.json (exit status $rc)" >&2
+        fi
         return 1
     fi
 }

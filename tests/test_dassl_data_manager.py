@@ -135,31 +135,33 @@ def test_small_set_keeps_its_only_batch(cfg):
     assert len(dm.train_loader_x) == 1 and next(iter(dm.train_loader_x))["img"].shape[0] == 15
 
 
-def test_data_order_depends_only_on_seed_and_epoch(cfg):
-    dm = _build(cfg)
-    epochs = [_epoch_order(dm.train_loader_x) for _ in range(3)]
-    assert len({tuple(e) for e in epochs}) == 3  # a new permutation each epoch
+def _plain_torch_epochs(cfg, dm, seed, epochs):
+    """What a plain ``DataLoader`` + ``RandomSampler`` yields after ``torch.manual_seed(seed)`` (Dassl's loader)."""
+    from torch.utils.data import DataLoader, RandomSampler
 
-    # Same seed: same orders, whatever else consumes the global RNG between epochs.
-    dm = _build(cfg)
-    orders = []
-    for _ in range(3):
-        orders.append(_epoch_order(dm.train_loader_x))
-        torch.randn(100)
-        list(dm.test_loader)  # an evaluation between epochs
-    assert orders == epochs
+    data = DatasetWrapper(cfg, dm.dataset.train_x, transform=dm.train_loader_x.dataset.transform, is_train=True)
+    set_random_seed(seed)
+    loader = DataLoader(data, batch_size=cfg.DATALOADER.TRAIN_X.BATCH_SIZE, sampler=RandomSampler(data),
+                        num_workers=cfg.DATALOADER.NUM_WORKERS, drop_last=True)
+    return [[(b["index"], b["img"]) for b in loader] for _ in range(epochs)]
 
-    # Resume after epoch 1 from the saved generator state.
-    dm = _build(cfg)
-    _epoch_order(dm.train_loader_x)
-    state = dm.train_loader_x.generator.get_state()
-    resumed = _build(cfg)
-    resumed.train_loader_x.generator.set_state(state)
-    assert [_epoch_order(resumed.train_loader_x) for _ in range(2)] == epochs[1:]
 
-    # Another seed, another order.
-    other = _build(cfg, seed=2)
-    assert _epoch_order(other.train_loader_x) != epochs[0]
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # more workers than cores on small CI machines
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_and_augmentations_are_those_of_a_plain_torch_loader_with_the_global_seed(cfg, workers):
+    """Dassl's loaders are plain torch loaders on the global RNG: ours give the same batches, bit for bit."""
+    cfg.DATALOADER.NUM_WORKERS = workers
+    dm = _build(cfg)
+    set_random_seed(1)
+    ours = [[(b["index"], b["img"]) for b in dm.train_loader_x] for _ in range(2)]
+    plain = _plain_torch_epochs(cfg, dm, 1, 2)
+    assert [[i.tolist() for i, _ in e] for e in ours] == [[i.tolist() for i, _ in e] for e in plain]
+    assert all(torch.equal(x, y) for e, f in zip(ours, plain) for (_, x), (_, y) in zip(e, f))
+    assert [i.tolist() for i, _ in ours[0]] != [i.tolist() for i, _ in ours[1]]  # a new permutation each epoch
+    # The order follows the global RNG, as in Dassl: anything drawn before an epoch changes it.
+    set_random_seed(1)
+    torch.randn(3)
+    assert [b["index"].tolist() for b in dm.train_loader_x] != [i.tolist() for i, _ in ours[0]]
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")  # more workers than cores on small CI machines

@@ -349,7 +349,7 @@ RESULT_KEYS = [
     "schema", "status", "method", "config", "dataset", "dataset_config", "seed", "subsample", "shots", "epochs",
     "eval_only", "split", "accuracy", "macro_f1", "error", "num_test", "num_classes", "train_time_s",
     "eval_time_s", "train_images_per_s", "eval_images_per_s", "learnable_params", "backbone", "device",
-    "precision", "model_dir", "output_dir", "versions", "finished_at",
+    "precision", "model_dir", "output_dir", "log_file", "versions", "finished_at",
 ]
 
 

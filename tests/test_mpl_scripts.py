@@ -73,13 +73,14 @@ def test_base2new_train_then_test_then_skip(env):
 
 
 def test_killed_run_is_resumed_not_skipped(env):
+    """Killed after its first epoch with the default settings (the rolling checkpoint), the run resumes."""
     root, e, opts = env
     e = dict(e, OUTPUT=str(root / "output_kill"))
     run_dir = root / "output_kill/base2new/train_base" / TAIL
-    cmd = ["bash", str(REPO / "scripts/mpl/base2new_train.sh"), "eurosat", "1", "12", *opts, "TRAIN.CHECKPOINT_FREQ", "1"]
+    cmd = ["bash", str(REPO / "scripts/mpl/base2new_train.sh"), "eurosat", "1", "3", *opts]
     proc = subprocess.Popen(cmd, env=e, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    first = run_dir / "MultiModalPromptLearner" / "model.pth.tar-1"
+    first = run_dir / "MultiModalPromptLearner" / "checkpoint"  # written after the first epoch's model-last
     deadline = time.time() + 240
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -88,10 +89,10 @@ def test_killed_run_is_resumed_not_skipped(env):
     assert first.exists()
     assert not (run_dir / "result.json").exists()  # killed before the end: not a finished run
 
-    rerun = script("base2new_train.sh", "eurosat", "1", "12", env=e, opts=opts + ["TRAIN.CHECKPOINT_FREQ", "1"])
+    rerun = script("base2new_train.sh", "eurosat", "1", "3", env=e, opts=opts)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "Unfinished run found" in rerun.stdout and "will resume training" in rerun.stdout
-    assert json.loads((run_dir / "result.json").read_text())["epochs"] == 12
+    assert json.loads((run_dir / "result.json").read_text())["epochs"] == 3
 
 
 @pytest.mark.parametrize("prec", ["fp32", "bf16", "fp16", "amp"])
@@ -161,16 +162,24 @@ def test_reference_whole_model_checkpoint_loads_in_eval_only(env):
     ("/nonexistent/ViT-B-16.pt", "MODEL.BACKBONE.NAME: unknown model '/nonexistent/ViT-B-16.pt'"),
     ("ViT-B/16", "put it at"),  # offline: the download fails with where to put the file
 ])
-def test_missing_backbone_is_one_clear_line(env, tmp_path, backbone, expected):
+def test_missing_backbone_is_one_clear_line(env, tmp_path, monkeypatch, capsys, backbone, expected):
+    """In-process (train.main), as the CLI would run it: one error line, exit status 2, no output folder."""
+    import train
+
     root, e, opts = env
-    e = dict(e, CLIP_CACHE_DIR=str(tmp_path / "empty_cache"))
-    cmd = [sys.executable, "train.py", "--root", e["DATA"], "--trainer", "MPL",
-           "--dataset-config-file", "configs/datasets/eurosat.yaml",
-           "--config-file", "configs/trainers/MPL/vit_b4_c1_add2_rm1.yaml", "--output-dir", str(tmp_path / "out"),
-           *opts[1:], "MODEL.BACKBONE.NAME", backbone]
+    monkeypatch.setenv("CLIP_CACHE_DIR", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(train, "collect_env_info", lambda: "(environment report skipped in tests)")
     if backbone == "ViT-B/16":  # make sure no real download can happen, even on a machine with network access
-        e["https_proxy"] = e["HTTPS_PROXY"] = "http://127.0.0.1:9"
-    proc = subprocess.run(cmd, env=e, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and expected in errors[0] and "Traceback" not in proc.stderr
+        for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+            monkeypatch.setenv(var, "http://127.0.0.1:9")
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+    argv = ["--root", e["DATA"], "--trainer", "MPL",
+            "--dataset-config-file", str(REPO / "configs/datasets/eurosat.yaml"),
+            "--config-file", str(REPO / "configs/trainers/MPL/vit_b4_c1_add2_rm1.yaml"),
+            "--output-dir", str(tmp_path / "out"), *opts[1:], "MODEL.BACKBONE.NAME", backbone]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0] and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # a failed start leaves no folder that looks like a run

@@ -172,6 +172,12 @@ _C.OPTIM.WARMUP_RECOUNT = True
 _C.TRAIN = CN()
 # How often (epoch) to save model during training; set to 0 or negative value to only save the last one
 _C.TRAIN.CHECKPOINT_FREQ = 0
+# Not in Dassl: keep a rolling "model-last.pth.tar" of every registered model after each epoch that writes no
+# numbered checkpoint, so a killed run loses at most one epoch (the numbered files follow CHECKPOINT_FREQ as above)
+_C.TRAIN.CHECKPOINT_LAST = True
+# Not in Dassl: also refresh "model-last.pth.tar" every N iterations within an epoch (0: only at epoch ends);
+# resuming from it continues at the same batch of the same epoch
+_C.TRAIN.CHECKPOINT_ITERS = 0
 # How often (batch) to print training information
 _C.TRAIN.PRINT_FREQ = 10
 # Use 'train_x', 'train_u' or 'smaller_one' to count the number of iterations in an epoch (for DA and SSL)

@@ -1,25 +1,21 @@
 """Dataset -> transforms -> data loaders (``reference/dassl-api.md`` sections 6.3, 6.4 and 6.6).
 
-Reproducible data order
------------------------
-Every loader built by :func:`build_data_loader` owns a ``torch.Generator`` (``loader.generator``), seeded with
-``torch.initial_seed()`` when the loader is built. That is the seed given to the last ``torch.manual_seed``
-(``set_random_seed(cfg.SEED)`` in train.py), read without drawing a number, so building loaders leaves every
-global RNG untouched (prompt initialisation after it sees the same random stream as under Dassl). The generator
-is the loader's only source of randomness for:
+Data order: the reference's
+----------------------------
+The loaders draw their randomness exactly where Dassl's do, from the global random generators seeded by
+``set_random_seed(cfg.SEED)``: ``RandomSampler`` (PyTorch's own class, no generator) draws a seed from torch's
+global RNG each time an epoch starts and permutes with it; the ``DataLoader`` draws its base seed from the
+same RNG when it is iterated and seeds worker ``i`` (Python ``random``, NumPy, torch) from it; with
+``DATALOADER.NUM_WORKERS 0`` augmentations run in the main process on the global RNGs. So for a seed the
+batches and augmentations are those of the real Dassl (and of a plain ``torch.utils.data.DataLoader`` with a
+``RandomSampler`` after ``torch.manual_seed(seed)``; a test checks it), and they depend on everything else that
+draws from the global RNGs in between (prompt initialisation, dropout), as there.
 
-* the sampler's order (``RandomSampler`` draws each epoch's permutation from it);
-* the seeds of the worker processes (PyTorch draws a base seed from it each epoch and seeds ``random``, NumPy
-  and torch in worker ``i`` with it, so augmentations in workers are reproducible too).
+Resuming stays exact because every checkpoint holds the global random states at the moment it was saved (see
+:mod:`dassl.engine.trainer`); a within-epoch checkpoint also holds those of the epoch's start.
 
-So the order of epoch ``e`` depends only on the seed and on ``e`` (not on the model's use of the global RNG, nor
-on evaluations in between). To resume a run bit for bit, save ``loader.generator.get_state()`` with the
-checkpoint and ``loader.generator.set_state(state)`` when resuming. With ``DATALOADER.NUM_WORKERS = 0``
-augmentations run in the main process and draw from the global RNGs, as in Dassl; a trainer resuming such a run
-also restores those (``torch.get_rng_state``, ``random.getstate``, ``numpy.random.get_state``).
-
-Difference from Dassl: there, ``RandomSampler`` and the worker seeds draw from torch's global RNG, so a given
-seed gives a different (equally random) order here.
+``build_data_loader(..., generator=g)`` (not in Dassl) makes a loader use its own ``torch.Generator`` for the
+sampler and the worker seeds instead, e.g. for a distributed sampler; the trainer saves its state too.
 """
 import torch
 import torchvision.transforms as T
@@ -49,18 +45,17 @@ def build_data_loader(
     tfm=None,
     is_train=True,
     dataset_wrapper=None,
+    generator=None,
 ):
     """A ``torch.utils.data.DataLoader`` over ``data_source`` (a list of ``Datum``).
 
     ``drop_last`` only for training and only when the data holds at least one full batch (so a tiny few-shot set
     still gives one batch); ``num_workers = cfg.DATALOADER.NUM_WORKERS``; memory is pinned when CUDA is used.
-    The loader's randomness comes from its own generator (see the module docstring).
+    The loader's randomness comes from the global RNGs, as in Dassl, unless a ``generator`` is given (see the
+    module docstring).
     """
     if data_source is None or len(data_source) == 0:
         raise ValueError(f"build_data_loader: no data to load ({sampler_type}, is_train={is_train}): the split is empty")
-
-    generator = torch.Generator()
-    generator.manual_seed(torch.initial_seed())
 
     sampler = build_sampler(
         sampler_type,

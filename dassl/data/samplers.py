@@ -1,9 +1,9 @@
 """Index samplers for the data loaders (``reference/dassl-api.md`` section 6.5).
 
-``build_sampler(name, ...)`` accepts Dassl's names. Every sampler takes an optional ``torch.Generator``: with one,
-its draws come only from that generator (this is how :func:`dassl.data.data_manager.build_data_loader` makes the
-data order depend only on the seed and the epoch, see there); without one, they come from the global RNGs as in
-Dassl (torch's for ``RandomSampler``, Python's ``random`` for the domain and class samplers).
+``build_sampler(name, ...)`` accepts Dassl's names. Without a generator (what
+:func:`dassl.data.data_manager.build_data_loader` passes by default) the draws come from the global RNGs as in
+Dassl: torch's for ``RandomSampler`` (PyTorch's own class), Python's ``random`` for the domain and class
+samplers. With an optional ``torch.Generator`` they come only from that generator.
 """
 import copy
 import random

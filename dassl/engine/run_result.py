@@ -1,7 +1,7 @@
 """``<OUTPUT_DIR>/result.json``: the machine-readable record of a finished run (schema 1).
 
 The file is written atomically and only after the run's final evaluation, so its presence means "this run
-finished". Every key is always present (``null`` when unknown). The engine knows no method names: the learnable
+finished"; ``log_file`` names the log of the attempt that finished (a resumed run's is ``log.txt-<timestamp>``). Every key is always present (``null`` when unknown). The engine knows no method names: the learnable
 parameter count comes from the registered models, the precision from ``trainer.precision`` (an object with
 ``.effective``, or a string) or else from ``cfg.TRAINER.<NAME>.PREC``.
 """
@@ -11,6 +11,7 @@ import json
 import os.path as osp
 import platform
 import subprocess
+import sys
 
 import torch
 
@@ -94,6 +95,12 @@ def _learnable_params(trainer):
     return total
 
 
+def _log_file():
+    """The log file of the attempt that finished (``log.txt`` or a later ``log.txt-<timestamp>``), if any."""
+    path = getattr(sys.stdout, "fpath", None)
+    return path if isinstance(path, str) else None
+
+
 def _float_or_none(x):
     return None if x is None else float(x)
 
@@ -150,6 +157,7 @@ def build_run_result(trainer, eval_only=False, model_dir=None, loaded_epoch=None
         "precision": _precision(trainer),
         "model_dir": model_dir if eval_only else None,
         "output_dir": cfg.OUTPUT_DIR,
+        "log_file": _log_file(),
         "versions": _versions(),
         "finished_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }

@@ -7,11 +7,25 @@ A method subclasses ``TrainerX`` and implements ``build_model`` (register its mo
 ``update_lr()`` on the last batch of an epoch. The lifecycle, log lines and checkpoint files follow Dassl 0.6.3.
 
 Beyond Dassl, every checkpoint also stores the random states (Python, NumPy, torch, CUDA), the states of
-generators owned by the training loaders and the best validation result, so a resumed run continues bit for bit;
-a finished run writes ``<OUTPUT_DIR>/result.json`` (see :mod:`dassl.engine.run_result`); progress bars are shown
-only when stdout is a terminal.
+generators owned by the training loaders (if any) and the best validation result, so a resumed run continues bit
+for bit; a finished run writes ``<OUTPUT_DIR>/result.json`` (see :mod:`dassl.engine.run_result`); progress bars
+are shown only when stdout is a terminal.
+
+Crash safety (not in Dassl, see "Runs that survive anything" in the README):
+
+* ``TRAIN.CHECKPOINT_LAST`` (default on): after every epoch that writes no numbered checkpoint, each registered
+  model is saved to ``<name>/model-last.pth.tar`` (atomically; the ``checkpoint`` pointer names it), so a run
+  killed at any moment loses at most the epoch in progress. A numbered save replaces it (the file is removed).
+* ``TRAIN.CHECKPOINT_ITERS = N``: also every N iterations within an epoch. Such a checkpoint records the batches
+  done and the random state at the start of the epoch; resuming replays the epoch's draw of the data order
+  (without loading the skipped images), skips those batches and continues with the random state of the moment
+  of the save, so with ``DATALOADER.NUM_WORKERS 0`` the run continues bit for bit. With workers the order is
+  the same but the augmentations of the rest of that one epoch differ (the workers restart with fresh seeds).
+* A resumed run opens tensorboard with ``purge_step`` at its first new iteration, so events a killed attempt
+  wrote after its last checkpoint are dropped and the curves continue without duplicate steps.
 """
 import datetime
+import os
 import os.path as osp
 import sys
 import time
@@ -29,6 +43,7 @@ from dassl.utils import (
     AverageMeter,
     CheckpointNotFoundError,
     MetricMeter,
+    UserError,
     count_num_param,
     get_rng_state,
     load_checkpoint,
@@ -81,6 +96,53 @@ def _batch_size(batch):
         first = batch[0]
         return first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 else len(batch)
     return 0
+
+
+def _first_line(err):
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+class _SkippingLoader:
+    """``loader`` for one epoch whose first ``skip`` batches are left out, then ``rng_state`` restored.
+
+    The loader's batch sampler is given a sampler that draws the epoch's order exactly as the loader's own
+    sampler does (it *is* that sampler), drops the indices of the skipped batches and restores ``rng_state``
+    before the first remaining index, i.e. before the first remaining image is loaded and augmented.
+    """
+
+    def __init__(self, loader, skip, rng_state):
+        self.loader, self.skip, self.rng_state = loader, skip, rng_state
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        batch_sampler = self.loader.batch_sampler
+        if batch_sampler is None or not hasattr(batch_sampler, "sampler"):
+            raise RuntimeError("resuming within an epoch needs a loader built with a sampler and a batch size")
+        inner = batch_sampler.sampler
+        batch_sampler.sampler = _SkippingSampler(inner, self.skip * batch_sampler.batch_size, self.rng_state)
+        try:
+            yield from self.loader
+        finally:
+            batch_sampler.sampler = inner
+
+
+class _SkippingSampler:
+    def __init__(self, sampler, skip, rng_state):
+        self.sampler, self.skip, self.rng_state = sampler, skip, rng_state
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        indices = iter(self.sampler)
+        for _ in range(self.skip):
+            next(indices)
+        set_rng_state(self.rng_state)
+        yield from indices
 
 
 class SimpleNet(nn.Module):
@@ -182,6 +244,7 @@ class TrainerBase:
                 if isinstance(gen, torch.Generator):
                     generators[attr + owner_name + ".generator"] = gen.get_state()
         extras = {"rng_state": get_rng_state(), "generator_states": generators}
+        extras.update(getattr(self, "_position_extras", None) or {})
         best = getattr(self, "best_result", None)
         if best is not None:
             extras["best_result"] = float(best)
@@ -201,6 +264,14 @@ class TrainerBase:
                 gen.set_state(state.cpu())
         if checkpoint.get("best_result") is not None and hasattr(self, "best_result"):
             self.best_result = checkpoint["best_result"]
+        self._resume_position = None
+        if checkpoint.get("batches_done"):
+            self._resume_position = {
+                "batches_done": int(checkpoint["batches_done"]),
+                "epoch_rng_state": checkpoint["epoch_rng_state"],
+                "rng_state": checkpoint["rng_state"],
+                "epoch_meters": checkpoint.get("epoch_meters") or {},
+            }
 
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
         """Save every registered model to ``directory/<name>/`` (``model.pth.tar-<epoch + 1>`` by default)."""
@@ -228,7 +299,8 @@ class TrainerBase:
         names = self.get_model_names()
         file_missing = False
         for name in names:
-            if not osp.exists(osp.join(directory, name)):
+            # a folder without its "checkpoint" pointer holds nothing finished (the pointer is written last)
+            if not osp.isfile(osp.join(directory, name, "checkpoint")):
                 file_missing = True
                 break
         if file_missing:
@@ -238,10 +310,26 @@ class TrainerBase:
         print("Found checkpoint at {} (will resume training)".format(directory))
         start_epoch = 0
         checkpoint = None
+        positions = set()
         for name in names:
             path = osp.join(directory, name)
-            start_epoch, checkpoint = resume_from_checkpoint(
-                path, self._models[name], self._optims[name], self._scheds[name], return_checkpoint=True
+            try:
+                start_epoch, checkpoint = resume_from_checkpoint(
+                    path, self._models[name], self._optims[name], self._scheds[name], return_checkpoint=True
+                )
+            except (RuntimeError, KeyError, ValueError) as err:
+                if isinstance(err, UserError):
+                    raise
+                raise UserError(
+                    'the checkpoint in "{}" does not fit this run\'s {} model ({}); resume with the configuration '
+                    "that wrote it, or choose another --output-dir".format(path, name, _first_line(err))
+                ) from err
+            positions.add((start_epoch, int(checkpoint.get("batches_done") or 0)))
+        if len(positions) > 1:
+            raise UserError(
+                'the checkpoints in "{}" were saved at different points ({}), the run was killed while saving; '
+                "delete the newer model-last.pth.tar files and their checkpoint pointers to resume from the older "
+                "point".format(directory, sorted(positions))
             )
         if checkpoint is not None:
             self._restore_checkpoint_extras(checkpoint)
@@ -294,12 +382,14 @@ class TrainerBase:
         if not torch.isfinite(loss).all():
             raise FloatingPointError("Loss is infinite or NaN!")
 
-    def init_writer(self, log_dir):
+    def init_writer(self, log_dir, purge_step=None):
+        """Open tensorboard in ``log_dir``. ``purge_step`` (not in Dassl): events at this step or later that an
+        earlier, killed attempt wrote are dropped, so a resumed run continues the same curves."""
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
             print("Initialize tensorboard (log_dir={})".format(log_dir))
-            self._writer = SummaryWriter(log_dir=log_dir)
+            self._writer = SummaryWriter(log_dir=log_dir, purge_step=purge_step)
 
     def close_writer(self):
         if self._writer is not None:
@@ -455,12 +545,13 @@ class SimpleTrainer(TrainerBase):
         directory = self.cfg.OUTPUT_DIR
         if self.cfg.RESUME:
             directory = self.cfg.RESUME
+        self._resume_position = None
         self.start_epoch = self.resume_model_if_exist(directory)
 
         # Initialize summary writer
         writer_dir = osp.join(self.output_dir, "tensorboard")
         mkdir_if_missing(writer_dir)
-        self.init_writer(writer_dir)
+        self.init_writer(writer_dir, purge_step=self._first_new_step())
 
         # Remember the starting time (for computing the elapsed time)
         self.time_start = time.time()
@@ -504,6 +595,83 @@ class SimpleTrainer(TrainerBase):
 
         if meet_checkpoint_freq or last_epoch:
             self.save_model(self.epoch, self.output_dir)
+            self.remove_last_checkpoint()
+        elif self.cfg.TRAIN.get("CHECKPOINT_LAST", False):
+            self.save_last_checkpoint()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Crash safety (not in Dassl): the rolling "model-last.pth.tar" and the resume position within an epoch
+    # ----------------------------------------------------------------------------------------------------------
+    LAST_CHECKPOINT = "model-last.pth.tar"
+
+    def save_last_checkpoint(self, batches_done=0, epoch_rng_state=None, epoch_meters=None):
+        """Save every registered model to ``<name>/model-last.pth.tar`` (atomically, pointer updated).
+
+        ``batches_done == 0``: the epoch ``self.epoch`` is finished (the file records epoch ``self.epoch + 1``,
+        as a numbered checkpoint would). ``batches_done > 0``: saved within epoch ``self.epoch`` after that many
+        batches; the file records epoch ``self.epoch`` (the one to resume) and the position.
+        """
+        if batches_done:
+            self._position_extras = {
+                "batches_done": int(batches_done),
+                "epoch_rng_state": epoch_rng_state,
+                "epoch_meters": epoch_meters or {},
+            }
+            epoch = self.epoch - 1
+        else:
+            epoch = self.epoch
+        try:
+            self.save_model(epoch, self.output_dir, model_name=self.LAST_CHECKPOINT)
+        finally:
+            self._position_extras = None
+
+    def remove_last_checkpoint(self):
+        """Remove the rolling checkpoints once a numbered checkpoint (which the pointers now name) supersedes them."""
+        for name in self.get_model_names():
+            path = osp.join(self.output_dir, name, self.LAST_CHECKPOINT)
+            if osp.isfile(path):
+                os.remove(path)
+
+    def _steps_per_epoch(self):
+        loader = getattr(self, "train_loader_x", None)
+        return len(loader) if loader is not None else 0
+
+    def _first_new_step(self):
+        """The first tensorboard step this run writes, when an earlier attempt may have written it too (a resumed
+        run, or a restart in a folder that has event files); ``None`` for a first attempt: nothing to purge."""
+        position = getattr(self, "_resume_position", None)
+        done = position["batches_done"] if position else 0
+        if not self.start_epoch and not done:
+            events = osp.join(self.output_dir, "tensorboard")
+            earlier = osp.isdir(events) and any(f.startswith("events.") for f in os.listdir(events))
+            return 0 if earlier else None
+        return self.start_epoch * self._steps_per_epoch() + done
+
+    def _epoch_batches(self, loader):
+        """Iterate ``loader`` for the current epoch; returns ``(first batch index, iterable)``.
+
+        Right after a resume from a within-epoch checkpoint, the epoch's draw is replayed from the random state
+        saved at its start: the loader draws its seeds and the sampler its order as they did, the batches done are
+        skipped (their indices only, no image is loaded), and the random state of the moment of the save is
+        restored before the first remaining batch is loaded.
+        """
+        position = getattr(self, "_resume_position", None)
+        self._resume_position = None
+        self._epoch_rng_state = get_rng_state()
+        if not position:
+            return 0, loader
+        skip = position["batches_done"]
+        set_rng_state(position["epoch_rng_state"])
+        self._epoch_rng_state = position["epoch_rng_state"]
+        self._resumed_meters = position["epoch_meters"]
+        return skip, _SkippingLoader(loader, skip, position["rng_state"])
+
+    def _after_iteration(self, log):
+        """Save a within-epoch checkpoint every ``TRAIN.CHECKPOINT_ITERS`` iterations (not after the last one)."""
+        every = self.cfg.TRAIN.get("CHECKPOINT_ITERS", 0)
+        done = self.batch_idx + 1
+        if every and every > 0 and done % every == 0 and done < self.num_batches:
+            self.save_last_checkpoint(done, self._epoch_rng_state, log.losses_state())
 
     @torch.no_grad()
     def test(self, split=None):
@@ -566,11 +734,18 @@ class SimpleTrainer(TrainerBase):
 class _EpochLogger:
     """Timing meters and the periodic iteration line of one training epoch."""
 
-    def __init__(self, trainer):
+    def __init__(self, trainer, meters_state=None):
         self.trainer = trainer
         self.losses = MetricMeter()
         self.batch_time = AverageMeter()
         self.data_time = AverageMeter()
+        for name, (val, avg, total, count) in (meters_state or {}).items():  # resumed within the epoch
+            meter = self.losses.meters[name]
+            meter.val, meter.avg, meter.sum, meter.count = val, avg, total, count
+
+    def losses_state(self):
+        """The running loss averages, saved with a within-epoch checkpoint (plain numbers)."""
+        return {n: [float(m.val), float(m.avg), float(m.sum), int(m.count)] for n, m in self.losses.meters.items()}
 
     def log(self, loss_summary):
         t = self.trainer
@@ -668,17 +843,20 @@ class TrainerX(SimpleTrainer):
 
     def run_epoch(self):
         self.set_model_mode("train")
-        log = _EpochLogger(self)
         self.num_batches = len(self.train_loader_x)
+        self._resumed_meters = None
+        first, loader = self._epoch_batches(self.train_loader_x)
+        log = _EpochLogger(self, self._resumed_meters)
 
         end = time.time()
-        batches = _progress(self.train_loader_x, desc="epoch {}/{}".format(self.epoch + 1, self.max_epoch))
-        for self.batch_idx, batch in enumerate(batches):
+        batches = _progress(loader, desc="epoch {}/{}".format(self.epoch + 1, self.max_epoch))
+        for self.batch_idx, batch in enumerate(batches, start=first):
             log.data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)
             log.batch_time.update(time.time() - end)
             self.train_images_seen = getattr(self, "train_images_seen", 0) + _batch_size(batch)
             log.log(loss_summary)
+            self._after_iteration(log)
             end = time.time()
 
     def parse_batch_train(self, batch):

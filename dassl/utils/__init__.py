@@ -5,3 +5,4 @@ from .logger import *  # noqa: F401,F403
 from .meters import *  # noqa: F401,F403
 from .registry import *  # noqa: F401,F403
 from .torchtools import *  # noqa: F401,F403
+from .run_lock import *  # noqa: F401,F403

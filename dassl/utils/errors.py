@@ -5,7 +5,7 @@ instead of a traceback. Raise it (or a subclass) wherever the fix is on the user
 which path or value is wrong and what to do about it.
 """
 
-__all__ = ["UserError", "CheckpointNotFoundError", "UnknownNameError"]
+__all__ = ["UserError", "CheckpointNotFoundError", "UnknownNameError", "BadFileError"]
 
 
 class UserError(Exception):
@@ -18,3 +18,10 @@ class CheckpointNotFoundError(UserError, FileNotFoundError):
 
 class UnknownNameError(UserError, ValueError):
     """A name (trainer, dataset, evaluator, ...) is not registered (also a ``ValueError``, as in Dassl)."""
+
+
+class BadFileError(UserError, ValueError):
+    """A file exists but cannot be used (empty, truncated, corrupt, another format, or not what it should hold).
+
+    The message names the file and what to do; it never suggests loading an untrusted pickle.
+    """

@@ -13,7 +13,9 @@ class Logger:
     """A file-like object that writes to the console and, if ``fpath`` is given, to that file.
 
     Args:
-        fpath (str, optional): log file, opened for writing (its folder is created).
+        fpath (str, optional): log file, opened for writing (its folder is created). The file is line-buffered:
+            every complete line reaches the file when it is printed, so ``tail -f`` follows a run and a killed
+            run's log ends with the last line it printed (Dassl's file is block-buffered).
 
     Example::
 
@@ -23,9 +25,11 @@ class Logger:
     def __init__(self, fpath=None):
         self.console = sys.stdout
         self.file = None
+        #: The path of the log file (``None`` without one): messages that say "see the log" name it.
+        self.fpath = fpath
         if fpath is not None:
             mkdir_if_missing(osp.dirname(fpath) or ".")
-            self.file = open(fpath, "w")
+            self.file = open(fpath, "w", buffering=1)
 
     def __del__(self):
         self.close()
@@ -59,12 +63,32 @@ class Logger:
             self.file = None
 
 
+def _claim_log_name(fpath):
+    """``fpath`` if it does not exist, else ``fpath-<timestamp>``: created empty here, so no other run takes it.
+
+    Two attempts that start within the same second would get the same timestamped name (and the second would
+    overwrite the first's log): then wait for the next second, keeping Dassl's name format.
+    """
+    mkdir_if_missing(osp.dirname(fpath) or ".")
+    candidate = fpath
+    for _ in range(50):
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return candidate
+        except FileExistsError:
+            if candidate != fpath:
+                time.sleep(0.1)
+            candidate = fpath + time.strftime("-%Y-%m-%d-%H-%M-%S")
+    return candidate
+
+
 def setup_logger(output=None):
     """Send everything printed to stdout to a log file as well.
 
     Args:
         output (str, optional): a ``.txt``/``.log`` file path, or a folder (the file is then ``<folder>/log.txt``).
-            An existing file is never overwritten: a ``-%Y-%m-%d-%H-%M-%S`` suffix is added to the new one's name.
+            An existing file is never overwritten: a ``-%Y-%m-%d-%H-%M-%S`` suffix is added to the new one's name
+            (unique: a second attempt within the same second waits for the next one).
             ``None`` does nothing.
 
     Returns:
@@ -76,8 +100,7 @@ def setup_logger(output=None):
         fpath = output
     else:
         fpath = osp.join(output, "log.txt")
-    if osp.exists(fpath):
-        fpath += time.strftime("-%Y-%m-%d-%H-%M-%S")
+    fpath = _claim_log_name(fpath)
     logger = Logger(fpath)
     sys.stdout = logger
     return logger

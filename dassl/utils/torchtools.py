@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointNotFoundError
+from .errors import BadFileError, CheckpointNotFoundError
 from .tools import atomic_write, mkdir_if_missing
 
 __all__ = [
@@ -91,6 +91,8 @@ def load_checkpoint(fpath):
     Raises:
         ValueError: ``fpath`` is None.
         CheckpointNotFoundError: the file does not exist (a ``FileNotFoundError``).
+        BadFileError: the file is empty, truncated, corrupt or not a checkpoint (the message says which and what
+            to do; PyTorch's own message, which may advise ``weights_only=False``, is not passed on).
     """
     if fpath is None:
         raise ValueError("File path is None")
@@ -98,11 +100,34 @@ def load_checkpoint(fpath):
     if not osp.exists(fpath):
         raise CheckpointNotFoundError('No checkpoint file at "{}"'.format(fpath))
     map_location = None if torch.cuda.is_available() else "cpu"
+    if osp.getsize(fpath) == 0:
+        raise _bad_checkpoint(fpath, "the file is empty")
     try:
-        return _torch_load(fpath, map_location)
-    except Exception:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)  # garbage makes torch warn about protocols
+            checkpoint = _torch_load(fpath, map_location)
+    except Exception as err:  # any failure to decode the file
         print('Unable to load checkpoint from "{}"'.format(fpath))
-        raise
+        raise _bad_checkpoint(fpath, _why_unreadable(fpath)) from err
+    if not isinstance(checkpoint, dict):
+        raise _bad_checkpoint(fpath, "it holds a {}, not a checkpoint dict".format(type(checkpoint).__name__))
+    return checkpoint
+
+
+def _bad_checkpoint(fpath, why):
+    return BadFileError(
+        'cannot use the checkpoint "{}": {}. Copy it again from where it was made, or train again; if it belongs '
+        "to an unfinished run, delete it and the run resumes from an earlier checkpoint or starts again".format(
+            fpath, why)
+    )
+
+
+def _why_unreadable(fpath):
+    with open(fpath, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"PK":
+        return "the archive is truncated or damaged"
+    return "it is not a PyTorch checkpoint file (unknown or damaged format)"
 
 
 def _torch_load(fpath, map_location):

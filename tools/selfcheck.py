@@ -1,0 +1,235 @@
+"""Self-check of every method in every precision, in one line: ``python -m tools.selfcheck``.
+
+For each registered method and each precision (fp32, bf16, fp16, amp) it builds the trainer through
+``train.py``'s own config path (the method's reference config, a generated EuroSAT in the real layout), runs a few
+training steps and one evaluation, and prints one table: status, loss, training and evaluation speed, peak memory
+and the largest logit difference against fp32 on the same prompts. Meant for a GPU machine, where the references'
+users run fp16; it needs no network and no dataset:
+
+    python -m tools.selfcheck                                  # CUDA if available; random ViT-B/16 weights
+    python -m tools.selfcheck --backbone ViT-B/16              # the released weights (downloaded or cached)
+    python -m tools.selfcheck --methods MPL CoOp --precisions fp16 amp --steps 20
+    python -m tools.selfcheck --device cpu --backbone tiny --cpu-half   # a minute on a CPU, fp16 executed
+
+``--backbone random:<arch>`` (default ``random:ViT-B/16``) builds the architecture with random weights: dtypes,
+speed and memory are those of the real model, accuracies are meaningless. ``tiny`` is a 3-layer CLIP for CPUs.
+Exit status 0 when every row passed, 1 otherwise. Peak memory is the CUDA allocator's (``-`` on a CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import os.path as osp
+import sys
+import tempfile
+import time
+import traceback
+
+import torch
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+PRECISIONS = ("fp32", "bf16", "fp16", "amp")
+
+#: config block -> (configs/trainers folder, reference config used with a full-size backbone)
+REFERENCE_CONFIGS = {
+    "MPL": ("MPL", "vit_b4_c1_add2_rm1"),
+    "MAPLE": ("MaPLe", "vit_b16_c2_ep5_batch4_2ctx"),
+    "COOP": ("CoOp", "vit_b16_ctxv1"),
+    "COCOOP": ("CoCoOp", "vit_b16_c4_ep10_batch1_ctxv1"),
+    "IVLP": ("IVLP", "vit_b16_c2_ep5_batch4_2+2ctx"),
+    "VPT": ("VPT", "vit_b16_c2_ep5_batch4_4"),
+    "PROMPTSRC": ("PromptSRC", "vit_b16_c2_ep20_batch4_4+4ctx"),
+}
+#: the 3-layer CLIP of ``--backbone tiny`` (OpenAI's architecture, small widths)
+TINY = dict(embed_dim=32, image_resolution=32, vision_layers=3, vision_width=64, vision_patch_size=8,
+            context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=2)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m tools.selfcheck", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--backbone", default="random:ViT-B/16",
+                   help="random:<arch>, tiny, or a CLIP model name or checkpoint path")
+    p.add_argument("--methods", nargs="+", help="trainer names (default: every registered method)")
+    p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    p.add_argument("--steps", type=int, default=5, help="timed training steps per row (after one warm-up step)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--cpu-half", action="store_true", help="on a CPU, run fp16 and amp for real (CPU_HALF)")
+    p.add_argument("--workdir", help="where the generated data and backbone go (default: a temporary folder)")
+    return p
+
+
+def make_backbone(spec, workdir):
+    """``(MODEL.BACKBONE.NAME value, input resolution, tiny?)`` for a ``--backbone`` value."""
+    import clip
+    from clip.configs import model_config
+
+    if spec == "tiny" or spec.startswith("random:"):
+        cfg = dict(TINY) if spec == "tiny" else model_config(spec[len("random:"):])
+        torch.manual_seed(0)
+        model = clip.CLIP(**cfg)
+        path = osp.join(workdir, "backbone-{}.pt".format(spec.replace("/", "-").replace(":", "-")))
+        torch.save(model.state_dict(), path)
+        return path, cfg["image_resolution"], spec == "tiny"
+    model, _ = clip.load(spec, device="cpu", precision="fp32")  # checks the name or file before the rows start
+    return spec, model.visual.input_resolution, False
+
+
+def _config_file(cls, tiny):
+    key = getattr(cls, "CFG_KEY", None) or getattr(cls, "PREC_KEY", None)
+    folder, reference = REFERENCE_CONFIGS.get(key, (None, None))
+    if folder is None:  # a method added later: its folder is the one whose upper-case name is the key
+        folders = [f for f in os.listdir(osp.join(REPO, "configs", "trainers")) if f.upper() == key]
+        folder = folders[0] if folders else key
+    name = "tiny_digits" if tiny or reference is None else reference
+    return key, osp.join(REPO, "configs", "trainers", folder, name + ".yaml")
+
+
+def build(method, prec, backbone, resolution, tiny, data_root, out_dir, args):
+    import train
+    from dassl.engine import TRAINER_REGISTRY, build_trainer
+    from dassl.utils import set_random_seed
+
+    key, config = _config_file(TRAINER_REGISTRY.get(method), tiny)
+    argv = ["--root", data_root, "--seed", "1", "--trainer", method,
+            "--dataset-config-file", osp.join(REPO, "configs", "datasets", "eurosat.yaml"),
+            "--config-file", config, "--output-dir", out_dir,
+            "MODEL.BACKBONE.NAME", backbone, "INPUT.SIZE", "({0}, {0})".format(resolution),
+            "DATALOADER.NUM_WORKERS", "0", "DATASET.NUM_SHOTS", "2", "DATALOADER.TRAIN_X.BATCH_SIZE",
+            str(args.batch_size), "DATALOADER.TEST.BATCH_SIZE", "10", f"TRAINER.{key}.PREC", prec,
+            "CPU_HALF", str(bool(args.cpu_half)), "USE_CUDA", str(args.device.startswith("cuda")), "VERBOSE", "False"]
+    cfg = train.setup_cfg(train.build_parser().parse_args(argv))
+    train._set_half_on_cpu(cfg)
+    set_random_seed(cfg.SEED)
+    return build_trainer(cfg)
+
+
+def _sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def check(method, prec, ctx, args, reference_logits):
+    """One row of the table (a dict)."""
+    import contextlib
+    import io
+
+    row = {"method": method, "precision": prec, "status": "ok", "loss": None, "train_img_s": None,
+           "eval_img_s": None, "peak_mib": None, "logit_diff": None}
+    cuda = args.device.startswith("cuda")
+    try:
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        with contextlib.redirect_stdout(io.StringIO()):
+            trainer = build(method, prec, *ctx, args)
+            row["precision"] = str(trainer.precision)
+            images = next(iter(trainer.test_loader))["img"][:8].to(trainer.device)
+            trainer.set_model_mode("eval")
+            with torch.no_grad():
+                logits = trainer.model_inference(images).cpu()
+            if prec == "fp32":
+                reference_logits[method] = logits
+            elif method in reference_logits:
+                ref = reference_logits[method]
+                row["logit_diff"] = ((logits - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+            if not torch.isfinite(logits).all():
+                raise FloatingPointError("non-finite evaluation logits")
+            if trainer.get_model_names():
+                trainer.set_model_mode("train")
+                batches = iter(trainer.train_loader_x)
+                trainer.num_batches = len(trainer.train_loader_x) + args.steps + 1  # no scheduler step here
+                losses, seen, elapsed = [], 0, 0.0
+                for i in range(args.steps + 1):
+                    try:
+                        batch = next(batches)
+                    except StopIteration:
+                        batches = iter(trainer.train_loader_x)
+                        batch = next(batches)
+                    trainer.batch_idx = i
+                    _sync(args.device)
+                    start = time.perf_counter()
+                    summary = trainer.forward_backward(batch)
+                    _sync(args.device)
+                    if i > 0:  # the first step warms up
+                        elapsed += time.perf_counter() - start
+                        seen += batch["img"].shape[0]
+                    losses.append(summary["loss"])
+                if not all(math.isfinite(x) for x in losses):
+                    raise FloatingPointError("non-finite training loss {}".format(losses))
+                row["loss"] = losses[-1]
+                row["train_img_s"] = seen / elapsed if elapsed > 0 else None
+            _sync(args.device)
+            start = time.perf_counter()
+            trainer.test()
+            _sync(args.device)
+            n = trainer.last_evaluation["num_images"] if getattr(trainer, "last_evaluation", None) else 0
+            row["eval_img_s"] = n / (time.perf_counter() - start)
+        if cuda:
+            row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    except Exception as err:  # report and go on with the next row
+        text = str(err).strip().splitlines()
+        row["status"] = "FAIL {}: {}".format(type(err).__name__, text[0][:120] if text else "")
+        row["traceback"] = traceback.format_exc()
+    return row
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def table(rows):
+    lines = ["| method | precision | status | loss | train img/s | eval img/s | peak MiB | logit diff vs fp32 |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            r["method"], r["precision"], r["status"], _fmt(r["loss"], ".4f"), _fmt(r["train_img_s"], ".1f"),
+            _fmt(r["eval_img_s"], ".1f"), _fmt(r["peak_mib"], ",.0f"),
+            _fmt(r["logit_diff"], ".2%") if r["logit_diff"] is not None else "-"))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    sys.path.insert(0, REPO)
+    import train  # noqa: F401  (registers the methods and datasets)
+    from dassl.engine import TRAINER_REGISTRY
+    from datasets.fixtures import make_fixture
+
+    methods = args.methods or [n for n in TRAINER_REGISTRY.registered_names()
+                               if TRAINER_REGISTRY.get(n).__module__.startswith("trainers.")]
+    unknown = [m for m in methods if m not in TRAINER_REGISTRY.registered_names()]
+    if unknown:
+        print("error: unknown methods {}; registered: {}".format(unknown, TRAINER_REGISTRY.registered_names()),
+              file=sys.stderr)
+        return 2
+    precisions = ["fp32"] + [p for p in args.precisions if p != "fp32"]  # fp32 first: the logits reference
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or tmp
+        os.makedirs(workdir, exist_ok=True)
+        backbone, resolution, tiny = make_backbone(args.backbone, workdir)
+        make_fixture("eurosat", osp.join(workdir, "data"), n_per_class=4, image_size=resolution)
+        ctx = (backbone, resolution, tiny, osp.join(workdir, "data"), osp.join(workdir, "out"))
+        device = args.device
+        if device.startswith("cuda"):
+            device += " ({})".format(torch.cuda.get_device_name(torch.device(args.device)))
+        print("Self-check on {}, backbone {}, torch {}, {} steps of batch {}".format(
+            device, args.backbone, torch.__version__, args.steps, args.batch_size), flush=True)
+        rows, reference = [], {}
+        for method in methods:
+            for prec in precisions:
+                row = check(method, prec, ctx, args, reference)
+                if prec == "fp32" and "fp32" not in args.precisions:
+                    continue
+                rows.append(row)
+                print("  {} {}: {}".format(method, prec, row["status"]), file=sys.stderr, flush=True)
+    print(table(rows))
+    failed = [r for r in rows if r["status"] != "ok"]
+    for r in failed:
+        print("\n{} {}:\n{}".format(r["method"], r["precision"], r.get("traceback", "")), file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
