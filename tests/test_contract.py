@@ -64,11 +64,14 @@ def make_cfg(root, ckpt, name, out, opts=()):
 def with_frozen_set(cls):
     """The trainer with a frozen deep-prompt set composed beside its own prompts (text: after, vision: before)."""
     def build_frozen_sets(self, cfg, classnames, clip_model):
+        sets = cls.build_frozen_sets(self, cfg, classnames, clip_model)  # the method's own frozen sets, if any
         torch.manual_seed(123)
-        return {"boost": DeepPrompts(clip_model, n_text=2, depth_text=2, n_vision=2, depth_vision=2)}
+        return {**sets, "boost": DeepPrompts(clip_model, n_text=2, depth_text=2, n_vision=2, depth_vision=2)}
 
-    def prompt_order(self):
-        return ("adapt", "boost"), ("boost", "adapt")
+    def prompt_order(self, names=()):
+        if list(names) == ["boost"]:
+            return ("adapt", "boost"), ("boost", "adapt")
+        return None, None  # the learner first, then the frozen sets
 
     return type(cls.__name__, (cls,), {"build_frozen_sets": build_frozen_sets, "prompt_order": prompt_order})
 

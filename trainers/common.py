@@ -503,13 +503,14 @@ class DeepPrompts(nn.Module):
         super().__init__()
         n_text, depth_text, n_vision, depth_vision = int(n_text), int(depth_text), int(n_vision), int(depth_vision)
         dims = encoder_dims(clip_model, need_vit=key if n_vision and depth_vision else "")
+        where = key if key == "KD" else f"TRAINER.{key}"  # CasPL's block is top-level, as in its fork
         if n_text < 0 or n_vision < 0:
-            raise UserError(f"TRAINER.{key}: the numbers of prompt tokens must not be negative")
+            raise UserError(f"{where}: the numbers of prompt tokens must not be negative")
         if not 0 <= depth_text <= dims.text_layers or (n_text and depth_text < 1):
-            raise UserError(f"TRAINER.{key}: the text prompt depth must be between 1 and the text encoder's "
+            raise UserError(f"{where}: the text prompt depth must be between 1 and the text encoder's "
                             f"{dims.text_layers} layers, got {depth_text}")
         if n_vision and depth_vision and not 1 <= depth_vision <= dims.vision_layers:
-            raise UserError(f"TRAINER.{key}: the vision prompt depth must be between 1 and the image encoder's "
+            raise UserError(f"{where}: the vision prompt depth must be between 1 and the image encoder's "
                             f"{dims.vision_layers} layers, got {depth_vision}")
         self.n_text, self.n_vision = n_text, n_vision
         dt = dims.text_width
@@ -654,18 +655,38 @@ class PromptTrainer(TrainerX):
     def build_prompt_learner(self, cfg, classnames: Sequence[str], clip_model: nn.Module) -> nn.Module:
         raise NotImplementedError
 
-    def build_frozen_sets(self, cfg, classnames: Sequence[str], clip_model: nn.Module) -> Dict[str, nn.Module]:
-        """Frozen prompt sets by name (default none). Load them with :meth:`load_frozen_set`."""
-        return {}
+    #: CasPL phase 2 (``KD.BOOST_DIR``): where this method's own prompts ("adapt") sit beside the frozen boosting
+    #: prompts ("boost"), as (text order, vision order); the fork's orders (``shared/reference/caspl.md`` A7)
+    CASCADE_ORDER: Tuple[Tuple[str, ...], Tuple[str, ...]] = ((ADAPT, "boost"), ("boost", ADAPT))
 
-    def prompt_order(self) -> Tuple[Optional[Sequence[str]], Optional[Sequence[str]]]:
-        """(text order, vision order) of the prompt sets; None: the learner first, then the frozen sets."""
+    def build_frozen_sets(self, cfg, classnames: Sequence[str], clip_model: nn.Module) -> Dict[str, nn.Module]:
+        """Frozen prompt sets by name. Default: CasPL's boosting prompts when ``KD.BOOST_DIR`` names a phase-1
+        run (any method can be cascaded), else none. Load sets with :meth:`load_frozen_set`."""
+        kd = cfg.get("KD")
+        if kd is None or not kd.get("BOOST_DIR"):
+            return {}
+        boost = DeepPrompts(clip_model, n_text=kd.N_CTX_TEXT, depth_text=kd.PROMPT_DEPTH_TEXT,
+                            n_vision=kd.N_CTX_VISION, depth_vision=kd.PROMPT_DEPTH_VISION, key="KD")
+        epoch = int(kd.BOOST_EPOCH) if int(kd.BOOST_EPOCH) >= 0 else None
+        try:
+            self.load_frozen_set("boost", boost, kd.BOOST_DIR, kd.BOOST_MODEL_NAME, epoch)
+        except UserError as err:
+            raise UserError(f"{err} (KD.BOOST_DIR names CasPL's phase-1 run; make one with `python train.py "
+                            "--trainer CasPL --config-file configs/trainers/CasPL/<config>.yaml ...` on the same "
+                            "dataset, or give KD.BOOST_DIR the folder or checkpoint file of one)") from None
+        return {"boost": boost}
+
+    def prompt_order(self, names: Sequence[str] = ()) -> Tuple[Optional[Sequence[str]], Optional[Sequence[str]]]:
+        """(text order, vision order) of the prompt sets ``names`` (the frozen ones); None: the learner first,
+        then the frozen sets. The boosting set of CasPL gets :attr:`CASCADE_ORDER`."""
+        if list(names) == ["boost"]:
+            return self.CASCADE_ORDER
         return None, None
 
     def build_clip_model(self, cfg, classnames: Sequence[str], clip_model: nn.Module) -> nn.Module:
         learner = self.build_prompt_learner(cfg, classnames, clip_model)
         frozen = self.build_frozen_sets(cfg, classnames, clip_model)
-        text_order, vision_order = self.prompt_order()
+        text_order, vision_order = self.prompt_order(list(frozen))
         return PromptedCLIP(clip_model, learner, frozen, text_order=text_order, vision_order=vision_order)
 
     def load_frozen_set(self, name: str, module: nn.Module, source: str, model_name: str,
@@ -715,6 +736,9 @@ class PromptTrainer(TrainerX):
             if extras is None:
                 extras = self.run_info = {}
             extras.setdefault("result_extras", {})["frozen_sets"] = dict(self.frozen_origins)
+            if "boost" in self.frozen_origins:  # CasPL phase 2: which boosting run this method was cascaded with
+                extras["result_extras"]["caspl"] = {"phase": 2, "boosting_run": self.frozen_origins["boost"]["path"],
+                                                    "boosting_sha256": self.frozen_origins["boost"]["sha256"]}
         names = sorted(n for n, p in self.model.named_parameters() if p.requires_grad)
         print(f"Parameters to be updated: {names}")
         print(f"Number of learnable parameters: {count_learnable(self.model):,}")

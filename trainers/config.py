@@ -11,9 +11,11 @@ from yacs.config import CfgNode as CN
 
 #: ``TRAINER.<key>`` -> function returning a fresh CfgNode of that method's defaults.
 CONFIG_DEFAULTS: "OrderedDict[str, Callable[[], CN]]" = OrderedDict()
+#: top-level blocks (``cfg.<key>``) that a reference keeps outside ``TRAINER``, e.g. CasPL's ``cfg.KD``.
+TOP_LEVEL_DEFAULTS: "OrderedDict[str, Callable[[], CN]]" = OrderedDict()
 
 
-def register_config(key: str):
+def register_config(key: str, top_level: bool = False):
     """Decorator: register ``fn() -> CfgNode`` as the defaults of ``cfg.TRAINER.<key>``.
 
     >>> @register_config("MYMETHOD")
@@ -23,10 +25,12 @@ def register_config(key: str):
     if not key.isupper():
         raise ValueError(f"config key {key!r} must be upper case, like the CoOp family's (TRAINER.COOP, TRAINER.MAPLE)")
 
+    table = TOP_LEVEL_DEFAULTS if top_level else CONFIG_DEFAULTS
+
     def deco(fn: Callable[[], CN]) -> Callable[[], CN]:
-        if key in CONFIG_DEFAULTS and CONFIG_DEFAULTS[key] is not fn:
-            raise KeyError(f"config block TRAINER.{key} is registered twice")
-        CONFIG_DEFAULTS[key] = fn
+        if key in table and table[key] is not fn:
+            raise KeyError(f"config block {'' if top_level else 'TRAINER.'}{key} is registered twice")
+        table[key] = fn
         return fn
 
     return deco
@@ -42,4 +46,7 @@ def extend_cfg(cfg: CN) -> CN:
     for key, make in CONFIG_DEFAULTS.items():
         if key not in cfg.TRAINER:
             cfg.TRAINER[key] = make()
+    for key, make in TOP_LEVEL_DEFAULTS.items():
+        if key not in cfg:
+            cfg[key] = make()
     return cfg

@@ -67,7 +67,11 @@ class PromptLearner(nn.Module):
         self.ctx = nn.Parameter(ctx)
 
     def forward(self) -> Prompts:
-        return Prompts(text_ids=self.class_prompts.token_ids, text_embeddings=self.class_prompts.assemble(self.ctx))
+        cp = self.class_prompts
+        # with the class name at the end the context is one run right after SOS: the text prompt segment, beside
+        # which other prompt sets (CasPL's boosting prompts) are placed; "middle"/"front" interleave the class name
+        n_segment = cp.n_ctx if cp.class_token_position == "end" else 0
+        return Prompts(text_ids=cp.token_ids, text_embeddings=cp.assemble(self.ctx), n_text_prompt=n_segment)
 
 
 @TRAINER_REGISTRY.register()

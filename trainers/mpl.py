@@ -262,6 +262,9 @@ class MPL(PromptTrainer):
     CFG_KEY = "MPL"
     MODEL_NAME = "MultiModalPromptLearner"
     SCRIPT_CONFIGS = {"base2new": "vit_b4_c1_add2_rm1", "crossdataset": "vit_b4_c1_add2_rm1_cross_datasets"}
+    #: MPL + CasPL: the boosting tokens first in both encoders; MPL's add/remove/carry acts on its own tokens after
+    #: them (text: [SOS][boost][ctx][a photo of a][class .][EOT]; vision: [CLS][patches][boost][MPL's tokens])
+    CASCADE_ORDER = (("boost", "adapt"), ("boost", "adapt"))
 
     def build_prompt_learner(self, cfg, classnames, clip_model):
         return MultiModalPromptLearner(self.method_cfg, classnames, clip_model)
