@@ -7,7 +7,8 @@ image, since CLIP is frozen). With random ViT-B/16 weights (no download), one ru
   5, 100 and 500: ImageNet's base half) -- text encoder on every class, loss, backward -- in three text modes:
   ``shared`` (the default: exact truncation plus the shared-prefix encoding), ``truncated`` (prefix sharing off)
   and ``77-token`` (both off: the references' way); one more ``shared`` step under a memory budget
-  (``--budget-mib``: the class rows run in checkpointed chunks). The logits of all modes are compared.
+  (``--budget-mib``: the class rows run in checkpointed chunks) when the text pass would exceed it. The logits of
+  all modes are compared.
 * evaluation with ``--eval-classes`` (default 1000, ImageNet): the text pass (once per evaluation) in the three
   modes, and one test batch with the text features cached against the image encoder alone (forward, no
   prompts); from these, the time of an evaluation over ``--test-images`` (ImageNet's 50,000) at the reference's
@@ -18,8 +19,10 @@ Usage::
     python -m bench.bench_mpl                                    # CPU: fp32, medians of --repeats
     python -m bench.bench_mpl --device cuda --precision fp16     # GPU (also: --precision amp)
     python -m bench.bench_mpl --classes 5 100 --eval-classes 100 # smaller
+    python -m bench.bench_mpl --repeats 0 --once-above 0 --threads 1   # a CPU shared with other jobs
 
-Memory is the peak above the memory in use before the call: on CUDA the allocator's peak, on Linux CPUs the
+Seconds are the process's CPU time on a CPU (robust to other jobs on a shared machine; wall-clock is printed
+too) and wall-clock on CUDA. Memory is the peak above the memory in use before the call: on CUDA the allocator's peak, on Linux CPUs the
 process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs`` before every call). Calls that take
 longer than ``--once-above`` seconds run once (no warm-up, no repeats). Nothing here is asserted: these are
 measurements, not tests. The last lines are a one-row summary table (the README quotes it).
@@ -121,21 +124,31 @@ class Peak:
             self.mib = float("nan")
 
 
+#: wall-clock time of every ``measure`` call, by the order of the calls (printed beside the ratios)
+WALL = []
+
+
 def measure(fn, device, repeats: int, once_above: float):
-    """(median seconds, peak MiB, last result) of ``fn``; one warm-up call, which counts alone if it is slow."""
-    times, peaks, out = [], [], None
+    """(median seconds, peak MiB, last result) of ``fn``; one warm-up call, which counts alone if it is slow.
+
+    Seconds are wall-clock on CUDA and the process's CPU time on a CPU: on a machine shared with other jobs, CPU
+    time counts this process's work only (the wall-clock median is kept in ``WALL``).
+    """
+    times, walls, peaks, out = [], [], [], None
     for i in range(1 + repeats):
         with Peak(device) as peak:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             out = fn()
             sync(device)
-            elapsed = time.perf_counter() - start
-        times.append(elapsed)
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        times.append(elapsed if device.type == "cuda" else cpu)
+        walls.append(elapsed)
         peaks.append(peak.mib)
         if i == 0:
             if elapsed > once_above or repeats < 1:
                 break
-            times, peaks = [], []
+            times, walls, peaks = [], [], []
+    WALL.append(statistics.median(walls))
     return statistics.median(times), max(peaks), out
 
 
@@ -183,8 +196,8 @@ def main(argv=None):
     rows = []  # (name, seconds, MiB)
 
     def record(name, t, mib):
-        rows.append((name, t, mib))
-        print(f"  {name:44s} {t:9.3f} s {mib:9.0f} MiB", flush=True)
+        rows.append((name, t, mib, WALL[-1]))
+        print(f"  {name:44s} {t:9.3f} s {mib:9.0f} MiB  (wall {WALL[-1]:.1f} s)", flush=True)
 
     image = torch.randn(args.batch, 3, res, res, device=device)
 
@@ -216,11 +229,14 @@ def main(argv=None):
             train[n, mode] = (t, mib)
             record(f"train[{n}] {mode}", t, mib)
         set_mode(clip_model, "shared")
-        clip_model.text_memory_budget = int(args.budget_mib * 2 ** 20)
-        t, mib, logits["budget"] = measure(step, device, args.repeats, args.once_above)
-        clip_model.text_memory_budget = None
-        train[n, "budget"] = (t, mib)
-        record(f"train[{n}] shared, budget {args.budget_mib:g} MiB", t, mib)
+        budget = int(args.budget_mib * 2 ** 20)
+        length = int(net.prompt_learner.class_prompts.token_ids.argmax(-1).max()) + 1
+        if clip_model.text_memory_bytes(n, length) > budget:  # else the budget changes nothing
+            clip_model.text_memory_budget = budget
+            t, mib, logits["budget"] = measure(step, device, args.repeats, args.once_above)
+            clip_model.text_memory_budget = None
+            train[n, "budget"] = (t, mib)
+            record(f"train[{n}] shared, budget {args.budget_mib:g} MiB", t, mib)
         ref = logits["77-token"]
         diffs[n] = max(float((v - ref).abs().max() / ref.abs().max()) for v in logits.values())
 
@@ -259,19 +275,22 @@ def main(argv=None):
         record(f"eval: test batch of {eval_batch}, text cached", t_batch, mib)
         evals["image"], evals["batch"] = t_img, t_batch
 
-    print(f"\n{'measurement':48s} {'seconds':>10s} {'x floor':>9s} {'peak MiB':>10s}")
-    for name, t, mib in rows:
-        print(f"{name:48s} {t:10.3f} {t / t_floor:9.2f} {mib:10.0f}")
+    clock = "wall" if device.type == "cuda" else "CPU"
+    print(f"\n{'measurement':48s} {clock + ' s':>10s} {'x floor':>9s} {'peak MiB':>10s} {'wall s':>9s}")
+    for name, t, mib, wall in rows:
+        print(f"{name:48s} {t:10.3f} {t / t_floor:9.2f} {mib:10.0f} {wall:9.1f}")
     print()
     for n in args.classes:
         t77, m77 = train[n, "77-token"]
         ts, ms = train[n, "shared"]
         tt, mt = train[n, "truncated"]
-        tb, mb = train[n, "budget"]
+        budgeted = ""
+        if (n, "budget") in train:
+            tb, mb = train[n, "budget"]
+            budgeted = f" (budgeted: 1/{m77 / max(mb, 1e-9):.1f}, {tb / ts:.2f}x the time)"
         print(f"train[{n}]: shared {t77 / ts:.2f}x faster than the 77-token path ({t77 / tt:.2f}x without prefix "
-              f"sharing); peak memory 1/{m77 / max(ms, 1e-9):.1f} of it (budgeted: 1/{m77 / max(mb, 1e-9):.1f}, "
-              f"{tb / ts:.2f}x the time); {ts / t_floor:.3f}x the floor; largest relative logit difference "
-              f"{diffs[n]:.1e}")
+              f"sharing); peak memory 1/{m77 / max(ms, 1e-9):.1f} of it{budgeted}; {ts / t_floor:.3f}x the floor; "
+              f"largest relative logit difference {diffs[n]:.1e}")
     summary = {}
     if args.eval_classes:
         n = args.eval_classes
