@@ -1,30 +1,37 @@
-"""Speed and memory of MPL at full size, as ratios against a floor measured in the same run.
+"""Speed and memory of MPL at full size, every target as a ratio against a floor measured in the same run.
 
 Floor: the same image encoder's forward and backward with no prompts and no text (backward reaches the input
-image, since CLIP is frozen). Measured against it, with random ViT-B/16 weights (no download):
+image, since CLIP is frozen). With random ViT-B/16 weights (no download), one run measures:
 
-* ``train[C]``: one MPL training step (reference config ``vit_b4_c1_add2_rm1``, batch 4) with C classes --
-  text encoder on every class, loss, backward -- with the exact text truncation on (the default);
-* ``train77[C]``: the same step with truncation off (the 77-token text path of the references); the two
-  give equal logits, which is checked;
-* evaluation: the time of the text features of C classes and of one test batch with them cached; from these,
-  the throughput over a test set of ``--test-images`` images with the text features computed once per
-  evaluation (the default) and recomputed for every batch (the references).
+* ``train[C]``: one MPL training step (reference config ``vit_b4_c1_add2_rm1``, batch 4) with C classes (default
+  5, 100 and 500: ImageNet's base half) -- text encoder on every class, loss, backward -- in three text modes:
+  ``shared`` (the default: exact truncation plus the shared-prefix encoding), ``truncated`` (prefix sharing off)
+  and ``77-token`` (both off: the references' way); one more ``shared`` step under a memory budget
+  (``--budget-mib``: the class rows run in checkpointed chunks) when the text pass would exceed it. The logits of
+  all modes are compared.
+* evaluation with ``--eval-classes`` (default 1000, ImageNet): the text pass (once per evaluation) in the three
+  modes, and one test batch with the text features cached against the image encoder alone (forward, no
+  prompts); from these, the time of an evaluation over ``--test-images`` (ImageNet's 50,000) at the reference's
+  batch of 100 with the text once per evaluation, and with the references' text pass per batch.
 
 Usage::
 
-    python -m bench.bench_mpl                       # CPU, small class counts, a few repeats
-    python -m bench.bench_mpl --device cuda --classes 10 500 --precision fp16
-    python -m bench.bench_mpl --skip-train                # evaluation only
+    python -m bench.bench_mpl                                    # CPU: fp32, medians of --repeats
+    python -m bench.bench_mpl --device cuda --precision fp16     # GPU (also: --precision amp)
+    python -m bench.bench_mpl --classes 5 100 --eval-classes 100 # smaller
+    python -m bench.bench_mpl --repeats 0 --once-above 0 --threads 1   # a CPU shared with other jobs
 
-Prints a table of seconds, ratio to the floor and memory (CUDA: peak of ``max_memory_allocated``; CPU: the
-tensors saved for backward), and the speed-up of truncation. Nothing here is asserted: these are measurements, not tests.
+Seconds are the process's CPU time on a CPU (robust to other jobs on a shared machine; wall-clock is printed
+too) and wall-clock on CUDA. Memory is the peak above the memory in use before the call: on CUDA the allocator's peak, on Linux CPUs the
+process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs`` before every call). Calls that take
+longer than ``--once-above`` seconds run once (no warm-up, no repeats). Nothing here is asserted: these are
+measurements, not tests. The last lines are a one-row summary table (the README quotes it).
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
-import math
 import statistics
 import sys
 import time
@@ -39,6 +46,9 @@ import clip  # noqa: E402
 from clip import MASTER_DTYPE  # noqa: E402
 from trainers.common import PromptedCLIP  # noqa: E402
 from trainers.mpl import MultiModalPromptLearner, mpl_defaults  # noqa: E402
+
+#: text modes: (text_truncation, text_prefix_sharing)
+MODES = {"shared": (True, True), "truncated": (True, False), "77-token": (False, False)}
 
 
 def reference_cfg():
@@ -58,47 +68,92 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timeit(fn, device, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
 
 
-def peak_memory(fn, device) -> float:
-    """Memory of one call in MiB.
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+    _LIBC.malloc_trim
+except (OSError, AttributeError):  # not glibc
+    _LIBC = None
 
-    CUDA: the allocator's peak above what was allocated before the call. CPU (where no allocator peak is
-    exposed): the bytes of the tensors autograd saves for backward, which is what grows with the number of
-    classes and the text length; 0 for calls without a backward pass.
+
+class Peak:
+    """Peak memory (MiB) of one call above the memory in use before it (see the module docstring)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.cpu = device.type != "cuda"
+        if self.cpu:
+            try:
+                self._reset_cpu()
+                _rss_kib("VmHWM")
+            except OSError:
+                self.cpu = None  # no way to read a CPU peak here: report nothing
+
+    @staticmethod
+    def _reset_cpu():
+        if _LIBC is not None:  # hand freed heap pages back, so that the resident set counts live memory only
+            _LIBC.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+    def __enter__(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        elif self.cpu:
+            self._reset_cpu()
+            self.base = _rss_kib("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        sync(self.device)
+        if self.device.type == "cuda":
+            self.mib = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2 ** 20
+        elif self.cpu:
+            self.mib = (_rss_kib("VmHWM") - self.base) / 1024
+        else:
+            self.mib = float("nan")
+
+
+#: wall-clock time of every ``measure`` call, by the order of the calls (printed beside the ratios)
+WALL = []
+
+
+def measure(fn, device, repeats: int, once_above: float):
+    """(median seconds, peak MiB, last result) of ``fn``; one warm-up call, which counts alone if it is slow.
+
+    Seconds are wall-clock on CUDA and the process's CPU time on a CPU: on a machine shared with other jobs, CPU
+    time counts this process's work only (the wall-clock median is kept in ``WALL``).
     """
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        sync(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-    seen, total = set(), 0
+    times, walls, peaks, out = [], [], [], None
+    for i in range(1 + repeats):
+        with Peak(device) as peak:
+            start, cpu = time.perf_counter(), time.process_time()
+            out = fn()
+            sync(device)
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        times.append(elapsed if device.type == "cuda" else cpu)
+        walls.append(elapsed)
+        peaks.append(peak.mib)
+        if i == 0:
+            if elapsed > once_above or repeats < 1:
+                break
+            times, walls, peaks = [], [], []
+    WALL.append(statistics.median(walls))
+    return statistics.median(times), max(peaks), out
 
-    def pack(t):
-        nonlocal total
-        key = (t.untyped_storage().data_ptr(), t.dtype)
-        if key not in seen:
-            seen.add(key)
-            total += t.untyped_storage().nbytes()
-        return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total / 2 ** 20
+def set_mode(model, mode):
+    model.text_truncation, model.text_prefix_sharing = MODES[mode]
 
 
 def main(argv=None):
@@ -106,103 +161,163 @@ def main(argv=None):
     parser.add_argument("--arch", default="ViT-B/16")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default=None, help="fp32, fp16, bf16 or amp (default: fp16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--classes", type=int, nargs="+", default=None, help="default: 10 500 on CUDA, 10 100 on CPU")
+    parser.add_argument("--classes", type=int, nargs="+", default=[5, 100, 500], help="training class counts")
+    parser.add_argument("--eval-classes", type=int, default=1000, help="evaluation class count (0: skip)")
     parser.add_argument("--batch", type=int, default=4, help="training batch (the reference's 4)")
-    parser.add_argument("--eval-batch", type=int, default=100, help="evaluation batch (the reference's 100)")
-    parser.add_argument("--test-images", type=int, default=10000, help="test-set size for the throughput figure")
-    parser.add_argument("--skip-train", action="store_true", help="only the evaluation measurements")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--eval-batch", type=int, default=None,
+                        help="images in the measured test batch (default 100, the reference's; 10 on CPU, where "
+                             "the per-image time is scaled to batches of 100)")
+    parser.add_argument("--test-images", type=int, default=50000, help="test-set size (ImageNet's 50,000)")
+    parser.add_argument("--budget-mib", type=float, default=256, help="memory budget of the budgeted step")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--once-above", type=float, default=10.0, help="seconds above which a call runs once")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    classes = args.classes or ([10, 500] if device.type == "cuda" else [10, 100])
     precision = clip.resolve_precision(args.precision or ("fp16" if device.type == "cuda" else "fp32"), device)
+    eval_batch = args.eval_batch or (100 if device.type == "cuda" else 10)
     torch.manual_seed(0)
 
     model = clip.create_model(args.arch)
     res = model.visual.input_resolution
     cfg = reference_cfg()
     print(f"{args.arch} random weights, device {device}, precision {precision}, train batch {args.batch}, "
-          f"eval batch {args.eval_batch}, threads {torch.get_num_threads()}")
+          f"measured test batch {eval_batch}, threads {torch.get_num_threads()}", flush=True)
 
-    rows = []
-    image = torch.randn(args.batch, 3, res, res, device=device)
-    learner0 = MultiModalPromptLearner(cfg, classnames(2), model)
-    net = PromptedCLIP(model, learner0)
+    net = PromptedCLIP(model, MultiModalPromptLearner(cfg, classnames(2), model))
     precision.cast_model(net.clip_model)
     net.to(device)
     for p in net.clip_model.parameters():
         p.requires_grad_(False)
+    clip_model = net.clip_model
+    rows = []  # (name, seconds, MiB)
+
+    def record(name, t, mib):
+        rows.append((name, t, mib, WALL[-1]))
+        print(f"  {name:44s} {t:9.3f} s {mib:9.0f} MiB  (wall {WALL[-1]:.1f} s)", flush=True)
+
+    image = torch.randn(args.batch, 3, res, res, device=device)
 
     def floor():
         x = image.clone().requires_grad_(True)
         with precision.autocast(device):
-            out = net.clip_model.encode_image(x)
+            out = clip_model.encode_image(x)
         out.to(MASTER_DTYPE).sum().backward()
 
-    t_floor = timeit(floor, device, args.repeats)
-    rows.append(("floor (image fwd+bwd)", t_floor, peak_memory(floor, device)))
+    t_floor, m_floor, _ = measure(floor, device, args.repeats, args.once_above)
+    record("floor: image encoder fwd+bwd", t_floor, m_floor)
 
-    speedups, throughputs = [], []
-    for n in classes:
-        net.prompt_learner = MultiModalPromptLearner(cfg, classnames(n), net.clip_model).to(device)
+    train, diffs = {}, {}
+    for n in args.classes:
+        net.prompt_learner = MultiModalPromptLearner(cfg, classnames(n), clip_model).to(device)
         label = torch.randint(0, n, (args.batch,), device=device)
 
-        if not args.skip_train:
+        def step():
+            with precision.autocast(device):
+                logits = net(image)
+            F.cross_entropy(logits.to(MASTER_DTYPE), label).backward()
+            net.prompt_learner.zero_grad(set_to_none=True)
+            return logits.detach().to(MASTER_DTYPE)
 
-            def step():
-                with precision.autocast(device):
-                    logits = net(image)
-                loss = F.cross_entropy(logits.to(MASTER_DTYPE), label)
-                loss.backward()
-                net.prompt_learner.zero_grad(set_to_none=True)
+        logits = {}
+        for mode in MODES:
+            set_mode(clip_model, mode)
+            t, mib, logits[mode] = measure(step, device, args.repeats, args.once_above)
+            train[n, mode] = (t, mib)
+            record(f"train[{n}] {mode}", t, mib)
+        set_mode(clip_model, "shared")
+        budget = int(args.budget_mib * 2 ** 20)
+        length = int(net.prompt_learner.class_prompts.token_ids.argmax(-1).max()) + 1
+        if clip_model.text_memory_bytes(n, length) > budget:  # else the budget changes nothing
+            clip_model.text_memory_budget = budget
+            t, mib, logits["budget"] = measure(step, device, args.repeats, args.once_above)
+            clip_model.text_memory_budget = None
+            train[n, "budget"] = (t, mib)
+            record(f"train[{n}] shared, budget {args.budget_mib:g} MiB", t, mib)
+        ref = logits["77-token"]
+        diffs[n] = max(float((v - ref).abs().max() / ref.abs().max()) for v in logits.values())
 
-            logits, times, mems = {}, {}, {}
-            for truncate in (True, False):
-                net.clip_model.text_truncation = truncate
+    evals = {}
+    if args.eval_classes:
+        n = args.eval_classes
+        net.prompt_learner = MultiModalPromptLearner(cfg, classnames(n), clip_model).to(device)
+        feats = {}
+        for mode in MODES:
+            set_mode(clip_model, mode)
+
+            def text_pass():
                 with torch.no_grad(), precision.autocast(device):
-                    logits[truncate] = net(image).to(MASTER_DTYPE)
-                times[truncate] = timeit(step, device, args.repeats)
-                mems[truncate] = peak_memory(step, device)
-            net.clip_model.text_truncation = True
-            diff = (logits[True] - logits[False]).abs().max().item()
-            rows.append((f"train[{n}] truncated text", times[True], mems[True]))
-            rows.append((f"train77[{n}] 77-token text", times[False], mems[False]))
-            speedups.append((n, times[False] / times[True], diff))
+                    return net.encode_text(net.prompt_learner()).to(MASTER_DTYPE)
 
-        eval_image = torch.randn(args.eval_batch, 3, res, res, device=device)
+            t, mib, feats[mode] = measure(text_pass, device, args.repeats, args.once_above)
+            evals[mode] = t
+            record(f"eval text pass[{n}] {mode}", t, mib)
+        set_mode(clip_model, "shared")
+        ref = feats["77-token"]
+        diffs["eval"] = max(float((v - ref).abs().max()) for v in feats.values())
+        eval_image = torch.randn(eval_batch, 3, res, res, device=device)
 
-        def text_once():
+        def image_alone():
             with torch.no_grad(), precision.autocast(device):
-                net.encode_text(net.prompt_learner())
+                clip_model.encode_image(eval_image)
 
-        def eval_batch():  # one test batch with the text features already computed
+        def cached_batch():
             with torch.no_grad(), precision.autocast(device):
                 net(eval_image)
 
-        t_text = timeit(text_once, device, args.repeats)
-        with torch.no_grad(), precision.autocast(device), net.frozen_text_features():
-            t_batch = timeit(eval_batch, device, args.repeats)
-        rows.append((f"text features[{n}] (eval, once)", t_text, 0.0))
-        rows.append((f"eval batch of {args.eval_batch} (text cached)", t_batch, 0.0))
-        batches = math.ceil(args.test_images / args.eval_batch)
-        cached = args.test_images / (batches * t_batch + t_text)
-        per_batch = args.test_images / (batches * (t_batch + t_text))
-        throughputs.append((n, cached, per_batch))
+        t_img, mib, _ = measure(image_alone, device, args.repeats, args.once_above)
+        record(f"eval: image encoder alone, {eval_batch} images", t_img, mib)
+        with net.frozen_text_features():
+            t_batch, mib, _ = measure(cached_batch, device, args.repeats, args.once_above)
+        record(f"eval: test batch of {eval_batch}, text cached", t_batch, mib)
+        evals["image"], evals["batch"] = t_img, t_batch
 
-    print(f"\n{'measurement':40s} {'seconds':>10s} {'x floor':>9s} {'MiB':>10s}")
-    for name, t, mem in rows:
-        print(f"{name:40s} {t:10.4f} {t / t_floor:9.2f} {mem:10.1f}")
+    clock = "wall" if device.type == "cuda" else "CPU"
+    print(f"\n{'measurement':48s} {clock + ' s':>10s} {'x floor':>9s} {'peak MiB':>10s} {'wall s':>9s}")
+    for name, t, mib, wall in rows:
+        print(f"{name:48s} {t:10.3f} {t / t_floor:9.2f} {mib:10.0f} {wall:9.1f}")
     print()
-    for n, s, diff in speedups:
-        print(f"{n} classes: truncation makes a training step {s:.2f}x faster than the 77-token path "
-              f"(max |logit difference| {diff:.2e})")
-    for n, cached, per_batch in throughputs:
-        print(f"{n} classes, {args.test_images} test images: {cached:.1f} images/s with text features once per "
-              f"evaluation, {per_batch:.1f} images/s recomputing them per batch ({cached / per_batch:.2f}x)")
+    for n in args.classes:
+        t77, m77 = train[n, "77-token"]
+        ts, ms = train[n, "shared"]
+        tt, mt = train[n, "truncated"]
+        budgeted = ""
+        if (n, "budget") in train:
+            tb, mb = train[n, "budget"]
+            budgeted = f" (budgeted: 1/{m77 / max(mb, 1e-9):.1f}, {tb / ts:.2f}x the time)"
+        print(f"train[{n}]: shared {t77 / ts:.2f}x faster than the 77-token path ({t77 / tt:.2f}x without prefix "
+              f"sharing); peak memory 1/{m77 / max(ms, 1e-9):.1f} of it{budgeted}; {ts / t_floor:.3f}x the floor; "
+              f"largest relative logit difference {diffs[n]:.1e}")
+    summary = {}
+    if args.eval_classes:
+        n = args.eval_classes
+        scale = 100 / eval_batch  # time of a batch of 100, from the measured batch
+        batches = -(-args.test_images // 100)
+        once = evals["shared"] + batches * evals["batch"] * scale
+        per_batch = batches * (evals["77-token"] + evals["batch"] * scale)
+        print(f"eval[{n}]: text pass shared {evals['77-token'] / evals['shared']:.2f}x faster than 77-token "
+              f"({evals['77-token'] / evals['truncated']:.2f}x without sharing); test batch with text cached "
+              f"{evals['batch'] / evals['image']:.3f}x the image encoder alone; largest feature difference "
+              f"{diffs['eval']:.1e}")
+        print(f"eval[{n}] over {args.test_images} images in batches of 100: {once:.0f} s with the text once per "
+              f"evaluation, {per_batch:.0f} s with the 77-token text pass per batch ({per_batch / once:.1f}x)")
+        summary[f"eval[{n}] text vs 77-token"] = f"{evals['77-token'] / evals['shared']:.1f}x faster"
+        summary["test batch vs image encoder"] = f"{evals['batch'] / evals['image']:.2f}x"
+    head = {}
+    for n in args.classes:
+        t77, m77 = train[n, "77-token"]
+        ts, ms = train[n, "shared"]
+        head[f"train[{n}] x floor"] = f"{ts / t_floor:.2f}"
+        head[f"train[{n}] vs 77-token"] = f"{t77 / ts:.1f}x faster, 1/{m77 / max(ms, 1e-9):.1f} memory"
+    summary = {**head, **summary}
+    print("\nsummary (" + f"{args.arch}, {device.type}, {precision.name if hasattr(precision, 'name') else precision}"
+          + ")")
+    print("| " + " | ".join(summary) + " |")
+    print("|" + "---|" * len(summary))
+    print("| " + " | ".join(summary.values()) + " |")
 
 
 if __name__ == "__main__":

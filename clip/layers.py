@@ -5,6 +5,7 @@ Activations are batch-first, ``(B, L, D)``.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,9 @@ from torch import nn
 from .precision import NORM_DTYPE
 
 __all__ = ["LayerNorm", "QuickGELU", "Attention", "ResidualAttentionBlock"]
+
+#: keys and values of one attention layer, each ``(B, H, L, D/H)``
+KV = Tuple[torch.Tensor, torch.Tensor]
 
 
 class LayerNorm(nn.LayerNorm):
@@ -55,14 +59,35 @@ class Attention(nn.Module):
         nn.init.zeros_(self.in_proj_bias)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, prefix_kv: Optional[KV] = None,
+                return_kv: bool = False):
+        """Attention of ``x`` ``(B, L, D)``, optionally continuing a prefix that was run separately.
+
+        Args:
+            prefix_kv: ``(k, v)``, each ``(B, H, P, D/H)``: keys and values of ``P`` positions that come before
+                ``x``'s (an earlier part of the same sequences). Every position of ``x`` attends to all of them,
+                then (under ``causal``) to its own and earlier positions of ``x``: the result equals running the
+                whole sequence and keeping its last ``L`` positions.
+            return_kv: also return this call's own ``(k, v)`` (``(B, H, L, D/H)``), for a later continuation.
+        """
         batch, length, width = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         qkv = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, L, D/H)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        out = out.transpose(1, 2).reshape(batch, length, width)
-        return self.out_proj(out)
+        own = (k, v)
+        if prefix_kv is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        else:
+            pk, pv = prefix_kv
+            n = pk.shape[2]
+            k = torch.cat([pk.to(k.dtype), k], dim=2)
+            v = torch.cat([pv.to(v.dtype), v], dim=2)
+            mask = None
+            if causal:  # query i (absolute n + i) sees keys 0 .. n + i
+                mask = torch.ones(length, n + length, dtype=torch.bool, device=x.device).tril(diagonal=n)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+        return (out, own) if return_kv else out
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -79,7 +104,12 @@ class ResidualAttentionBlock(nn.Module):
         ]))
         self.ln_2 = LayerNorm(width)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), causal=causal)
+    def forward(self, x: torch.Tensor, causal: bool = False, prefix_kv: Optional[KV] = None,
+                return_kv: bool = False):
+        """``prefix_kv`` / ``return_kv``: see :meth:`Attention.forward` (returns ``(x, (k, v))`` with the latter)."""
+        attn = self.attn(self.ln_1(x), causal=causal, prefix_kv=prefix_kv, return_kv=return_kv)
+        if return_kv:
+            attn, kv = attn
+        x = x + attn
         x = x + self.mlp(self.ln_2(x))
-        return x
+        return (x, kv) if return_kv else x

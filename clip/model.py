@@ -6,6 +6,7 @@ applies the per-layer token operations (:mod:`clip.ops`) that prompt methods are
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -13,10 +14,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from .layers import LayerNorm, ResidualAttentionBlock
+from .layers import KV, LayerNorm, ResidualAttentionBlock
 from .ops import LayerOp, PromptSegment, check_ops
 from .precision import DEFAULT_DTYPE
+from .text_prefix import find_shared_prefix
 
 __all__ = ["CLIP", "Transformer", "VisionTransformer", "ModifiedResNet", "AttentionPool2d", "Bottleneck",
            "build_model", "config_from_state_dict"]
@@ -46,12 +49,17 @@ class Transformer(nn.Module):
         self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
 
     def forward(self, x: Tensor, ops: Ops = None, segment: Optional[PromptSegment] = None,
-                entry: Optional[nn.Module] = None, trace: Optional[List[int]] = None) -> Tensor:
+                entry: Optional[nn.Module] = None, trace: Optional[List[int]] = None,
+                prefix_kv: Optional[Sequence[KV]] = None, kv_out: Optional[List[KV]] = None) -> Tensor:
         """Run the blocks on ``x`` ``(B, L, D)``.
 
         Before block i: ``ops[i]`` is applied (through ``segment``, whose default is an empty prompt segment at the
         end of ``x``); then, for i == 0 only, ``entry`` (the vision encoder's ``ln_pre``); then the sequence
         length is appended to ``trace``.
+
+        A sequence may also run in two pieces (shared-prefix text encoding): ``kv_out``, a list, receives every
+        block's keys and values of ``x``; ``prefix_kv[i]`` (those of an earlier piece, batch matching ``x``) are
+        attended to by block i before ``x``'s own positions.
         """
         ops = check_ops(ops, self.layers)
         if segment is None:
@@ -68,7 +76,12 @@ class Transformer(nn.Module):
                 trace.append(x.shape[1])
                 if hasattr(trace, "layout"):  # clip.LayoutTrace: where every prompt part sits
                     trace.layout.append(segment.layout())
-            x = block(x, causal=self.causal)
+            prefix = prefix_kv[i] if prefix_kv is not None else None
+            if kv_out is None:
+                x = block(x, causal=self.causal, prefix_kv=prefix)
+            else:
+                x, kv = block(x, causal=self.causal, prefix_kv=prefix, return_kv=True)
+                kv_out.append(kv)
         return x
 
 
@@ -227,6 +240,26 @@ class ModifiedResNet(nn.Module):
         return self.attnpool(x)
 
 
+def _slice_ops(ops: Sequence, lo: int, hi: int, n: int) -> List:
+    """The schedule for rows ``lo:hi`` of ``n``: per-row op tensors ``(n, k, D)`` are sliced, shared ones kept."""
+    def part(t):
+        return t[lo:hi] if t is not None and t.dim() == 3 and t.shape[0] == n and n > 1 else t
+
+    def one(op):
+        if op is None or (op.add is None and op.replace is None):
+            return op
+        return dataclasses.replace(op, add=part(op.add), replace=part(op.replace))
+
+    return [tuple(one(m) for m in op) if isinstance(op, (tuple, list)) else one(op) for op in ops]
+
+
+def _group_rows(t: Tensor, group: Tensor, lo: int, hi: int) -> Tensor:
+    """Rows ``lo:hi`` of a per-group tensor ``(G, ...)``, given the group of every row."""
+    if t.shape[0] == 1:
+        return t.expand(hi - lo, *t.shape[1:])
+    return t.index_select(0, group[lo:hi])
+
+
 class CLIP(nn.Module):
     """CLIP with OpenAI's constructor arguments and parameter names.
 
@@ -236,7 +269,14 @@ class CLIP(nn.Module):
     Attributes:
         text_truncation: run the text transformer on the shortest length that holds every EOT (exact under the
             causal mask; default True). Skipped on the meta device.
+        text_prefix_sharing: run the positions all class prompts share (SOS, shared context, common words, with
+            their ops) once per group of equal rows, and the rest against their keys and values (exact under the
+            causal mask; default True; see :mod:`clip.text_prefix`). Set False to compare with the plain path.
+        text_memory_budget: default ``memory_budget`` (bytes) of :meth:`encode_text_embeddings`; None: unbounded.
     """
+
+    text_prefix_sharing: bool = True
+    text_memory_budget: Optional[int] = None
 
     def __init__(self, embed_dim: int, image_resolution: int, vision_layers: Union[int, Sequence[int]],
                  vision_width: int, vision_patch_size: Optional[int], context_length: int, vocab_size: int,
@@ -305,34 +345,107 @@ class CLIP(nn.Module):
 
     def encode_text_embeddings(self, x: Tensor, text_ids: Tensor, ops: Ops = None,
                                n_prompt: Union[int, Sequence[int]] = 0,
-                               trace: Optional[List[int]] = None) -> Tensor:
+                               trace: Optional[List[int]] = None,
+                               memory_budget: Optional[int] = None) -> Tensor:
         """Text features ``(N, embed_dim)`` from token embeddings.
 
         Args:
             x: ``(N, L, D)`` token embeddings of the sequences in ``text_ids``, without positional embedding.
-            text_ids: ``(N, L)`` token ids; only used to find EOT (the largest id, as OpenAI does).
+            text_ids: ``(N, L)`` token ids; used to find EOT (the largest id, as OpenAI does) and the positions
+                all rows share.
             ops: per-layer operations; ``ops[0]`` applies after the positional embedding.
             n_prompt: tokens right after SOS (positions ``1..n_prompt``) that form the initial prompt segment; a
                 tuple gives the initial length of each prompt part (one per prompt set, in token order), for
                 composed ops (:func:`clip.compose`).
             trace: if a list, the sequence length at the input of each block is appended to it.
+            memory_budget: bytes the text pass may use for its activations (default: ``self.text_memory_budget``;
+                None: unbounded). Rows are encoded in chunks that fit (estimated by :meth:`text_memory_bytes`);
+                while autograd records, each chunk is checkpointed (recomputed in backward), so the budget
+                holds in training too.
         """
         if x.dim() != 3 or text_ids.shape != x.shape[:2]:
             raise ValueError(f"text embeddings {tuple(x.shape)} do not match token ids {tuple(text_ids.shape)}")
         total = sum(n_prompt) if isinstance(n_prompt, (tuple, list)) else n_prompt
         if not 0 <= total < x.shape[1]:
             raise ValueError(f"n_prompt={n_prompt} is outside the sequence of length {x.shape[1]}")
+        budget = self.text_memory_budget if memory_budget is None else memory_budget
+        if budget is not None and budget <= 0:
+            raise ValueError(f"memory_budget must be a positive number of bytes (or None), got {budget}")
+        ops = check_ops(ops, self.transformer.layers)
         eot = text_ids.argmax(dim=-1)
         length = x.shape[1]
         if self.text_truncation and x.device.type != "meta":
             # exact under the causal mask: positions after the last EOT never influence any EOT feature
             length = max(int(eot.max()) + 1, total + 1)
         x = x[:, :length].to(self.dtype) + self.positional_embedding[:length].to(self.dtype)
-        segment = PromptSegment(start=1, length=n_prompt, eot=eot)
-        x = self.transformer(x, ops=ops, segment=segment, trace=trace)
-        x = self.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), segment.eot]
-        return x @ self.text_projection
+        shared = None
+        if self.text_prefix_sharing and x.device.type != "meta":
+            shared = find_shared_prefix(x, text_ids[:, :length], eot, ops, total)
+        if shared is None:
+            return self._encode_text_rows(x, eot, budget, ops=ops, n_prompt=n_prompt, trace=trace)
+        # The shared prefix runs once per group (its ops included); the rest of every row attends to its keys and
+        # values. Under the causal mask the prefix never sees the rest, so this equals the plain path.
+        k = shared.length
+        prefix_kv: List = []
+        mark = len(trace) if trace is not None else 0
+        self.transformer(x[shared.first, :k], ops=ops, segment=PromptSegment(start=1, length=n_prompt),
+                         trace=trace, kv_out=prefix_kv)
+        if trace is not None:  # report the whole sequence's length, as the plain path does
+            trace[mark:] = [n + length - k for n in trace[mark:]]
+        return self._encode_text_rows(x[:, k:], eot - k, budget, prefix_kv=prefix_kv, group=shared.group)
+
+    def text_memory_bytes(self, rows: int, length: int, context: int = 0, grad: bool = True) -> int:
+        """Estimated bytes of the text pass over ``rows`` sequences of ``length`` tokens.
+
+        ``context``: earlier tokens (a shared prefix) every position also attends to. With ``grad``: what autograd
+        keeps for backward over all layers (per token and layer: about 21 widths -- LayerNorm inputs and outputs,
+        q/k/v, the attention output, the 4-wide MLP hidden and activation -- plus the attention weights);
+        without: the working set of one layer. An estimate to size chunks, not a measurement.
+        """
+        width, heads, layers = self.transformer.width, self.transformer.heads, self.transformer.layers
+        keys = context + length
+        attn = heads * length * keys + (2 * width * keys if context else 0)
+        per_layer = length * (21 if grad else 12) * width + attn
+        itemsize = torch.empty((), dtype=self.dtype, device="meta").element_size()
+        return rows * per_layer * (layers if grad else 1) * itemsize
+
+    def _encode_text_rows(self, x: Tensor, eot: Tensor, budget: Optional[int], ops: Sequence = (),
+                          n_prompt: Union[int, Sequence[int]] = 0, trace: Optional[List[int]] = None,
+                          prefix_kv: Optional[List] = None, group: Optional[Tensor] = None) -> Tensor:
+        """Features of every row of ``x`` (a whole sequence, or the rest after a shared prefix), in chunks."""
+        n, length = x.shape[:2]
+        context = prefix_kv[0][0].shape[2] if prefix_kv else 0
+        grad = torch.is_grad_enabled()
+        step = n
+        if budget is not None:
+            step = max(1, min(n, int(budget // max(self.text_memory_bytes(1, length, context, grad), 1))))
+        recorded = []
+
+        def run(lo: int, hi: int) -> Tensor:
+            t = trace if not recorded else None  # once, and never again when a checkpoint recomputes
+            recorded.append(True)
+            rows = torch.arange(lo, hi, device=x.device)
+            if prefix_kv is None:
+                segment = PromptSegment(start=1, length=n_prompt, eot=eot[lo:hi])
+                h = self.transformer(x[lo:hi], ops=_slice_ops(ops, lo, hi, n), segment=segment, trace=t)
+                at = segment.eot
+            else:
+                kv = [tuple(_group_rows(a, group, lo, hi) for a in pair) for pair in prefix_kv]
+                h = self.transformer(x[lo:hi], prefix_kv=kv)
+                at = eot[lo:hi]
+            h = self.ln_final(h)
+            return h[rows - lo, at] @ self.text_projection
+
+        if step >= n:
+            return run(0, n)
+        out = []
+        for lo in range(0, n, step):
+            hi = min(lo + step, n)
+            if grad:
+                out.append(checkpoint(run, lo, hi, use_reentrant=False, preserve_rng_state=False))
+            else:
+                out.append(run(lo, hi))
+        return torch.cat(out, dim=0)
 
     def forward(self, image: Tensor, text: Tensor) -> Tuple[Tensor, Tensor]:
         image_features = self.encode_image(image)

@@ -77,6 +77,7 @@ def build_data_loader(
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         drop_last=is_train and len(data_source) >= batch_size,
         pin_memory=(torch.cuda.is_available() and cfg.USE_CUDA),
+        persistent_workers=not is_train and cfg.DATALOADER.NUM_WORKERS > 0,  # evaluation: workers start once
         generator=generator,
     )
     assert len(data_loader) > 0

@@ -721,8 +721,8 @@ class SimpleTrainer(TrainerBase):
     def parse_batch_test(self, batch):
         input = batch["img"]
         label = batch["label"]
-        input = input.to(self.device)
-        label = label.to(self.device)
+        input = input.to(self.device, non_blocking=True)  # pinned memory: the copy overlaps the previous batch
+        label = label.to(self.device, non_blocking=True)
         return input, label
 
     def get_current_lr(self, names=None):

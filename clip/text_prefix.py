@@ -1,0 +1,103 @@
+"""Shared-prefix text encoding: find the positions that every class prompt has in common, so they run once.
+
+The text sequence is ``[SOS, prompt segment, words.., EOT, pad]`` and the per-layer ops (:mod:`clip.ops`) only
+ever change the prompt segment, right after SOS. Under the causal mask a position's hidden state depends only on
+the positions up to it, so when the first ``K`` positions hold the same embeddings in several rows and every op
+tensor is shared by all rows (2-D, or batch 1), those ``K`` positions have the same hidden states in those rows at
+every layer. They are computed once per group of equal rows (once for CoOp's shared context, once per image for
+CoCoOp), and each row's remaining positions (class name, ".", EOT) attend to the group's keys and values.
+
+Everything here is decided from the tensors themselves (token ids, embedding values, op tensor shapes); when the
+layout does not allow sharing (CoOp's ``middle``/``front`` class position, class-specific context, per-row op
+tensors, ``replace_at`` positions) :func:`find_shared_prefix` returns None and the plain path runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .ops import LayerOp
+
+__all__ = ["SharedPrefix", "find_shared_prefix", "ops_are_shared"]
+
+
+@dataclass
+class SharedPrefix:
+    """Rows of a text batch that share their first ``length`` positions.
+
+    Attributes:
+        length: ``K``, the shared positions at layer 0 (SOS, the prompt segment, the common words).
+        first: ``(G,)`` one row index per group of equal prefixes (the row the prefix is read from).
+        group: ``(N,)`` the group of every row.
+    """
+
+    length: int
+    first: Tensor
+    group: Tensor
+
+    @property
+    def groups(self) -> int:
+        return self.first.shape[0]
+
+
+def _members(op):
+    return op if isinstance(op, (tuple, list)) else (op,)
+
+
+def ops_are_shared(ops: Sequence) -> bool:
+    """True when every op tensor is shared by all rows (2-D or batch 1) and no op names an absolute position."""
+    for op in ops:
+        for member in _members(op):
+            if member is None:
+                continue
+            if not isinstance(member, LayerOp) or member.replace_at is not None:
+                return False
+            for t in (member.add, member.replace):
+                if t is not None and t.dim() == 3 and t.shape[0] != 1:
+                    return False
+    return True
+
+
+def find_shared_prefix(x: Tensor, ids: Tensor, eot: Tensor, ops: Sequence, n_segment: int) -> Optional[SharedPrefix]:
+    """The shared prefix of text rows, or None when sharing would not pay or is not exact.
+
+    Args:
+        x: ``(N, L, D)`` layer-0 inputs (embeddings plus positional embedding).
+        ids: ``(N, L)`` token ids of the same rows.
+        eot: ``(N,)`` EOT positions; EOT always stays outside the prefix.
+        ops: the per-layer schedule (a list, possibly empty).
+        n_segment: initial length of the prompt segment (positions ``1 .. n_segment``); with any op, the whole
+            segment must lie inside the prefix.
+
+    The prefix is the longest run of positions where all rows have the same token ids; rows are then grouped by
+    equal embeddings over it (one group for shared context; contiguous blocks, or any grouping, otherwise).
+    Sharing is used when the prefix is more than SOS and it at least halves the rows the prefix runs on.
+    """
+    n = x.shape[0]
+    if n < 2 or not ops_are_shared(ops):
+        return None
+    agree = (ids == ids[:1]).all(dim=0)
+    k = min(int(agree.long().cumprod(0).sum()), int(eot.min()))
+    # more than SOS alone (CoOp's "front": the class name right after SOS), and the whole segment when ops act
+    need = max(2, 1 + n_segment) if any(op is not None for op in ops) else 2
+    if k < need:
+        return None
+    head = x[:, :k].reshape(n, -1)
+    rows = torch.arange(n, device=x.device)
+    like_first = (head == head[:1]).all(dim=1)
+    if bool(like_first.all()):
+        return SharedPrefix(k, rows[:1], torch.zeros_like(rows))
+    block = int(like_first.long().cumprod(0).sum())  # e.g. CoCoOp: C rows per image
+    if block > 1 and n % block == 0:
+        blocks = head.view(n // block, block, -1)
+        if bool((blocks == blocks[:, :1]).all()):
+            return SharedPrefix(k, rows[::block], rows // block)
+    unique, group = torch.unique(head, dim=0, return_inverse=True)
+    if 2 * unique.shape[0] > n:
+        return None
+    first = torch.full((unique.shape[0],), n, dtype=rows.dtype, device=x.device)
+    first = first.scatter_reduce(0, group, rows, reduce="amin")
+    return SharedPrefix(k, first, group)
