@@ -83,7 +83,7 @@ def test_phase2_keeps_the_boosting_prompts_frozen_and_records_them(env, phase1, 
     result = json.loads((out / "result.json").read_text())
     boost_file = phase1 / "BoostingPrompts" / "model.pth.tar-1"
     assert result["frozen_sets"]["boost"]["sha256"] == hashlib.sha256(boost_file.read_bytes()).hexdigest()
-    assert result["caspl"] == {"phase": 2, "boosting_run": str(boost_file),
+    assert result["cascade"] == {"phase": 2, "boosting_run": str(boost_file),
                                "boosting_sha256": result["frozen_sets"]["boost"]["sha256"]}
     name = TRAINER_REGISTRY.get(method).MODEL_NAME
     state = torch.load(out / name / "model.pth.tar-1", map_location="cpu", weights_only=True)["state_dict"]
@@ -173,5 +173,5 @@ def test_scripts_run_phase1_then_phase2_train_and_test(env, tmp_path):
     boost = tmp_path / "out/caspl/boost/eurosat/CasPL/tiny_digits/seed1"
     new = tmp_path / "out/caspl/tiny_digits/base2new/test_new/eurosat/shots_2/MPL/tiny_digits/seed1/result.json"
     result = json.loads(new.read_text())
-    assert result["subsample"] == "new" and result["caspl"]["boosting_run"].startswith(str(boost))
+    assert result["subsample"] == "new" and result["cascade"]["boosting_run"].startswith(str(boost))
     assert json.loads((boost / "result.json").read_text())["caspl"]["boost"]["PROMPT_DEPTH_VISION"] == 3

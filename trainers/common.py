@@ -737,8 +737,8 @@ class PromptTrainer(TrainerX):
                 extras = self.run_info = {}
             extras.setdefault("result_extras", {})["frozen_sets"] = dict(self.frozen_origins)
             if "boost" in self.frozen_origins:  # CasPL phase 2: which boosting run this method was cascaded with
-                extras["result_extras"]["caspl"] = {"phase": 2, "boosting_run": self.frozen_origins["boost"]["path"],
-                                                    "boosting_sha256": self.frozen_origins["boost"]["sha256"]}
+                extras["result_extras"]["cascade"] = {"phase": 2, "boosting_run": self.frozen_origins["boost"]["path"],
+                                                      "boosting_sha256": self.frozen_origins["boost"]["sha256"]}
         names = sorted(n for n, p in self.model.named_parameters() if p.requires_grad)
         print(f"Parameters to be updated: {names}")
         print(f"Number of learnable parameters: {count_learnable(self.model):,}")
