@@ -114,3 +114,20 @@ def test_registry_entries_and_full_size_shapes():
         ours = clip.create_model(ours_name, device="meta")
         shapes = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
         assert shapes == {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+
+
+def test_train_config_takes_the_checkpoints_normalisation():
+    """Every method's data pipeline normalises with INPUT.PIXEL_MEAN/STD: an open_clip backbone registered with
+    its own values replaces OpenAI's there (LAION's ViT-L/14: 0.5), and a config's own values are kept."""
+    import train
+
+    def cfg(*opts):
+        args = train.build_parser().parse_args(["--trainer", "CoOp", "--config-file",
+                                                "configs/trainers/CoOp/vit_b16_ctxv1.yaml", *opts])
+        return train.setup_cfg(args)
+
+    assert tuple(cfg("MODEL.BACKBONE.NAME", "ViT-L-14:laion2b_s32b_b82k").INPUT.PIXEL_MEAN) == INCEPTION_MEAN
+    assert cfg("MODEL.BACKBONE.NAME", "ViT-B-16:laion2b_s34b_b88k").INPUT.PIXEL_MEAN == \
+        list(clip.transforms.OPENAI_MEAN)
+    own = cfg("MODEL.BACKBONE.NAME", "ViT-L-14:laion2b_s32b_b82k", "INPUT.PIXEL_MEAN", "[0.4, 0.4, 0.4]")
+    assert own.INPUT.PIXEL_MEAN == [0.4, 0.4, 0.4]
