@@ -208,6 +208,12 @@ def make_imagefolder(src, name, root, fractions=(0.5, 0.2, 0.3), seed=1, copy=Fa
     if osp.lexists(image_dir) and osp.realpath(image_dir) != osp.realpath(src) and not force:
         raise UserError(f"{image_dir} already exists and is not {src}; pass --force to replace it, or choose "
                         "another --name")
+    # everything that can fail is decided before anything is written
+    new_names = not osp.isfile(names_path)
+    classnames = ({f: default_classname(f) for f, _ in folders} if new_names else read_classnames(names_path))
+    kept = osp.isfile(split_path) and not force
+    split = None if kept else draw_split(folders, fractions, seed, classnames)
+
     os.makedirs(dataset_dir, exist_ok=True)
     if osp.realpath(image_dir) != osp.realpath(src):
         if osp.islink(image_dir) or osp.isfile(image_dir):
@@ -221,17 +227,11 @@ def make_imagefolder(src, name, root, fractions=(0.5, 0.2, 0.3), seed=1, copy=Fa
             os.replace(tmp, image_dir)
         else:
             os.symlink(src, image_dir, target_is_directory=True)
-
-    if osp.isfile(names_path):
-        classnames = read_classnames(names_path)
-    else:
-        classnames = {f: default_classname(f) for f, _ in folders}
+    if new_names:
         text = ("# folder<TAB>class name (the words the prompts use); edit the names, keep the folders\n"
                 + "".join(f"{f}\t{classnames[f]}\n" for f, _ in folders))
         atomic_write(names_path, lambda fh: fh.write(text))
-    kept = osp.isfile(split_path) and not force
-    if not kept:
-        split = draw_split(folders, fractions, seed, classnames)
+    if split is not None:
         atomic_write(split_path, lambda fh: json.dump(split, fh, indent=4, separators=(",", ": ")))
     yaml_path = osp.join(config_dir, f"{name}.yaml")
     yaml = f'{YAML_MARKER}\n# from {src}\nDATASET:\n  NAME: "ImageFolder_{name}"\n'

@@ -97,6 +97,7 @@ def test_bad_input_is_refused_before_writing(tmp_path, dataset_name, capsys):
     data = tmp_path / "data"
     assert main([str(src), "--name", dataset_name, "--root", str(data)]) == 2
     assert "too few for a train, val and test image" in capsys.readouterr().err
+    assert not (data / dataset_name).exists() and not (Path(CONFIG_DIR) / f"{dataset_name}.yaml").exists()
     assert main([str(src), "--name", "Bad-Name", "--root", str(data)]) == 2
     assert main([str(src), "--name", "eurosat", "--root", str(data)]) == 2
     assert "built-in dataset" in capsys.readouterr().err
