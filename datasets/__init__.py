@@ -13,7 +13,7 @@ from . import (  # noqa: F401  (imported for their registrations)
     eurosat,
     fgvc_aircraft,
     food101,
-    imagefolder,
+    imagefolder_dataset,
     imagenet,
     imagenet_a,
     imagenet_r,
