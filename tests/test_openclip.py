@@ -131,3 +131,36 @@ def test_train_config_takes_the_checkpoints_normalisation():
         list(clip.transforms.OPENAI_MEAN)
     own = cfg("MODEL.BACKBONE.NAME", "ViT-L-14:laion2b_s32b_b82k", "INPUT.PIXEL_MEAN", "[0.4, 0.4, 0.4]")
     assert own.INPUT.PIXEL_MEAN == [0.4, 0.4, 0.4]
+
+
+def test_a_method_trains_on_a_registered_open_clip_backbone(oracle_file, tmp_path, monkeypatch):
+    """MODEL.BACKBONE.NAME with an open_clip name: the trainers' loader builds it with GELU, and MPL (both
+    encoders prompted) trains and evaluates on it through train.py."""
+    import json
+
+    import train
+    from datasets.fixtures import make_fixture
+    from trainers.common import load_clip
+
+    _, path = oracle_file
+    clip.register_pretrained("oc-tiny:test", builder=lambda root: path, options={"activation": "gelu"})
+    try:
+        class Cfg:  # the one key load_clip reads
+            class MODEL:
+                class BACKBONE:
+                    NAME = "oc-tiny:test"
+        assert isinstance(load_clip(Cfg).visual.transformer.resblocks[0].mlp.gelu, torch.nn.GELU)
+        make_fixture("eurosat", tmp_path / "data", n_per_class=2, image_size=32)
+        monkeypatch.setattr(train, "collect_env_info", lambda: "(environment report skipped in tests)")
+        out = tmp_path / "run"
+        rc = train.main(["--root", str(tmp_path / "data"), "--seed", "1", "--trainer", "MPL",
+                         "--dataset-config-file", "configs/datasets/eurosat.yaml",
+                         "--config-file", "configs/trainers/MPL/tiny_digits.yaml", "--output-dir", str(out),
+                         "MODEL.BACKBONE.NAME", "oc-tiny:test", "INPUT.SIZE", "(32, 32)",
+                         "TRAINER.MPL.PROMPT_DEPTH", "2", "TRAINER.MPL.PREC", "fp32", "DATALOADER.NUM_WORKERS", "0",
+                         "DATASET.NUM_SHOTS", "1", "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.MAX_EPOCH", "1"])
+        assert rc == 0
+        result = json.loads((out / "result.json").read_text())
+        assert result["backbone"] == "oc-tiny:test" and result["accuracy"] is not None
+    finally:
+        clip.pretrained._REGISTRY.pop("oc-tiny:test", None)
