@@ -237,8 +237,21 @@ def setup_cfg(args):
         merge_config_file(cfg, args.config_file, "--config-file")
     reset_cfg(cfg, args)
     merge_config_opts(cfg, args.opts)
+    backbone_normalisation(cfg)
     cfg.freeze()
     return cfg
+
+
+def backbone_normalisation(cfg):
+    """A backbone registered with its own mean/std (open_clip's, see clip/openclip.py) normalises the data with
+    them where the config kept OpenAI's CLIP values (every method's config does); a config's own values stay."""
+    import clip
+    from clip.transforms import OPENAI_MEAN, OPENAI_STD
+
+    options = clip.pretrained_options(cfg.MODEL.BACKBONE.NAME)
+    for key, openai, name in (("PIXEL_MEAN", OPENAI_MEAN, "mean"), ("PIXEL_STD", OPENAI_STD, "std")):
+        if name in options and all(abs(a - b) < 1e-6 for a, b in zip(cfg.INPUT[key], openai)):
+            cfg.INPUT[key] = list(options[name])
 
 
 def print_args(args, cfg, file=None):

@@ -11,14 +11,16 @@ from .checkpoint import load, read_state_dict
 from .configs import MODEL_CONFIGS, create_model, model_config
 from .download import DownloadError
 from .model import CLIP, ModifiedResNet, Transformer, VisionTransformer, build_model, config_from_state_dict
+from .openclip import register_openclip
 from .ops import LayerOp, LayoutTrace, compose
 from .precision import MASTER_DTYPE, PRECISIONS, Precision, resolve_precision
-from .pretrained import available_models, cache_dir, register_pretrained
+from .pretrained import available_models, cache_dir, pretrained_options, register_pretrained
 from .tokenization import DEFAULT_CONTEXT_LENGTH, tokenize, tokenizer
 from .transforms import image_transform
 
 __all__ = [
-    "load", "read_state_dict", "available_models", "register_pretrained", "cache_dir", "DownloadError",
+    "load", "read_state_dict", "available_models", "register_pretrained", "register_openclip", "pretrained_options",
+    "cache_dir", "DownloadError",
     "build_model", "config_from_state_dict", "model_config", "create_model", "MODEL_CONFIGS",
     "CLIP", "VisionTransformer", "ModifiedResNet", "Transformer", "LayerOp", "LayoutTrace", "compose",
     "tokenize", "tokenizer", "DEFAULT_CONTEXT_LENGTH", "image_transform",

@@ -15,14 +15,15 @@ import pickle
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Dict, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .model import CLIP, build_model
 from .precision import Precision, resolve_precision
-from .pretrained import pretrained_path
+from .openclip import convert_state_dict
+from .pretrained import pretrained_options, pretrained_path
 from .transforms import image_transform
 
 __all__ = ["load", "read_state_dict", "is_torchscript_archive", "CheckpointFileError"]
@@ -89,11 +90,11 @@ def _why_unreadable(path: Path, err: Exception) -> str:
     return "it is not a PyTorch checkpoint (unknown format)"
 
 
-def build_state_dict_model(state_dict: Dict[str, Tensor], path: Union[str, Path]) -> CLIP:
+def build_state_dict_model(state_dict: Dict[str, Tensor], path: Union[str, Path], **build_args) -> CLIP:
     """:func:`clip.build_model` with a :class:`CheckpointFileError` naming ``path`` when the weights do not
     describe a CLIP model (another architecture, missing or misshapen tensors)."""
     try:
-        return build_model(state_dict)
+        return build_model(state_dict, **build_args)
     except (KeyError, RuntimeError, ValueError, IndexError, AttributeError, TypeError) as err:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if len(detail) > 160:
@@ -103,7 +104,8 @@ def build_state_dict_model(state_dict: Dict[str, Tensor], path: Union[str, Path]
 
 def load(name_or_path: Union[str, Path], device: Union[str, torch.device] = "cpu", jit: bool = False,
          download_root: Union[str, Path, None] = None,
-         precision: Union[str, Precision, None] = None) -> Tuple[CLIP, "object"]:
+         precision: Union[str, Precision, None] = None, activation: Optional[str] = None,
+         mean=None, std=None) -> Tuple[CLIP, "object"]:
     """Load a CLIP model and its image preprocessing transform.
 
     Args:
@@ -113,6 +115,10 @@ def load(name_or_path: Union[str, Path], device: Union[str, torch.device] = "cpu
         download_root: cache folder for downloads (default ``$CLIP_CACHE_DIR`` or ``~/.cache/clip``).
         precision: "fp32" | "fp16" | "bf16" | "amp" or a :class:`Precision`; None keeps OpenAI's behaviour
             (fp16 weights on CUDA, fp32 on CPU).
+        activation: the MLP activation, ``"quick_gelu"`` or ``"gelu"``; default: the one registered with the name
+            (open_clip's models, :mod:`clip.openclip`), else OpenAI's ``"quick_gelu"``. Give it for a local file
+            of an open_clip model.
+        mean, std: normalisation of the returned transform; default: the registered ones, else OpenAI's.
 
     Returns:
         ``(model, preprocess)``: the model in eval mode, and a PIL image -> tensor transform.
@@ -126,9 +132,16 @@ def load(name_or_path: Union[str, Path], device: Union[str, torch.device] = "cpu
     if not isinstance(precision, Precision):
         precision = resolve_precision(precision, device)
     path = Path(name_or_path).expanduser()
+    options = {} if path.is_file() else pretrained_options(str(name_or_path))
     if not path.is_file():
         path = pretrained_path(str(name_or_path), download_root)
-    model = build_state_dict_model(read_state_dict(path), path)
+    model = build_state_dict_model(convert_state_dict(read_state_dict(path)), path,
+                                   activation=activation or options.get("activation", "quick_gelu"))
     precision.cast_model(model)
     model.to(device)
-    return model, image_transform(model.visual.input_resolution)
+    preprocess = {k: options[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in options}
+    if mean is not None:
+        preprocess["mean"] = mean
+    if std is not None:
+        preprocess["std"] = std
+    return model, image_transform(model.visual.input_resolution, **preprocess)

@@ -13,7 +13,7 @@ from torch import nn
 
 from .precision import NORM_DTYPE
 
-__all__ = ["LayerNorm", "QuickGELU", "Attention", "ResidualAttentionBlock"]
+__all__ = ["LayerNorm", "QuickGELU", "Attention", "ResidualAttentionBlock", "ACTIVATIONS", "make_activation"]
 
 #: keys and values of one attention layer, each ``(B, H, L, D/H)``
 KV = Tuple[torch.Tensor, torch.Tensor]
@@ -34,6 +34,17 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
+
+
+#: MLP activations by name: OpenAI trained with QuickGELU; open_clip's own models (LAION, DataComp) use exact GELU
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
+
+
+def make_activation(name: str) -> nn.Module:
+    """The MLP activation called ``name`` (one of :data:`ACTIVATIONS`)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
 
 
 class Attention(nn.Module):
@@ -91,15 +102,19 @@ class Attention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LN transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+    """Pre-LN transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``.
 
-    def __init__(self, width: int, heads: int):
+    ``activation``: the MLP's, ``"quick_gelu"`` (OpenAI) or ``"gelu"`` (open_clip); it has no parameters, so the
+    state dict is the same either way.
+    """
+
+    def __init__(self, width: int, heads: int, activation: str = "quick_gelu"):
         super().__init__()
         self.attn = Attention(width, heads)
         self.ln_1 = LayerNorm(width)
         self.mlp = nn.Sequential(OrderedDict([
             ("c_fc", nn.Linear(width, width * 4)),
-            ("gelu", QuickGELU()),
+            ("gelu", make_activation(activation)),
             ("c_proj", nn.Linear(width * 4, width)),
         ]))
         self.ln_2 = LayerNorm(width)

@@ -38,15 +38,16 @@ class Transformer(nn.Module):
         layers: number of blocks.
         heads: attention heads.
         causal: causal self-attention (the text encoder).
+        activation: the MLP activation, ``"quick_gelu"`` (OpenAI) or ``"gelu"`` (open_clip).
     """
 
-    def __init__(self, width: int, layers: int, heads: int, causal: bool = False):
+    def __init__(self, width: int, layers: int, heads: int, causal: bool = False, activation: str = "quick_gelu"):
         super().__init__()
         self.width = width
         self.layers = layers
         self.heads = heads
         self.causal = causal
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, activation) for _ in range(layers)])
 
     def forward(self, x: Tensor, ops: Ops = None, segment: Optional[PromptSegment] = None,
                 entry: Optional[nn.Module] = None, trace: Optional[List[int]] = None,
@@ -92,7 +93,7 @@ class VisionTransformer(nn.Module):
     """
 
     def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
-                 output_dim: int):
+                 output_dim: int, activation: str = "quick_gelu"):
         super().__init__()
         self.input_resolution = input_resolution
         self.patch_size = patch_size
@@ -104,7 +105,7 @@ class VisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn((input_resolution // patch_size) ** 2 + 1, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
+        self.transformer = Transformer(width, layers, heads, activation=activation)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
@@ -264,7 +265,9 @@ class CLIP(nn.Module):
     """CLIP with OpenAI's constructor arguments and parameter names.
 
     ``vision_layers`` is an int for a ViT image encoder, or a 4-tuple of block counts for a ModifiedResNet.
-    Heads follow OpenAI's rule (vision: ``width // 64``, ResNet pooling: ``width * 32 // 64``).
+    Heads follow OpenAI's rule (vision: ``width // 64``, ResNet pooling: ``width * 32 // 64``). ``activation`` is
+    the transformers' MLP activation: ``"quick_gelu"`` (OpenAI's models) or ``"gelu"`` (open_clip's; see
+    :mod:`clip.openclip`).
 
     Attributes:
         text_truncation: run the text transformer on the shortest length that holds every EOT (exact under the
@@ -280,9 +283,11 @@ class CLIP(nn.Module):
 
     def __init__(self, embed_dim: int, image_resolution: int, vision_layers: Union[int, Sequence[int]],
                  vision_width: int, vision_patch_size: Optional[int], context_length: int, vocab_size: int,
-                 transformer_width: int, transformer_heads: int, transformer_layers: int):
+                 transformer_width: int, transformer_heads: int, transformer_layers: int,
+                 activation: str = "quick_gelu"):
         super().__init__()
         self.embed_dim = embed_dim
+        self.activation = activation
         self.context_length = context_length
         self.vocab_size = vocab_size
         self.text_truncation = True
@@ -293,8 +298,10 @@ class CLIP(nn.Module):
         else:
             self.visual = VisionTransformer(input_resolution=image_resolution, patch_size=vision_patch_size,
                                             width=vision_width, layers=vision_layers,
-                                            heads=vision_width // HEAD_WIDTH, output_dim=embed_dim)
-        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads, causal=True)
+                                            heads=vision_width // HEAD_WIDTH, output_dim=embed_dim,
+                                            activation=activation)
+        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads, causal=True,
+                                       activation=activation)
         self.token_embedding = nn.Embedding(vocab_size, transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, transformer_width))
         self.ln_final = LayerNorm(transformer_width)
@@ -500,15 +507,17 @@ def config_from_state_dict(state_dict: Dict[str, Tensor]) -> Dict[str, object]:
     return cfg
 
 
-def build_model(state_dict: Dict[str, Tensor]) -> CLIP:
+def build_model(state_dict: Dict[str, Tensor], activation: str = "quick_gelu") -> CLIP:
     """Build a CLIP model (fp32, eval mode) whose sizes are inferred from ``state_dict`` and load it strictly.
 
     The state dict is not modified; its tensors are copied (any dtype, e.g. OpenAI's fp16) into fp32 weights.
+    ``activation`` cannot be read from the weights: ``"quick_gelu"`` for OpenAI's checkpoints, ``"gelu"`` for most
+    of open_clip's (:mod:`clip.openclip` registers each with its own).
     """
     sd = {k: v for k, v in state_dict.items() if k not in _NON_PARAMETER_KEYS}
     cfg = config_from_state_dict(sd)
     with torch.device("meta"):
-        model = CLIP(**cfg)
+        model = CLIP(**cfg, activation=activation)
     model = model.to_empty(device="cpu").to(DEFAULT_DTYPE)
     for buffer in model.buffers():  # e.g. BatchNorm's num_batches_tracked, which old checkpoints may lack
         buffer.zero_()

@@ -15,11 +15,12 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 from .download import download
 
-__all__ = ["available_models", "register_pretrained", "pretrained_path", "cache_dir", "PretrainedSpec"]
+__all__ = ["available_models", "register_pretrained", "pretrained_path", "pretrained_options", "cache_dir",
+           "PretrainedSpec"]
 
 _OPENAI_BASE = "https://openaipublic.azureedge.net/clip/models"
 
@@ -43,9 +44,15 @@ class PretrainedSpec:
     url: Optional[str] = None
     sha256: Optional[str] = None
     builder: Optional[Callable[[Path], Union[str, Path]]] = None
+    #: how :func:`clip.load` builds and preprocesses it: ``activation``, ``mean``, ``std``, ``interpolation``,
+    #: ``resize_mode`` (see :mod:`clip.openclip`); empty for OpenAI's models
+    options: Mapping[str, Any] = ()
+    filename_override: Optional[str] = None
 
     @property
     def filename(self) -> str:
+        if self.filename_override:
+            return self.filename_override
         return os.path.basename(self.url) if self.url else re.sub(r"[^A-Za-z0-9_.-]", "-", self.name) + ".pt"
 
 
@@ -53,12 +60,15 @@ _REGISTRY: Dict[str, PretrainedSpec] = {}
 
 
 def register_pretrained(name: str, *, url: Optional[str] = None, sha256: Optional[str] = None,
-                        builder: Optional[Callable[[Path], Union[str, Path]]] = None) -> None:
+                        builder: Optional[Callable[[Path], Union[str, Path]]] = None,
+                        options: Optional[Mapping[str, Any]] = None, filename: Optional[str] = None) -> None:
     """Register a checkpoint under ``name`` for :func:`clip.load`.
 
     Give either ``url`` (downloaded into the cache, checked against ``sha256`` if given, or against a 64-hex-digit
     path component of the URL as in OpenAI's URLs) or ``builder``, a callable ``builder(cache_dir) -> path`` that
-    returns the path of a checkpoint file (creating it if needed). Registering an existing name replaces it with a
+    returns the path of a checkpoint file (creating it if needed). ``options`` tell :func:`clip.load` how to build
+    and preprocess the model (``activation``, ``mean``, ``std``, ``interpolation``, ``resize_mode``); ``filename``
+    is the name in the cache (default: the URL's last component). Registering an existing name replaces it with a
     warning.
     """
     if (url is None) == (builder is None):
@@ -66,7 +76,8 @@ def register_pretrained(name: str, *, url: Optional[str] = None, sha256: Optiona
     if url is not None and sha256 is None:
         match = re.search(r"/([0-9a-f]{64})/[^/]+$", url)
         sha256 = match.group(1) if match else None
-    spec = PretrainedSpec(name=name, url=url, sha256=sha256, builder=builder)
+    spec = PretrainedSpec(name=name, url=url, sha256=sha256, builder=builder,
+                          options=tuple(sorted((options or {}).items())), filename_override=filename)
     if name in _REGISTRY and _REGISTRY[name] != spec:
         warnings.warn(f"pretrained checkpoint {name!r} is registered again; the new entry replaces the old one")
     _REGISTRY[name] = spec
@@ -81,6 +92,12 @@ for _name, (_sha, _file) in _OPENAI_RELEASES.items():
 def available_models() -> List[str]:
     """Names :func:`clip.load` accepts (OpenAI's released models first, then registered ones)."""
     return list(_REGISTRY)
+
+
+def pretrained_options(name: str) -> Dict[str, Any]:
+    """The build/preprocessing options registered with ``name`` (empty for unregistered names and OpenAI's)."""
+    spec = _REGISTRY.get(name)
+    return dict(spec.options) if spec is not None else {}
 
 
 def cache_dir(download_root: Union[str, Path, None] = None) -> Path:

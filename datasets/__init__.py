@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (imported for their registrations)
     eurosat,
     fgvc_aircraft,
     food101,
+    imagefolder_dataset,
     imagenet,
     imagenet_a,
     imagenet_r,

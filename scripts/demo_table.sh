@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's demo table: zero-shot CLIP, CoOp, MaPLe and MPL on Digits with the tiny CLIP, seeds 1-3, base to
-# new, on the CPU (about 10 minutes on 2 cores).
+# new, on the CPU (24 runs; see the README for the measured time).
 #
 #   bash scripts/demo_table.sh            # writes $OUTPUT/tables/base2new.{md,csv,tex,json}
 set -euo pipefail

@@ -5,7 +5,9 @@ Gathers every finished run under OUTPUT_ROOT (``result.json``, or a finished ``l
 ``OUTPUT_ROOT/tables``): ``<protocol>.md``, ``<protocol>.csv`` (long format: one row per method and dataset,
 with std, seed counts and the missing seeds), ``<protocol>.tex`` (booktabs), ``<protocol>.json`` (machine-readable
 summary: every cell with its per-seed values, the missing runs, duplicates, unfinished folders) and, with
-``--plot``, ``<protocol>_time.png`` (average accuracy against average training time per method).
+``--plot``, ``<protocol>_time.png`` (average accuracy against average training time, with more than one
+method) and, for few-shot, ``fewshot_shots.png`` (accuracy against shots, seed error bars); it names each plot it
+wrote and says why it skipped one.
 
 Exit status: 0 when tables were written, 1 when no run of the protocol was found, 2 with ``--strict`` when some
 expected run is missing.
@@ -50,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--published", nargs="*", metavar="REF",
                    help="add published numbers with deltas; optionally only these sources, in this order "
                         "(refs are in tools/published/<protocol>.json)")
-    p.add_argument("--plot", action="store_true", help="write <protocol>_time.png")
+    p.add_argument("--plot", action="store_true", help="write <protocol>_time.png (more than one method), and fewshot_shots.png "
+                   "for --protocol fewshot")
     p.add_argument("--plot-size", type=_size, default=(800, 600), metavar="WxH", help="pixels (default 800x600)")
     p.add_argument("--plot-metric", choices=("hm", "base", "new"), default="hm",
                    help="base2new: the accuracy plotted (default: hm)")
@@ -106,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(files["csv"], report.csv_rows)
     files["latex"].write_text(latex(report.tables, report.notes), encoding="utf-8")
     if args.plot:
-        from .plot import plot
+        from .plot import write_plots
 
-        files["plot"] = plot(report, out / f"{args.protocol}_time.png", *args.plot_size)
+        plots, skipped = write_plots(report, out, *args.plot_size)
+        files.update(plots)
     summary = {"generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                "output_root": str(root), "files": {k: str(v) for k, v in files.items()},
                "conventions": report.notes, "points": report.points, **s}
@@ -120,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         print(md)
     for kind, path in files.items():
         print(f"wrote {kind}: {path}")
+    if args.plot:
+        for why in skipped:
+            print(f"no plot: {why}")
     if args.strict and s["missing"]:
         print(f"{len(s['missing'])} expected run(s) missing (--strict)", file=sys.stderr)
         return 2

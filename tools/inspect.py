@@ -1,0 +1,408 @@
+"""``python -m tools.inspect RUN_DIR``: what a finished run learned, in words and pictures.
+
+Reads a run folder as ``train.py`` writes it (``result.json``, ``log.txt`` and the checkpoint
+``<run>/<MODEL_NAME>/model.pth.tar-<epoch>``; an eval-only run points at its training run through
+``result.json``'s ``model_dir``), rebuilds the run's config from the arguments recorded in ``log.txt`` exactly as
+``train.py`` built it, builds the model through the trainer registry (``dassl.engine.build_trainer``), loads the
+learned prompts and writes, under ``RUN_DIR/inspect/`` (``--out``):
+
+- ``context_words.txt``: for each learned text context vector (``trainer.model.prompt_learner.ctx``), the
+  vocabulary words whose token embeddings are nearest (Euclidean distance, as CoOp's interpretation), with the
+  distances; also printed.
+- ``tsne.png``: t-SNE of test image features, coloured by class: the frozen CLIP (no prompts) beside the same
+  images through the learned prompts (for methods without vision prompts both panels show the same features).
+- ``attention_rollout.png`` (ViT backbones): attention rollout (Abnar & Zuidema, 2020: head-averaged attention
+  plus identity, multiplied over layers) from CLS to the image patches, for a few test images, without and with
+  the prompts. Prompt tokens are left out of the rollout (their number can change from layer to layer); the
+  attention among CLS and patches is renormalised.
+- ``inspect.json``: what was done, with the file names.
+
+The run folder is not modified apart from ``inspect/``. Bad input (no ``result.json``: an unfinished run; no
+checkpoint) is one ``error:`` line with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os.path as osp
+import sys
+from pathlib import Path
+
+__all__ = ["main", "load_run", "nearest_words", "attention_rollout", "RunError"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class RunError(RuntimeError):
+    """The folder is not a finished run that can be inspected; the message says what to do."""
+
+
+# ---------------------------------------------------------------------------------------------- reading the run
+def recorded_arguments(log_path: Path) -> dict:
+    """The ``** Arguments **`` block of a train.py log, as a dict of Python values."""
+    lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    try:
+        start = lines.index("** Arguments **") + 2
+    except ValueError:
+        raise RunError(f"{log_path} has no '** Arguments **' block: not a log written by train.py") from None
+    args = {}
+    for line in lines[start:]:
+        if line.startswith("*"):
+            break
+        key, _, value = line.partition(": ")
+        key = key.rstrip(":")
+        try:
+            args[key] = ast.literal_eval(value) if value else ""
+        except (ValueError, SyntaxError):
+            args[key] = value
+    return args
+
+
+def _resolve(path: str) -> str:
+    """A path recorded relative to where the run was started (the repository root for the scripts)."""
+    if not path or osp.isabs(path) or osp.exists(path):
+        return path
+    candidate = REPO / path
+    return str(candidate) if candidate.exists() else path
+
+
+def load_run(run_dir: Path, device: str | None = None):
+    """``(trainer, result)``: the run's trainer, built from its recorded arguments, with its prompts loaded."""
+    run_dir = Path(run_dir)
+    result_path = run_dir / "result.json"
+    log_path = run_dir / "log.txt"
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir} is not a folder; give a run folder (the --output-dir of train.py)")
+    if not result_path.is_file():
+        raise RunError(f"{run_dir} has no result.json: the run did not finish (or this is not a run folder); "
+                       "finish it (run the same command again: it resumes) before inspecting it")
+    if not log_path.is_file():
+        raise RunError(f"{run_dir} has no log.txt, whose recorded arguments rebuild the run's config")
+    result = json.loads(result_path.read_text())
+    recorded = recorded_arguments(log_path)
+
+    sys.path.insert(0, str(REPO))
+    import train  # registers trainers and datasets, and builds the config as the run did
+
+    args = train.build_parser().parse_args([])
+    for key, value in recorded.items():
+        if hasattr(args, key):
+            setattr(args, key, value)
+    for key in ("root", "config_file", "dataset_config_file"):
+        setattr(args, key, _resolve(getattr(args, key) or ""))
+    args.opts = list(args.opts or [])
+    if device == "cpu":
+        args.opts += ["USE_CUDA", "False"]
+    args.output_dir = str(run_dir)
+    cfg = train.setup_cfg(args)
+
+    from dassl.engine import build_trainer
+
+    trainer = build_trainer(cfg)
+    trainer.set_model_mode("eval")
+    names = trainer.get_model_names()
+    if names:
+        model_dir = Path(_resolve(result.get("model_dir") or "") or run_dir) if result.get("eval_only") else run_dir
+        epoch = result.get("epochs")
+        missing = [str(model_dir / n / f"model.pth.tar-{epoch}") for n in names
+                   if not (model_dir / n / f"model.pth.tar-{epoch}").is_file()]
+        if missing:
+            raise RunError(f"checkpoint not found: {', '.join(missing)}; the run saved no checkpoint of its last "
+                           "epoch (TRAIN.CHECKPOINT_FREQ), or the folder was moved without it")
+        trainer.load_model(str(model_dir), epoch=epoch)
+    return trainer, result
+
+
+def _clip_of(trainer):
+    import clip
+
+    for module in trainer.model.modules():
+        if isinstance(module, clip.CLIP):
+            return module
+    raise RunError(f"trainer {type(trainer).__name__} holds no clip.CLIP model")
+
+
+# ---------------------------------------------------------------------------------------------- context words
+def nearest_words(ctx, token_embedding, k: int = 5):
+    """For each row of ``ctx`` ``(n, D)``: the ``k`` nearest vocabulary entries, ``[[(word, distance), ...], ...]``."""
+    import torch
+
+    from clip import tokenizer
+
+    dec = tokenizer()
+    with torch.no_grad():
+        dist = torch.cdist(ctx.float(), token_embedding.float())
+        values, ids = dist.topk(k, dim=1, largest=False)
+    return [[(dec.decode([int(i)]).strip() or repr(dec.decoder[int(i)]), float(v)) for v, i in zip(vs, row)]
+            for vs, row in zip(values, ids)]
+
+
+def context_words(trainer, k: int) -> tuple[str, list]:
+    learner = getattr(trainer.model, "prompt_learner", None)
+    ctx = getattr(learner, "ctx", None)
+    if ctx is None:
+        return f"{trainer.cfg.TRAINER.NAME}: no learned text context (prompt_learner.ctx) to interpret.\n", []
+    model = _clip_of(trainer)
+    rows = ctx.detach().reshape(-1, ctx.shape[-1])  # class-specific context (n_cls, n_ctx, D) is flattened
+    words = nearest_words(rows, model.token_embedding.weight, k)
+    per_class = ctx.dim() == 3
+    lines = [f"{trainer.cfg.TRAINER.NAME}: the {k} vocabulary words nearest to each learned context vector "
+             "(Euclidean distance in the token-embedding space)"]
+    for i, row in enumerate(words):
+        where = f"class {i // ctx.shape[1]}, context {i % ctx.shape[1] + 1}" if per_class else f"context {i + 1}"
+        lines.append(f"{where}: " + ", ".join(f"{w} ({d:.3f})" for w, d in row))
+    return "\n".join(lines) + "\n", words
+
+
+# ---------------------------------------------------------------------------------------------- features
+def _test_batches(trainer, max_images: int, batch_size: int = 64):
+    """Up to ``max_images`` test images spread evenly over the classes (the test set is in class order)."""
+    import torch
+
+    dataset = trainer.test_loader.dataset
+    by_class: dict[int, list[int]] = {}
+    for i, item in enumerate(trainer.dm.dataset.test):
+        by_class.setdefault(int(item.label), []).append(i)
+    picked, rank = [], 0
+    while len(picked) < max_images and any(rank < len(v) for v in by_class.values()):
+        picked += [v[rank] for _, v in sorted(by_class.items()) if rank < len(v)][:max_images - len(picked)]
+        rank += 1
+    picked.sort(key=lambda i: (int(trainer.dm.dataset.test[i].label), i))
+    for start in range(0, len(picked), batch_size):
+        items = [dataset[i] for i in picked[start:start + batch_size]]
+        batch = {"img": torch.stack([it["img"] for it in items]),
+                 "label": torch.tensor([int(it["label"]) for it in items])}
+        yield trainer.parse_batch_test(batch)
+
+
+def image_features(trainer, max_images: int):
+    """``(frozen, prompted, labels)``: test image features of the frozen CLIP and of the prompted model."""
+    import torch
+
+    model = _clip_of(trainer)
+    captured = []
+    hook = model.visual.register_forward_hook(lambda mod, inp, out: captured.append(out.detach().float()))
+    frozen, prompted, labels = [], [], []
+    try:
+        with torch.no_grad():
+            for images, y in _test_batches(trainer, max_images):
+                captured.clear()
+                trainer.model_inference(images)
+                prompted.append(captured[-1])
+                captured.clear()
+                model.encode_image(images)  # no operations: the frozen CLIP
+                frozen.append(captured[-1])
+                labels.append(y.cpu())
+    finally:
+        hook.remove()
+    return torch.cat(frozen).cpu(), torch.cat(prompted).cpu(), torch.cat(labels)
+
+
+def _tsne(x, seed: int):
+    from sklearn.manifold import TSNE
+
+    x = x / x.norm(dim=1, keepdim=True)
+    perplexity = max(2.0, min(30.0, (len(x) - 1) / 3))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x.numpy())
+
+
+def _figure(width: int, height: int, dpi: int = 100):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=((width + 1e-3) / dpi, (height + 1e-3) / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png")
+    tmp.replace(path)
+    return path
+
+
+def _run_title(trainer, result) -> str:
+    cfg = trainer.cfg
+    return (f"{cfg.TRAINER.NAME} on {cfg.DATASET.NAME} ({result.get('subsample')} classes, seed {cfg.SEED}, "
+            f"backbone {cfg.MODEL.BACKBONE.NAME})")
+
+
+def plot_tsne(trainer, result, frozen, prompted, labels, classnames, path: Path, seed: int) -> Path:
+    import torch
+
+    has_vision = not torch.allclose(frozen, prompted, atol=1e-6)
+    fig = _figure(1300, 620)
+    fig.suptitle(f"t-SNE of {len(labels)} test image features, coloured by class: {_run_title(trainer, result)}",
+                 fontsize=11)
+    panels = [("frozen CLIP (no prompts)", frozen),
+              ("with the learned prompts" if has_vision else
+               "with the learned prompts (this method has no vision prompts: same features)", prompted)]
+    for i, (title, feats) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, i + 1)
+        xy = _tsne(feats, seed)
+        for c in sorted(set(labels.tolist())):
+            m = (labels == c).numpy()
+            ax.scatter(xy[m, 0], xy[m, 1], s=14, color=f"C{c % 10}", marker="os^Dv<>ph*"[(c // 10) % 10],
+                       label=classnames[c] if c < len(classnames) else str(c))
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel("t-SNE 1")
+        ax.set_ylabel("t-SNE 2")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="class")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------- attention rollout
+def attention_rollout(visual, run, n_tokens: int):
+    """Rollout from CLS to the patches while ``run()`` runs ``visual`` once: ``(B, grid, grid)`` maps.
+
+    Each block's attention is recomputed from its input (the attention module computes it with a fused kernel
+    and keeps no weights); only CLS and the patches (the first ``n_tokens`` positions) enter the rollout.
+    """
+    import torch
+
+    rows = []
+
+    def hook(block, inputs):
+        x = block.ln_1(inputs[0]).float()
+        attn = block.attn
+        b, length, width = x.shape
+        qkv = torch.nn.functional.linear(x, attn.in_proj_weight.float(), attn.in_proj_bias.float())
+        q, k, _ = qkv.view(b, length, 3, attn.heads, width // attn.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / (width // attn.heads) ** 0.5, dim=-1).mean(1)
+        a = weights[:, :n_tokens, :n_tokens]
+        rows.append(a / a.sum(-1, keepdim=True))
+
+    handles = [blk.register_forward_pre_hook(hook) for blk in visual.transformer.resblocks]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    if len(rows) != len(visual.transformer.resblocks):
+        raise RunError(f"the image encoder ran {len(rows) / max(len(visual.transformer.resblocks), 1):g} times "
+                       "for one batch; the rollout needs exactly one pass")
+    eye = torch.eye(n_tokens)
+    rollout = eye.expand(rows[0].shape[0], -1, -1)
+    for a in rows:
+        a = 0.5 * (a.cpu() + eye)
+        rollout = (a / a.sum(-1, keepdim=True)) @ rollout
+    grid = round((n_tokens - 1) ** 0.5)
+    maps = rollout[:, 0, 1:].reshape(-1, grid, grid)
+    return maps / maps.amax(dim=(1, 2), keepdim=True)
+
+
+def plot_rollout(trainer, result, classnames, path: Path, n_images: int) -> Path | None:
+    import clip
+    import torch
+
+    model = _clip_of(trainer)
+    if not isinstance(model.visual, clip.VisionTransformer):
+        return None
+    n_classes = len({int(d.label) for d in trainer.dm.dataset.test})
+    # one image of each of the first classes (the picker takes the first image of every class first)
+    images, labels = next(_test_batches(trainer, min(n_images, n_classes) if n_classes else n_images))
+    n_tokens = model.visual.num_tokens
+    frozen = attention_rollout(model.visual, lambda: model.encode_image(images), n_tokens)
+    prompted = attention_rollout(model.visual, lambda: trainer.model_inference(images), n_tokens)
+    with torch.no_grad():
+        predicted = trainer.model_inference(images).argmax(1).cpu()
+    mean = torch.tensor(trainer.cfg.INPUT.PIXEL_MEAN).view(3, 1, 1)
+    std = torch.tensor(trainer.cfg.INPUT.PIXEL_STD).view(3, 1, 1)
+    n = len(images)
+    fig = _figure(4 * 230, n * 230 + 70)
+    fig.suptitle("Attention rollout from CLS to the image patches (bright: attended; right: red = more attention "
+                 f"with the prompts)\n{_run_title(trainer, result)}", fontsize=10)
+    size = images.shape[-1]
+    for i in range(n):
+        img = (images[i].cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+        name = classnames[int(labels[i])] if int(labels[i]) < len(classnames) else str(int(labels[i]))
+        guess = classnames[int(predicted[i])] if int(predicted[i]) < len(classnames) else str(int(predicted[i]))
+        change = (prompted[i] - frozen[i]).abs().max().item()
+        for j, (title, maps) in enumerate(((f"test image: {name}", None), ("frozen CLIP", frozen),
+                                           (f"learned prompts (predicts {guess})", prompted),
+                                           (f"prompts minus frozen (max {change:.3f})", "diff"))):
+            ax = fig.add_subplot(n, 4, 4 * i + j + 1)
+            if isinstance(maps, str):
+                diff = (prompted[i] - frozen[i]).numpy()
+                lim = max(float(abs(diff).max()), 1e-6)
+                shown = ax.imshow(diff, cmap="coolwarm", vmin=-lim, vmax=lim, interpolation="nearest")
+                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+                ax.set_title(title, fontsize=8)
+                ax.axis("off")
+                continue
+            ax.imshow(img, interpolation="nearest")
+            if maps is not None:
+                heat = torch.nn.functional.interpolate(maps[i][None, None], size=(size, size), mode="bilinear",
+                                                       align_corners=False)[0, 0].numpy()
+                ax.imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=1, interpolation="bilinear")
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def _parser():
+    p = argparse.ArgumentParser(prog="python -m tools.inspect", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", help="a finished run folder (holding result.json and log.txt)")
+    p.add_argument("--out", help="output folder (default RUN_DIR/inspect)")
+    p.add_argument("--words", type=int, default=5, help="nearest words per context vector (default 5)")
+    p.add_argument("--max-images", type=int, default=300, help="test images in the t-SNE (default 300)")
+    p.add_argument("--rollout-images", type=int, default=4, help="test images in the rollout figure (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="t-SNE seed (default 0)")
+    p.add_argument("--device", choices=("auto", "cpu"), default="auto", help="cpu: ignore a GPU")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    run_dir = Path(args.run_dir)
+    for name, value in (("--words", args.words), ("--max-images", args.max_images),
+                        ("--rollout-images", args.rollout_images)):
+        if value < 1:
+            print(f"error: {name} must be at least 1", file=sys.stderr)
+            return 2
+    try:
+        trainer, result = load_run(run_dir, device=None if args.device == "auto" else args.device)
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else run_dir / "inspect"
+    out.mkdir(parents=True, exist_ok=True)
+    classnames = list(trainer.dm.dataset.classnames) if hasattr(trainer, "dm") else []
+    files = {}
+
+    text, words = context_words(trainer, args.words)
+    (out / "context_words.txt").write_text(text, encoding="utf-8")
+    files["context_words"] = out / "context_words.txt"
+    print(text, end="")
+
+    frozen, prompted, labels = image_features(trainer, args.max_images)
+    if len(labels) >= 5:
+        files["tsne"] = plot_tsne(trainer, result, frozen, prompted, labels, classnames, out / "tsne.png", args.seed)
+    else:
+        print(f"no t-SNE: only {len(labels)} test image(s)")
+    rollout = plot_rollout(trainer, result, classnames, out / "attention_rollout.png", args.rollout_images)
+    if rollout is not None:
+        files["attention_rollout"] = rollout
+    else:
+        print("no attention rollout: the backbone is not a Vision Transformer")
+    summary = {"run_dir": str(run_dir), "method": trainer.cfg.TRAINER.NAME, "dataset": trainer.cfg.DATASET.NAME,
+               "test_images_in_tsne": int(len(labels)), "context_words": words,
+               "files": {k: str(v) for k, v in files.items()}}
+    tmp = out / "inspect.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    tmp.replace(out / "inspect.json")
+    for kind, path in files.items():
+        print(f"wrote {kind}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
