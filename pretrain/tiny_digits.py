@@ -31,6 +31,10 @@ The checkpoint is a plain state dict with OpenAI's keys, stored like OpenAI's fi
 (LayerNorms in fp32), so :func:`clip.build_model` and :func:`clip.load` read it. The repository ships it
 (:data:`SHIPPED`, checksum :data:`SHA256`); :func:`checkpoint_path` returns it, or pretrains a copy into the
 CLIP cache when it is absent.
+
+The same code makes the demo's larger teacher (:mod:`pretrain.tiny_digits_large`): a :class:`Release` names a
+model's architecture, recipe, thread count and shipped file, and :func:`pretrain`, :func:`checkpoint_path` and
+:func:`main` take one (default: tiny-digits).
 """
 from __future__ import annotations
 
@@ -50,8 +54,8 @@ from typing import Callable, Dict, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ARCH", "PretrainConfig", "SHIPPED", "SHA256", "EVAL_TEMPLATE", "build", "pretrain",
-           "zero_shot_accuracy", "save_checkpoint", "checkpoint_path", "main"]
+__all__ = ["ARCH", "PretrainConfig", "Release", "SHIPPED", "SHA256", "EVAL_TEMPLATE", "build", "pretrain",
+           "zero_shot_accuracy", "save_checkpoint", "checkpoint_path", "release", "main"]
 
 #: ``clip.CLIP(**ARCH)``: a ViT-S/4-like image tower on 32x32 images and a 64-wide text tower
 ARCH = dict(
@@ -94,12 +98,38 @@ class PretrainConfig:
     logit_scale_max: float = 100.0  # CLIP's clamp of the learned temperature
 
 
-def build(seed: int = 0):
-    """A freshly initialised tiny CLIP (fp32, train mode)."""
+@dataclass(frozen=True)
+class Release:
+    """A project-pretrained CLIP: its registered name, architecture, recipe and shipped checkpoint.
+
+    :func:`pretrain`, :func:`checkpoint_path` and :func:`main` take one, so every model the project pretrains on
+    synthetic digits (``tiny-digits`` here, ``tiny-digits-large`` in :mod:`pretrain.tiny_digits_large`) shares
+    this module's code and differs only in these values.
+    """
+
+    name: str                 # name registered with clip.register_pretrained
+    arch: Dict[str, int]      # clip.CLIP(**arch)
+    config: "PretrainConfig"  # the recipe that made the shipped file
+    shipped: Path             # the checkpoint in the repository
+    sha256: str               # its checksum
+    cache_name: str           # file name when built into the CLIP cache
+    threads: int              # torch CPU threads of the shipped build (the bits depend on it)
+    build_minutes: int        # rough pretraining time on 2 CPU cores, for the message shown when building
+    command: str              # the command line that pretrains it
+
+
+def release() -> Release:
+    """The tiny-digits release, read from this module's constants when called."""
+    return Release(name="tiny-digits", arch=ARCH, config=PretrainConfig(), shipped=SHIPPED, sha256=SHA256,
+                   cache_name=CACHE_NAME, threads=2, build_minutes=6, command="python -m pretrain.tiny_digits")
+
+
+def build(seed: int = 0, arch: Optional[Dict[str, int]] = None):
+    """A freshly initialised CLIP of ``arch`` (default :data:`ARCH`; fp32, train mode)."""
     import clip
 
     torch.manual_seed(seed)
-    return clip.CLIP(**ARCH)
+    return clip.CLIP(**(ARCH if arch is None else arch))
 
 
 def _multi_positive_ce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -160,26 +190,32 @@ def _cpu_settings(threads: int):
 
 
 def pretrain(config: PretrainConfig = PretrainConfig(), threads: int = 2, log: Callable[[str], None] = print,
-             evaluate_every: int = 0):
-    """Pretrain the tiny CLIP with ``config`` on ``threads`` CPU threads; return the model (fp32, eval mode).
+             evaluate_every: int = 0, arch: Optional[Dict[str, int]] = None):
+    """Pretrain a CLIP of ``arch`` (default :data:`ARCH`) with ``config`` on ``threads`` CPU threads; return the
+    model (fp32, eval mode).
 
     ``evaluate_every > 0`` logs the zero-shot accuracy on the digits' validation split every that many steps
     (for development; it does not influence training).
     """
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    arch = ARCH if arch is None else arch
+    if arch["transformer_heads"] != arch["transformer_width"] // 64:
+        raise ValueError(f"transformer_heads={arch['transformer_heads']} with transformer_width="
+                         f"{arch['transformer_width']}: a checkpoint stores no head count and clip.build_model reads "
+                         f"it back as width // 64 = {arch['transformer_width'] // 64}; use that")
     with _cpu_settings(threads):
-        return _pretrain(config, log, evaluate_every)
+        return _pretrain(config, log, evaluate_every, arch)
 
 
-def _pretrain(config: PretrainConfig, log: Callable[[str], None], evaluate_every: int):
+def _pretrain(config: PretrainConfig, log: Callable[[str], None], evaluate_every: int, arch: Dict[str, int]):
     import clip
 
     from .synthetic import SyntheticDigits
 
-    model = build(config.seed)
+    model = build(config.seed, arch)
     model.train()
-    data = SyntheticDigits(seed=config.seed, image_size=ARCH["image_resolution"])
+    data = SyntheticDigits(seed=config.seed, image_size=arch["image_resolution"])
     mean, std = _normalisation()
     start = time.time()
 
@@ -296,56 +332,66 @@ def save_checkpoint(state_dict: Dict[str, torch.Tensor], path: Union[str, Path])
     return path
 
 
-def checkpoint_path(cache_dir: Union[str, Path, None] = None) -> str:
-    """Path of the tiny-digits checkpoint: the shipped file if its checksum matches, else a copy built in the cache.
+def checkpoint_path(cache_dir: Union[str, Path, None] = None, model: Optional[Release] = None) -> str:
+    """Path of a release's checkpoint (default tiny-digits): the shipped file if its checksum matches, else a copy
+    built in the cache.
 
     The cache is ``cache_dir``, else :func:`clip.cache_dir` (``$CLIP_CACHE_DIR`` or ``~/.cache/clip``). Building
-    runs :func:`pretrain` with the default config (about 6 minutes on 2 CPU cores) under a file lock, so runs
-    started together build it once.
+    runs :func:`pretrain` with the release's config (about 6 minutes on 2 CPU cores for tiny-digits) under a file
+    lock, so runs started together build it once.
     """
     import clip
     from clip.download import exclusive_lock, sha256_of
 
-    if SHIPPED.is_file() and SHA256 and sha256_of(SHIPPED) == SHA256:
-        return str(SHIPPED)
-    if SHIPPED.is_file():
-        warnings.warn(f"{SHIPPED} does not have the expected SHA256 {SHA256}; using a copy built in the cache")
-    target = clip.cache_dir(cache_dir) / CACHE_NAME
+    spec = release() if model is None else model
+    if spec.shipped.is_file() and spec.sha256 and sha256_of(spec.shipped) == spec.sha256:
+        return str(spec.shipped)
+    if spec.shipped.is_file() and not spec.sha256:
+        warnings.warn(f"no SHA256 is recorded for {spec.shipped} ({spec.name}), so it cannot be verified; using a "
+                      "copy built in the cache")
+    elif spec.shipped.is_file():
+        warnings.warn(f"{spec.shipped} does not have the expected SHA256 {spec.sha256}; using a copy built in the cache")
+    target = clip.cache_dir(cache_dir) / spec.cache_name
     target.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(target):
         if not target.is_file():
-            print(f"Pretraining the tiny-digits CLIP into {target} (python -m pretrain.tiny_digits; about 6 minutes on 2 cores)")
-            model = pretrain(PretrainConfig(), threads=2)
-            save_checkpoint(state_dict_for_release(model), target)
-            if SHA256 and sha256_of(target) != SHA256:
-                print(f"Note: the rebuilt checkpoint differs in its bits from the shipped one (SHA256 {SHA256}); "
+            print(f"Pretraining the {spec.name} CLIP into {target} ({spec.command}; "
+                  f"about {spec.build_minutes} minutes on 2 cores)")
+            trained = pretrain(spec.config, threads=spec.threads, arch=spec.arch)
+            save_checkpoint(state_dict_for_release(trained), target)
+            if spec.sha256 and sha256_of(target) != spec.sha256:
+                print(f"Note: the rebuilt checkpoint differs in its bits from the shipped one (SHA256 {spec.sha256}); "
                       "another torch version or thread count changes floating-point sums, not the recipe.")
     return str(target)
 
 
-def _parse(argv: Optional[Sequence[str]]):
-    parser = argparse.ArgumentParser(prog="python -m pretrain.tiny_digits", description=__doc__.split("\n\n")[0])
+def _parse(argv: Optional[Sequence[str]], spec: Optional[Release] = None):
+    spec = release() if spec is None else spec
+    parser = argparse.ArgumentParser(prog=spec.command, description=f"Pretrain the {spec.name} CLIP on captioned "
+                                     "synthetic digits (the offline demo's model).")
     parser.add_argument("--out", required=True, help="checkpoint file to write (OpenAI-format state dict)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--threads", type=int, default=spec.threads,
+                        help=f"torch CPU threads (default {spec.threads}, as the shipped checkpoint)")
     parser.add_argument("--eval-every", type=int, default=0,
                         help="log validation zero-shot accuracy every N steps (development; default off)")
-    defaults = PretrainConfig()
+    defaults = spec.config
     for f in fields(PretrainConfig):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
                             default=getattr(defaults, f.name), help=f"default {getattr(defaults, f.name)}")
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parse(argv)
+def main(argv: Optional[Sequence[str]] = None, spec: Optional[Release] = None) -> int:
+    spec = release() if spec is None else spec
+    args = _parse(argv, spec)
     if args.threads < 1:
         print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
     config = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)})
-    print(f"tiny-digits CLIP {ARCH}")
+    print(f"{spec.name} CLIP {spec.arch}")
     print(f"pretraining with {asdict(config)} on {args.threads} thread(s)")
     start = time.time()
-    model = pretrain(config, threads=args.threads, evaluate_every=args.eval_every)
+    model = pretrain(config, threads=args.threads, evaluate_every=args.eval_every, arch=spec.arch)
     seconds = time.time() - start
     state_dict = state_dict_for_release(model)
     path = save_checkpoint(state_dict, args.out)

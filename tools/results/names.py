@@ -41,6 +41,22 @@ METHOD_ORDER = ("ZeroshotCLIP", "CLIP", "CoOp", "CoCoOp", "ProDA", "VPT", "IVLP"
 # Published tables call zero-shot CLIP "CLIP"; CoOp's trainer for it is "ZeroshotCLIP".
 METHOD_ALIASES = {"zeroshotclip": "clip", "zsclip": "clip"}
 
+# A method cascaded with CasPL's frozen boosting prompts (CasPL phase 2) is shown as "<Method> + CasPL", in the
+# row right after "<Method>". Which runs these are is decided from result.json (tools.results.tables.is_cascade).
+CASCADE_SUFFIX = " + CasPL"
+_CASCADE = re.compile(r"\s*\+\s*caspl\s*$", re.IGNORECASE)
+
+
+def split_cascade(name: str) -> tuple[str, bool]:
+    """``"PromptSRC + CasPL"`` (or ``"PromptSRC+CasPL"``) -> ``("PromptSRC", True)``; ``"MPL"`` -> ``("MPL", False)``."""
+    match = _CASCADE.search(name)
+    return (name[:match.start()], True) if match and match.start() > 0 else (name, False)
+
+
+def cascade_method(method: str) -> str:
+    """The display name of ``method`` run with CasPL boosting prompts: ``"MaPLe"`` -> ``"MaPLe + CasPL"``."""
+    return split_cascade(method)[0] + CASCADE_SUFFIX
+
 
 def _squash(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
@@ -66,14 +82,22 @@ def dataset_sort_key(name: str):
     return (order.index(name), "") if name in order else (len(order), name)
 
 
+def _method_key(name: str) -> tuple[str, bool]:
+    base, cascaded = split_cascade(name)
+    base = base.strip().lower()
+    return METHOD_ALIASES.get(base, base), cascaded
+
+
 def same_method(a: str, b: str) -> bool:
-    """Case-insensitive, with zero-shot CLIP's two names treated as one."""
-    a, b = a.lower(), b.lower()
-    return METHOD_ALIASES.get(a, a) == METHOD_ALIASES.get(b, b)
+    """Case-insensitive, with zero-shot CLIP's two names treated as one; ``"X + CasPL"`` and ``"X+CasPL"`` are one
+    method, different from ``"X"``."""
+    return _method_key(a) == _method_key(b)
 
 
 def method_sort_key(name: str):
+    """The papers' row order; ``"<Method> + CasPL"`` right after ``"<Method>"``."""
+    base, cascaded = split_cascade(name)
     for i, m in enumerate(METHOD_ORDER):
-        if same_method(m, name):
-            return (i, "")
-    return (len(METHOD_ORDER), name.lower())
+        if same_method(m, base):
+            return (i, "", cascaded)
+    return (len(METHOD_ORDER), base.strip().lower(), cascaded)

@@ -2,8 +2,10 @@
 
 Each file has ``sources`` (ref -> paper, table, verification status), in the default preference order, and
 ``entries``: ``{"method", "dataset", metric values, "ref", "source"}``, where ``dataset`` is a canonical dataset
-name or ``"Average"`` (with ``"over"``: the datasets it averages). Only numbers found in the project's reference
-notes are stored: baselines.md section 5 (method READMEs) and the MPL paper's Tables II and III.
+name or ``"Average"`` (with ``"over"``: the datasets it averages), plus ``"shots"`` in the few-shot file. A method
+cascaded with CasPL is named ``"<Method> + CasPL"`` (the tables' name for such runs). Only numbers found in the
+project's reference notes are stored: baselines.md section 5 (method READMEs), the MPL paper's Tables II and III,
+and CasPL's README and figure 3 (caspl.md A4).
 """
 from __future__ import annotations
 
@@ -23,12 +25,14 @@ class Published:
     entries: list[dict]
     refs: list[str]  # the sources in use, in preference order
 
-    def lookup(self, method: str, dataset: str) -> list[dict]:
-        """Entries for ``method`` on ``dataset`` (or ``"Average"``), one per source, in preference order."""
+    def lookup(self, method: str, dataset: str, shots: int | None = None) -> list[dict]:
+        """Entries for ``method`` on ``dataset`` (or ``"Average"``), one per source, in preference order;
+        ``shots``: only entries for that number of shots."""
         out = []
         for ref in self.refs:
             for e in self.entries:
-                if e["ref"] == ref and same_method(e["method"], method) and _dataset(e) == dataset:
+                if e["ref"] == ref and same_method(e["method"], method) and _dataset(e) == dataset \
+                        and (shots is None or e.get("shots") == shots):
                     out.append(e)
         return out
 

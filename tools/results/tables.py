@@ -21,16 +21,24 @@ How numbers are computed (the conventions of the CoOp/MaPLe/PromptSRC papers and
 - Training time (plot): the mean ``train_time_s`` of a method's training runs, averaged first over seeds and then
   over datasets, i.e. the average wall time of one training run (the MPL paper's Figure 2 plots "average running
   time"). Eval-only runs (zero-shot CLIP) count 0 s. For cross-dataset/DG it is the source training run.
+- CasPL: a run whose result.json has a ``cascade`` entry (a non-empty object, e.g. ``{"boosting_run": PATH,
+  "sha256": ...}``: the method's adapting prompts were trained beside frozen CasPL boosting prompts) is shown as
+  ``<method> + CasPL`` (``method`` is the adapting method's name, e.g. ``PromptSRC``), in the row right after the
+  method itself; ``--methods "PromptSRC + CasPL"`` selects it and published ``PromptSRC + CasPL`` numbers pair
+  with it. The boosting runs each such row used are listed under ``boosting_runs`` in the JSON summary. A run
+  known only from its log (no result.json) cannot be told apart and shows as the plain method.
 - Duplicates (the same method, config, dataset, seed and part found twice): one is used, preferring a run whose
   folder names this protocol, then result.json over a log, then (for base/source) the training run over an
   eval-only re-test, then the newest ``finished_at``; the others are listed in the JSON summary.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .names import DG_TARGETS, canonical_dataset, dataset_sort_key, display_dataset, method_sort_key, same_method
+from .names import (DG_TARGETS, canonical_dataset, cascade_method, dataset_sort_key, display_dataset, method_sort_key,
+                    same_method)
 from .published import AVERAGE, Published
 from .render import Cell, Table, text
 from .runs import Collection, Run, refers_to
@@ -135,8 +143,38 @@ def _wanted(run: Run, methods: list[str] | None) -> bool:
     return False
 
 
+def is_cascade(run: Run) -> bool:
+    """A CasPL phase-2 run: its result.json carries a non-empty ``cascade`` object (the boosting run it used)."""
+    return run.source == "json" and isinstance(run.record.get("cascade"), dict) and bool(run.record["cascade"])
+
+
+def _labelled(run: Run) -> Run:
+    """The run with ``method`` as the tables show it: ``"<method> + CasPL"`` for a CasPL phase-2 run."""
+    return dataclasses.replace(run, method=cascade_method(run.method)) if is_cascade(run) else run
+
+
+def _boosting_runs(runs: list[Run], variants, labels) -> dict[str, list[str]]:
+    """label -> the boosting runs (``cascade.boosting_run``) its CasPL runs used; only rows that have some."""
+    out = {}
+    for v in variants:
+        found = sorted({str(r.record["cascade"].get("boosting_run")) for r in runs if r.variant == v and is_cascade(r)})
+        if found:
+            out[labels[v]] = found
+    return out
+
+
+CASCADE_NOTE = ("<Method> + CasPL: runs whose result.json has a `cascade` entry (the method's prompts trained "
+                "beside frozen CasPL boosting prompts); the boosting runs are listed under boosting_runs in the "
+                "JSON summary.")
+
+
+def _cascade_notes(boosting: dict) -> list[str]:
+    return [CASCADE_NOTE] if boosting else []
+
+
 def _eligible(coll: Collection, protocol: str, opts: Options, pred, notes: list[str]) -> list[Run]:
-    runs = [r for r in coll.runs if _hint_ok(r.hint, protocol) and pred(r) and _wanted(r, opts.methods)]
+    runs = [r for r in map(_labelled, coll.runs)
+            if _hint_ok(r.hint, protocol) and pred(r) and _wanted(r, opts.methods)]
     other = sorted({r.seed for r in runs if r.seed not in opts.seeds}, key=lambda s: (s is None, s))
     if other:
         k = sum(r.seed not in opts.seeds for r in runs)
@@ -231,11 +269,14 @@ def _missing_table(missing: list[dict]) -> Table:
 
 
 def _published_rows(pub: Published | None, method: str, columns: list[tuple[str, str]], ours: dict,
-                    over: list[str], used: set, extra: int = 1) -> tuple[list[list[Cell]], list[str]]:
+                    over: list[str], used: set, extra: int = 1, shots: int | None = None,
+                    lead: int = 0) -> tuple[list[list[Cell]], list[str]]:
     """Rows "↳ published [ref]" and "↳ Δ" for each published source that has numbers for ``method``.
 
     ``columns``: (dataset, metric) per numeric column; ``ours``: the same keys -> our mean. The Δ of an average
     is left out when the published average is over other datasets than ours. Refs printed are added to ``used``.
+    ``shots``: only entries for that number of shots (few-shot); ``lead``: empty cells between the label and the
+    numbers (the few-shot table's Shots column).
     """
     if pub is None:
         return [], []
@@ -243,7 +284,7 @@ def _published_rows(pub: Published | None, method: str, columns: list[tuple[str,
     for ref in pub.refs:
         vals, deltas, any_value = [], [], False
         for dataset, metric in columns:
-            entry = next((e for e in pub.lookup(method, dataset) if e["ref"] == ref), None)
+            entry = next((e for e in pub.lookup(method, dataset, shots) if e["ref"] == ref), None)
             value = entry.get(metric) if entry else None
             any_value |= value is not None
             vals.append(Cell(value))
@@ -255,8 +296,8 @@ def _published_rows(pub: Published | None, method: str, columns: list[tuple[str,
             deltas.append(Cell(ours[(dataset, metric)] - value, signed=True) if ok else Cell())
         if any_value:
             used.add(ref)
-            rows.append([text(f"↳ published [{ref}]")] + vals + [text("")] * extra)
-            rows.append([text("↳ Δ (ours − published)")] + deltas + [text("")] * extra)
+            rows.append([text(f"↳ published [{ref}]")] + [text("")] * lead + vals + [text("")] * extra)
+            rows.append([text("↳ Δ (ours − published)")] + [text("")] * lead + deltas + [text("")] * extra)
     return rows, sorted(set(notes))
 
 
@@ -379,11 +420,14 @@ def base2new(coll: Collection, opts: Options) -> Report:
         if value is not None and times[v] is not None:
             points.append({"label": labels[v], "group": labels[v], "time_s": times[v], "value": value,
                            "partial": not (b.complete and n.complete)})
+    boosting = _boosting_runs(list(chosen.values()), variants, labels)
     summary = _summary("base2new", opts, coll, variants, labels, datasets, notes, dups, missing,
-                       {"rows": json_rows, "train_time_s": {labels[v]: times[v] for v in variants}})
+                       {"rows": json_rows, "train_time_s": {labels[v]: times[v] for v in variants},
+                        "boosting_runs": boosting})
     value_label = {"hm": "HM", "base": "base accuracy", "new": "new accuracy"}[opts.plot_metric]
     return Report("base2new", tables, csv_rows, summary, points, f"Average {value_label} (%)",
-                  _common_notes(opts) + [hm_note, STD_NOTE] + _published_note(opts.published, used_refs))
+                  _common_notes(opts) + [hm_note, STD_NOTE] + _cascade_notes(boosting)
+                  + _published_note(opts.published, used_refs))
 
 
 # ---------------------------------------------------------------------------------------------- cross-dataset, DG
@@ -458,10 +502,13 @@ def crossdataset(coll: Collection, opts: Options, protocol: str = "crossdataset"
     points = [{"label": labels[v], "group": labels[v], "time_s": times[v], "value": stats[v, AVERAGE].mean,
                "partial": not (stats[v, AVERAGE].complete and src_stats[v].complete)}
               for v in variants if stats[v, AVERAGE].mean is not None and times[v] is not None]
+    boosting = _boosting_runs(list(chosen.values()) + list(src_chosen.values()), variants, labels)
     summary = _summary(protocol, opts, coll, variants, labels, targets, notes, dups, missing,
-                       {"source": source, "rows": json_rows, "train_time_s": {labels[v]: times[v] for v in variants}})
+                       {"source": source, "rows": json_rows, "train_time_s": {labels[v]: times[v] for v in variants},
+                        "boosting_runs": boosting})
     return Report(protocol, tables, csv_rows, summary, points, "Average target accuracy (%)",
-                  _common_notes(opts) + [STD_NOTE] + _published_note(opts.published, used_refs))
+                  _common_notes(opts) + [STD_NOTE] + _cascade_notes(boosting)
+                  + _published_note(opts.published, used_refs))
 
 
 # ---------------------------------------------------------------------------------------------- few-shot
@@ -478,7 +525,7 @@ def fewshot(coll: Collection, opts: Options) -> Report:
 
     t = Table("Few-shot accuracy", ["Method", "Shots"] + [display_dataset(d) for d in datasets] + ["Average", "src"],
               notes=["Average: mean over datasets; — unless every dataset has results."])
-    missing, csv_rows, json_rows, points = [], [], [], []
+    missing, csv_rows, json_rows, points, used_refs = [], [], [], [], set()
     for v in variants:
         for k in shots:
             st, used = {}, []
@@ -490,6 +537,11 @@ def fewshot(coll: Collection, opts: Options) -> Report:
             st[AVERAGE] = average_stat([st[d] for d in datasets], seeds)
             t.rows.append([text(labels[v]), text(str(k))] + [st[d].cell(std=False) for d in datasets + [AVERAGE]]
                           + [text(_src(used))])
+            ours = {(d, "accuracy"): st[d].mean for d in datasets + [AVERAGE]}
+            rows, pnotes = _published_rows(opts.published, v[0], [(d, "accuracy") for d in datasets + [AVERAGE]],
+                                           ours, datasets, used_refs, shots=k, lead=1)
+            t.rows += rows
+            t.notes += [note for note in pnotes if note not in t.notes]
             for d in datasets + [AVERAGE]:
                 miss = [m for m in missing if m["method"] == labels[v] and m["part"] == f"{k}-shot"
                         and (d == AVERAGE or m["dataset"] == d)]
@@ -499,15 +551,21 @@ def fewshot(coll: Collection, opts: Options) -> Report:
                                  "missing": _missing_text(miss, with_dataset=d == AVERAGE)})
                 json_rows.append({"dataset": d, "method": v[0], "config": v[1], "label": labels[v], "shots": k,
                                   "accuracy": st[d].as_dict()})
+                for e in (opts.published.lookup(v[0], d, k) if opts.published else []):
+                    csv_rows.append({"kind": "published", "dataset": d, "method": v[0], "config": v[1],
+                                     "label": labels[v], "shots": k, "accuracy": e.get("accuracy"), "ref": e["ref"],
+                                     "published_source": e["source"]})
             time_s = _mean_train_time({d: [chosen[(v, k, d, s)] for s in seeds if (v, k, d, s) in chosen]
                                        for d in datasets})
             if st[AVERAGE].mean is not None and time_s is not None:
                 points.append({"label": f"{labels[v]} {k}-shot", "group": labels[v], "time_s": time_s,
                                "value": st[AVERAGE].mean, "partial": not st[AVERAGE].complete, "annotation": f"{k}"})
+    boosting = _boosting_runs(list(chosen.values()), variants, labels)
     summary = _summary("fewshot", opts, coll, variants, labels, datasets, notes, dups, missing,
-                       {"shots": shots, "rows": json_rows})
+                       {"shots": shots, "rows": json_rows, "boosting_runs": boosting})
     return Report("fewshot", [t, _missing_table(missing)], csv_rows, summary, points, "Average accuracy (%)",
-                  _common_notes(opts) + [STD_NOTE])
+                  _common_notes(opts) + [STD_NOTE] + _cascade_notes(boosting)
+                  + _published_note(opts.published, used_refs))
 
 
 def build(protocol: str, coll: Collection, opts: Options) -> Report:
