@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from dassl.config import get_cfg_default
-from dassl.engine import build_trainer
+from dassl.engine import build_trainer, distributed
 from dassl.engine.run_result import write_run_result
 from dassl.utils import Logger, UserError, collect_env_info, listdir_nohidden, set_random_seed, setup_logger
 
@@ -247,11 +247,13 @@ def run(args):
     """Run the command described by the parsed ``args``; returns the exit status."""
     cfg = setup_cfg(args)
     check_dirs(args, cfg)
+    distributed.setup(cfg)  # torchrun --nproc-per-node N: join the other processes (nothing otherwise)
 
     if cfg.SEED >= 0:
         print("Setting fixed seed: {}".format(cfg.SEED))
         set_random_seed(cfg.SEED)
-    setup_logger(cfg.OUTPUT_DIR)
+    if distributed.is_main_process():  # torchrun: rank 0 writes log.txt
+        setup_logger(cfg.OUTPUT_DIR)
 
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
@@ -270,7 +272,9 @@ def run(args):
         check_checkpoints(trainer, args.model_dir, args.load_epoch)
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         trainer.test()
-        write_run_result(trainer, eval_only=True, model_dir=args.model_dir or None, loaded_epoch=args.load_epoch)
+        if distributed.is_main_process():
+            write_run_result(trainer, eval_only=True, model_dir=args.model_dir or None,
+                             loaded_epoch=args.load_epoch)
         return 0
 
     if not args.no_train:
@@ -309,7 +313,14 @@ def main(argv=None):
     except UserError as err:
         _report("error: {}".format(err))
         return 2
+    except Exception as err:
+        lost = distributed.lost_process_message(err)  # torchrun: another process died (None otherwise)
+        if lost is None:
+            raise
+        _report("error: {}".format(lost))
+        return 1
     finally:
+        distributed.shutdown()
         logger, sys.stdout = sys.stdout, stdout
         if logger is not stdout and isinstance(logger, Logger):
             logger.close()
