@@ -25,6 +25,7 @@ Outside ``torchrun`` (no ``WORLD_SIZE``, or ``WORLD_SIZE=1``) nothing here does 
 import datetime
 import os
 import sys
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -145,6 +146,7 @@ def lost_process_message(err):
     if not (isinstance(err, dist_errors) or peer_gone):
         return None
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    first = first.split(". This is typically")[0][:200]  # gloo appends advice that does not apply here
     return (f"rank {get_rank()} of {get_world_size()} lost contact with the other processes ({first}): one of them "
             "died or was killed (see its own error above); checkpoints on disk are complete (rank 0 writes them "
             "atomically, the others only read); run the same command again to resume from the last one")
@@ -246,9 +248,14 @@ class DistributedTraining:
             module = trainer._models[name]
             if module is None or not any(p.requires_grad for p in module.parameters()):
                 continue
-            ddp = DDP(module, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
-                      if device.type == "cuda" else None,
-                      broadcast_buffers=False)  # buffers are built identically on every rank
+            device_ids = None
+            if device.type == "cuda":
+                device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
+            with warnings.catch_warnings():  # newer torch renames the flag; its meaning here stays the same
+                warnings.filterwarnings("ignore", message=".*broadcast_buffers", category=FutureWarning)
+                # no buffer broadcasts: buffers are built identically on every rank, and a forward must not run
+                # collectives (evaluation calls the module a different number of times on each rank)
+                ddp = DDP(module, device_ids=device_ids, broadcast_buffers=False)
             ddp.register_comm_hook(self.grad_weight, _weighted_sum_hook)
             _route_through_ddp(module, ddp)
             self.wrapped[name] = ddp
