@@ -166,7 +166,7 @@ def test_dead_rank_then_resume_equals_uninterrupted(setup):
 # In-process checks (no process group)
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("world", [2, 3])
-@pytest.mark.parametrize("n, batch, drop_last", [(10, 4, True), (10, 3, False), (7, 7, True)])
+@pytest.mark.parametrize("n, batch, drop_last", [(10, 4, True), (11, 4, False), (7, 7, True)])
 def test_shards_concatenate_to_the_single_process_batches(world, n, batch, drop_last):
     def sampler():
         return RandomSampler(range(n), generator=torch.Generator().manual_seed(5))
