@@ -142,7 +142,7 @@ def lost_process_message(err):
     dist_errors = tuple(getattr(dist, n) for n in ("DistError",) if hasattr(dist, n))
     text = str(err)
     peer_gone = any(s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
-                                        "NCCL communicator was aborted", "Socket Timeout", "timed out"))
+                                        "NCCL communicator was aborted", "Timed out waiting"))
     if not (isinstance(err, dist_errors) or peer_gone):
         return None
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
