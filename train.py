@@ -59,6 +59,27 @@ except ImportError:
     write_run_result = None
     _MISSING.append("result.json")
 try:
+    from dassl.engine import distributed
+except ImportError:  # the real Dassl: one process
+    class distributed:  # noqa: N801  (stands in for the module)
+        @staticmethod
+        def is_main_process():
+            return True
+
+        @staticmethod
+        def setup(cfg):
+            return None
+
+        @staticmethod
+        def shutdown():
+            return None
+
+        @staticmethod
+        def lost_process_message(err):
+            return None
+
+    _MISSING.append("torchrun support")
+try:
     from dassl.utils import RunLock
 except ImportError:
     RunLock = None
@@ -388,6 +409,7 @@ def run(args):
     cfg = setup_cfg(args)
     check_dirs(args, cfg)
     check_names(cfg)
+    distributed.setup(cfg)  # torchrun --nproc-per-node N: join the other processes (nothing otherwise)
 
     if cfg.SEED >= 0:
         print("Setting fixed seed: {}".format(cfg.SEED))
@@ -396,7 +418,8 @@ def run(args):
 
     out_dir = cfg.OUTPUT_DIR
     created = not osp.isdir(out_dir)
-    lock = RunLock(out_dir).acquire() if RunLock is not None else None
+    # torchrun: rank 0 alone holds the folder's lock and writes log.txt
+    lock = RunLock(out_dir).acquire() if RunLock is not None and distributed.is_main_process() else None
     try:
         return _run_locked(args, cfg, out_dir, created)
     finally:
@@ -413,7 +436,7 @@ def _set_half_on_cpu(cfg):
 
 
 def _run_locked(args, cfg, out_dir, created):
-    logger = setup_logger(out_dir)
+    logger = setup_logger(out_dir) if distributed.is_main_process() else None
     log_path = getattr(logger, "fpath", None) or getattr(sys.stdout, "fpath", None)
     log_file = getattr(sys.stdout, "file", None)
 
@@ -421,7 +444,9 @@ def _run_locked(args, cfg, out_dir, created):
         torch.backends.cudnn.benchmark = True
 
     # The full dump goes to the log file (as in Dassl); the terminal gets a short header unless asked for more.
-    if args.print_config or log_file is None:
+    if not distributed.is_main_process():
+        pass  # torchrun: the other ranks print nothing of their own
+    elif args.print_config or log_file is None:
         print_args(args, cfg)
         print("Collecting env info ...")
         print("** System info **\n{}\n".format(collect_env_info()))
@@ -437,7 +462,8 @@ def _run_locked(args, cfg, out_dir, created):
             check_checkpoints(trainer, args.model_dir, args.load_epoch)
             _load_for_eval(trainer, args)
     except USER_ERRORS:
-        _forget_failed_start(out_dir, created)
+        if distributed.is_main_process():
+            _forget_failed_start(out_dir, created)
         raise
     run_info = getattr(trainer, "run_info", None)
     if run_info is None:
@@ -446,7 +472,7 @@ def _run_locked(args, cfg, out_dir, created):
 
     if args.eval_only:
         trainer.test()
-        if write_run_result is not None:
+        if write_run_result is not None and distributed.is_main_process():
             write_run_result(trainer, eval_only=True, model_dir=args.model_dir or None, loaded_epoch=args.load_epoch)
         return 0
 
@@ -540,10 +566,15 @@ def main(argv=None):
     except USER_ERRORS as err:
         _report("error: {}".format(err))
         return 2
-    except Exception:
-        _log_traceback()
-        raise
+    except Exception as err:
+        lost = distributed.lost_process_message(err)  # torchrun: another process died (None otherwise)
+        if lost is None:
+            _log_traceback()
+            raise
+        _report("error: {}".format(lost))
+        return 1
     finally:
+        distributed.shutdown()
         logger, sys.stdout = sys.stdout, stdout
         if logger is not stdout and isinstance(logger, Logger):
             logger.close()

@@ -14,7 +14,8 @@
 #   protocol.sh zeroshot_dg    DATASET [SEED]             the same, on imagenetv2/imagenet_sketch/imagenet_a/imagenet_r
 #
 # Environment: DATA (dataset root, default ./data), OUTPUT (default ./output), CFG / CFG_XD (config names),
-# SHOTS (default 16), PYTHON (default python3). Extra "KEY VALUE" config pairs can follow the arguments
+# SHOTS (default 16), PYTHON (default python3), NPROC (processes per run, default 1: with N > 1 each run is one
+# torchrun job of N processes, one GPU each; see README "Several GPUs"). Extra "KEY VALUE" config pairs can follow the arguments
 # after a literal "--", e.g. `... eurosat 1 -- TRAINER.MPL.PREC fp32`. The zeroshot protocols read their
 # configs from configs/trainers/$CFG_DIR/ (default CoOp, as the reference's scripts/zsclip).
 #
@@ -32,6 +33,13 @@ DATA=${DATA:-./data}
 OUTPUT=${OUTPUT:-./output}
 SHOTS=${SHOTS:-16}
 PYTHON=${PYTHON:-python3}
+NPROC=${NPROC:-1}
+if ! [[ "$NPROC" =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: NPROC=$NPROC is not a positive number of processes (one per GPU), e.g. NPROC=4" >&2
+    exit 2
+fi
+LAUNCH=("$PYTHON")  # NPROC > 1: one run over NPROC processes on this machine (a free port is picked)
+if [ "$NPROC" -gt 1 ]; then LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$NPROC"); fi
 
 usage() {
     sed -n '4,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
@@ -79,7 +87,7 @@ run() {  # $1: output dir; rest: train.py arguments
         echo "A run was started at $dir but saved no checkpoint: nothing to resume, starting it again."
     fi
     local rc=0
-    "$PYTHON" train.py --output-dir "$dir" "$@" || rc=$?
+    "${LAUNCH[@]}" train.py --output-dir "$dir" "$@" || rc=$?
     if [ ! -f "$dir/result.json" ]; then
         local log
         log=$(newest_log "$dir")

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset as TorchDataset
 from dassl.utils import UserError, read_image
 
 from .datasets import build_dataset
+from .distributed_sampler import sharded_loader_args
 from .samplers import build_sampler
 from .transforms import INTERPOLATION_MODES, build_transform
 
@@ -70,15 +71,18 @@ def build_data_loader(
     if dataset_wrapper is None:
         dataset_wrapper = DatasetWrapper
 
+    drop_last = is_train and len(data_source) >= batch_size
+    batching = dict(batch_size=batch_size, sampler=sampler, drop_last=drop_last)
+    # torchrun: this process's shard of every batch (see dassl/data/distributed_sampler.py)
+    batching = sharded_loader_args(sampler, batch_size, drop_last, is_train) or batching
+
     data_loader = torch.utils.data.DataLoader(
         dataset_wrapper(cfg, data_source, transform=tfm, is_train=is_train),
-        batch_size=batch_size,
-        sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
-        drop_last=is_train and len(data_source) >= batch_size,
         pin_memory=(torch.cuda.is_available() and cfg.USE_CUDA),
         persistent_workers=not is_train and cfg.DATALOADER.NUM_WORKERS > 0,  # evaluation: workers start once
         generator=generator,
+        **batching,
     )
     assert len(data_loader) > 0
     return data_loader

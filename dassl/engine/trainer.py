@@ -55,6 +55,7 @@ from dassl.utils import (
     tolist_if_not,
 )
 
+from . import distributed
 from .run_result import write_run_result
 
 __all__ = ["SimpleNet", "TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU"]
@@ -275,6 +276,8 @@ class TrainerBase:
 
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
         """Save every registered model to ``directory/<name>/`` (``model.pth.tar-<epoch + 1>`` by default)."""
+        if not distributed.is_main_process():  # torchrun: rank 0 writes, the others wait until the files exist
+            return distributed.barrier()
         names = self.get_model_names()
         extras = self._checkpoint_extras()
         for name in names:
@@ -290,6 +293,7 @@ class TrainerBase:
             }
             state.update(extras)
             save_checkpoint(state, osp.join(directory, name), is_best=is_best, model_name=model_name)
+        distributed.barrier()
 
     def resume_model_if_exist(self, directory):
         """Resume every registered model from ``directory/<name>/`` if all of them have a checkpoint.
@@ -385,7 +389,7 @@ class TrainerBase:
     def init_writer(self, log_dir, purge_step=None):
         """Open tensorboard in ``log_dir``. ``purge_step`` (not in Dassl): events at this step or later that an
         earlier, killed attempt wrote are dropped, so a resumed run continues the same curves."""
-        if self._writer is None:
+        if self._writer is None and distributed.is_main_process():
             from torch.utils.tensorboard import SummaryWriter
 
             print("Initialize tensorboard (log_dir={})".format(log_dir))
@@ -496,6 +500,7 @@ class SimpleTrainer(TrainerBase):
         self.cfg = cfg
         self.build_data_loader()
         self.build_model()
+        self.distributed = distributed.attach(self)  # torchrun: DDP over the learned modules (None otherwise)
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -np.inf
 
@@ -534,7 +539,7 @@ class SimpleTrainer(TrainerBase):
         self.register_model("model", self.model, self.optim, self.sched)
 
         device_count = torch.cuda.device_count()
-        if device_count > 1 and self.device.type == "cuda":
+        if device_count > 1 and self.device.type == "cuda" and not distributed.is_distributed():
             print("Detected {} GPUs (use nn.DataParallel)".format(device_count))
             self.model = nn.DataParallel(self.model)
 
@@ -569,7 +574,8 @@ class SimpleTrainer(TrainerBase):
             else:
                 print("Deploy the last-epoch model")
             self.test()
-            write_run_result(self, eval_only=False)
+            if distributed.is_main_process():
+                write_run_result(self, eval_only=False)
 
         # Show elapsed time
         elapsed = round(time.time() - self.time_start)
@@ -702,6 +708,7 @@ class SimpleTrainer(TrainerBase):
             num_images += _batch_size(label)
 
         results = self.evaluator.evaluate()
+        num_images = int(distributed.sum_over_ranks([num_images])[0])
 
         for k, v in results.items():
             tag = "{}/{}".format(split, k)
@@ -852,9 +859,14 @@ class TrainerX(SimpleTrainer):
         batches = _progress(loader, desc="epoch {}/{}".format(self.epoch + 1, self.max_epoch))
         for self.batch_idx, batch in enumerate(batches, start=first):
             log.data_time.update(time.time() - end)
-            loss_summary = self.forward_backward(batch)
+            step_images = _batch_size(batch)
+            if getattr(self, "distributed", None) is None:
+                loss_summary = self.forward_backward(batch)
+            else:  # torchrun: this rank's shard; gradients and the summary are over the global batch
+                loss_summary = self.distributed.step(self, batch, step_images)
+                step_images = self.distributed.step_images
             log.batch_time.update(time.time() - end)
-            self.train_images_seen = getattr(self, "train_images_seen", 0) + _batch_size(batch)
+            self.train_images_seen = getattr(self, "train_images_seen", 0) + step_images
             log.log(loss_summary)
             self._after_iteration(log)
             end = time.time()

@@ -27,6 +27,12 @@ class EvaluatorBase:
         raise NotImplementedError
 
 
+def _is_main_process():
+    from dassl.engine import distributed
+
+    return distributed.is_main_process()
+
+
 @EVALUATOR_REGISTRY.register()
 class Classification(EvaluatorBase):
     """Accuracy, error rate and macro F1 of a classifier (plus per-class accuracy and confusion matrix on request).
@@ -76,7 +82,31 @@ class Classification(EvaluatorBase):
                 label = label.item()
                 self._per_class_res[label].append(int(matches[i].item()))
 
+    def _gather(self):
+        """In a multi-process run, merge every rank's predictions (in rank order) into this evaluator.
+
+        Ranks evaluate disjoint contiguous parts of the split without padding, so the merged lists are the
+        single-process ones and nothing is counted twice. Every rank ends with the same numbers.
+        """
+        from dassl.engine import distributed  # imported here: dassl.engine imports this package
+
+        if not distributed.is_distributed():
+            return
+        own = (self._correct, self._total, self._y_true, self._y_pred,
+               None if self._per_class_res is None else dict(self._per_class_res))
+        parts = distributed.all_gather_objects(own)
+        self.reset()
+        for correct, total, y_true, y_pred, per_class in parts:
+            self._correct += correct
+            self._total += total
+            self._y_true.extend(y_true)
+            self._y_pred.extend(y_pred)
+            if per_class is not None:
+                for label, res in per_class.items():
+                    self._per_class_res[label].extend(res)
+
     def evaluate(self):
+        self._gather()
         results = OrderedDict()
         acc = 100.0 * self._correct / self._total
         err = 100.0 - acc
@@ -110,7 +140,7 @@ class Classification(EvaluatorBase):
             print(f"* average: {mean_acc:.1f}%")
             results["perclass_accuracy"] = mean_acc
 
-        if self.cfg.TEST.COMPUTE_CMAT:
+        if self.cfg.TEST.COMPUTE_CMAT and _is_main_process():
             cmat = confusion_matrix(self._y_true, self._y_pred, normalize="true")
             save_path = osp.join(self.cfg.OUTPUT_DIR, "cmat.pt")
             torch.save(cmat, save_path)
