@@ -99,6 +99,9 @@ class Sweep:
         for key, job in self.jobs.items():
             if job.finished():
                 self.state[key] = "done"
+                if key in old:  # keep what an earlier command knew (Slurm id, logs, attempts)
+                    self.records[key] = {k: v for k, v in old[key].items() if k in ("slurm_id", "log", "stdout")}
+                    self.attempts[key] = int(old[key].get("attempts", 0))
             else:
                 self.state[key] = "waiting"
                 rec = old.get(key)
