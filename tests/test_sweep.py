@@ -194,3 +194,15 @@ def test_last_error_line(tmp_path):
     log.write_text("epoch 1\nerror: DATA has no eurosat folder; run python -m datasets.prepare\nbye\n")
     assert last_error_line(log).startswith("error: DATA has no eurosat")
     assert last_error_line(tmp_path / "missing") == "(no log output)"
+
+
+def test_eta_uses_the_finished_durations_and_the_jobs_running_now(tmp_path):
+    spec = specs.load(write_spec(tmp_path, seeds=[1, 2, 3]))
+    jobs = specs.expand(spec)
+    sweep = Sweep(spec, jobs, FakeExecutor(jobs, set()), poll_s=0)
+    assert sweep.eta_s() is None  # nothing finished yet
+    sweep.durations = [10.0, 20.0]
+    states = ["done", "done", "running", "running", "queued", "waiting"]
+    sweep.state = dict(zip(sweep.state, states))
+    assert sweep.eta_s() == pytest.approx(15.0 * 4 / 2)  # 4 jobs left, 2 side by side
+    assert "done 2/6, running 2, queued 2, failed 0; ETA 0m30s" in sweep._line()

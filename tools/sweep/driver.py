@@ -186,7 +186,8 @@ class Sweep:
         if not self.durations or not left:
             return None
         per = sum(self.durations) / len(self.durations)
-        return per * left / max(1, min(self.executor.concurrency, left))
+        # jobs run side by side as many at a time as run now (a cluster grants fewer than the array cap)
+        return per * left / max(1, min(self.executor.concurrency, c["running"] or 1, left))
 
     def _save(self):
         jobs = {}
