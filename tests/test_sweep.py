@@ -6,7 +6,7 @@ import pytest
 
 from tools.sweep import __main__ as cli
 from tools.sweep import spec as specs
-from tools.sweep.driver import Sweep, dry_run, last_error_line
+from tools.sweep.driver import Sweep, last_error_line
 
 REPO = Path(__file__).resolve().parents[1]
 
