@@ -1,0 +1,371 @@
+"""Sweep specs: a YAML of methods x datasets x seeds x protocol, checked and expanded into the protocol scripts' jobs.
+
+A job is exactly one call of a protocol script, ``bash scripts/<method>/<script>.sh ARGS [-- KEY VALUE ...]``,
+with the folders that script writes; it is finished when every one of those folders holds ``result.json``.
+
+Protocols are data (:data:`PROTOCOLS`): a protocol is a list of :class:`Phase` rows. A phase names the script it
+runs, the fields that identify one of its jobs (``per``), and the phases it waits for (``after``). A dependency
+is resolved by restricting the waiting job's identity to the other phase's ``per`` fields, so a phase keyed by
+fewer fields is shared: cross-dataset training is keyed by ``(method, seed)`` and every target dataset's test of
+that seed waits for the same ImageNet run. A phase-1 run shared by all seeds (CasPL's boosting prompts) is a phase
+with ``per=("dataset",)`` and ``fixed={"seed": 1}``; the phase-2 scripts then list it in ``after``. Adding a
+protocol or a phase is one more entry in :data:`PROTOCOLS`.
+
+Method names are the folders of ``scripts/`` (``mpl``, ``coop``, ... or their trainer names, ``MPL``, ``CoOp``);
+datasets are the ``configs/datasets/*.yaml`` files whose dataset is in Dassl's ``DATASET_REGISTRY``. The output
+folder of each script is derived from the variables its wrapper exports (read by sourcing it with ``exec``
+intercepted), by the rules of ``scripts/protocol.sh``.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "scripts"
+RESULT_FILE = "result.json"
+
+
+class SpecError(ValueError):
+    """A sweep spec that cannot run: the message says what is wrong and what to write instead."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # job identity part, e.g. "train"
+    script: str  # scripts/<method>/<script>.sh
+    per: tuple  # identity fields among "dataset", "seed", "shots" (the method is always one)
+    args: tuple  # script arguments, formatted with the job's fields (and "source")
+    after: tuple = ()  # phases whose job (same identity restricted to their `per`) must be finished first
+    dataset: str = "{dataset}"  # the dataset the job runs on; "{source}" for a training on the source dataset
+    fixed: dict = field(default_factory=dict)  # fields fixed for this phase, e.g. {"seed": 1}
+    trains: bool = False  # receives TRAIN.CHECKPOINT_FREQ so that a preempted run resumes from its last epoch
+
+
+PROTOCOLS = {
+    "base2new": (
+        Phase("train", "base2new_train", ("dataset", "seed"), ("{dataset}", "{seed}"), trains=True),
+        Phase("test", "base2new_test", ("dataset", "seed"), ("{dataset}", "{seed}"), after=("train",)),
+    ),
+    "crossdataset": (
+        Phase("train", "xd_train", ("seed",), ("{source}", "{seed}"), dataset="{source}", trains=True),
+        Phase("test", "xd_test", ("dataset", "seed"), ("{dataset}", "{seed}"), after=("train",)),
+    ),
+    "dg": (
+        Phase("train", "xd_train", ("seed",), ("{source}", "{seed}"), dataset="{source}", trains=True),
+        Phase("test", "dg_test", ("dataset", "seed"), ("{dataset}", "{seed}"), after=("train",)),
+    ),
+    "fewshot": (
+        Phase("train", "fewshot_train", ("dataset", "seed", "shots"), ("{dataset}", "{seed}", "{shots}"),
+              trains=True),
+    ),
+}
+
+SPEC_KEYS = {
+    "name": "sweep name: its logs and status go to OUTPUT/sweeps/NAME/ (default: the spec file's stem)",
+    "protocol": "one of " + ", ".join(PROTOCOLS),
+    "methods": "list of scripts/ folders (mpl, coop, ...) or trainer names (MPL, CoOp, ...)",
+    "datasets": "list of dataset names (configs/datasets/NAME.yaml); the targets for crossdataset/dg",
+    "seeds": "list of seeds (default [1, 2, 3])",
+    "shots": "fewshot: list of shots (default [16])",
+    "source": "crossdataset/dg: the training dataset (default imagenet)",
+    "opts": "extra KEY VALUE config pairs for every job (a list, or a mapping KEY: VALUE)",
+    "env": "extra environment variables for the scripts (CFG, SHOTS, CFG_XD, ...)",
+    "data": "dataset root, DATA (default: $DATA or ./data)",
+    "output": "output root, OUTPUT (default: $OUTPUT or ./output)",
+    "checkpoint_every": "training jobs save a checkpoint every N epochs (TRAIN.CHECKPOINT_FREQ, default 1; 0: off)",
+    "max_attempts": "a job is submitted at most this many times per sweep command (default 3)",
+    "executor": "local or slurm (default local)",
+    "local": "local executor: {workers: N} (default: one per visible GPU, else 1)",
+    "slurm": "slurm executor: partition, time (minutes), gpus, cpus, mem (e.g. 16GB), account, "
+             "max_concurrent, signal_delay_s, constraint, qos",
+}
+LOCAL_KEYS = ("workers",)
+SLURM_KEYS = ("partition", "time", "gpus", "cpus", "mem", "account", "max_concurrent", "signal_delay_s",
+              "constraint", "qos")
+
+
+@dataclass
+class Job:
+    key: str  # e.g. "mpl/base2new/train/digits/seed1"
+    method: str  # scripts/ folder
+    trainer: str
+    phase: str
+    script: Path
+    args: list
+    opts: list
+    env: dict  # DATA, OUTPUT and the spec's env (the wrapper adds its own)
+    dirs: list  # folders the script writes; finished when each holds result.json
+    after: list  # keys of jobs that must be finished first
+
+    @property
+    def command(self):
+        cmd = ["bash", str(self.script.relative_to(REPO))] + [str(a) for a in self.args]
+        return cmd + (["--"] + [str(o) for o in self.opts] if self.opts else [])
+
+    def finished(self):
+        return all((Path(d) / RESULT_FILE).is_file() for d in self.dirs)
+
+    def started(self):
+        return any(Path(d).is_dir() for d in self.dirs)
+
+
+# --- names -------------------------------------------------------------------------------------------------
+
+
+def method_folders():
+    """scripts/ folders holding protocol scripts -> the trainer name their wrappers export."""
+    out = {}
+    for d in sorted(p for p in SCRIPTS.iterdir() if p.is_dir() and not p.name.startswith("_")):
+        scripts = [p for p in sorted(d.glob("*.sh")) if script_available(d.name, p.stem)]
+        if scripts:
+            out[d.name] = wrapper_env(scripts[0], {})[1].get("TRAINER", d.name)
+    return out
+
+
+def dataset_names():
+    """Dataset config names whose dataset class is registered (importing ``datasets`` registers them)."""
+    import datasets  # noqa: F401  (registers every dataset)
+    from dassl.data.datasets import DATASET_REGISTRY
+
+    registered = set(DATASET_REGISTRY.registered_names())
+    names = []
+    for f in sorted((REPO / "configs" / "datasets").glob("*.yaml")):
+        with open(f) as fh:
+            name = ((yaml.safe_load(fh) or {}).get("DATASET") or {}).get("NAME")
+        if name in registered:
+            names.append(f.stem)
+    return names
+
+
+_WRAPPERS = {}
+
+
+def script_available(method, script):
+    """Whether ``scripts/<method>/<script>.sh`` exists and runs for that method (zero-shot CLIP has the folder's
+    training scripts too, but does not train)."""
+    if not (SCRIPTS / method / f"{script}.sh").is_file():
+        return False
+    from tools.method_defaults import defaults
+
+    try:
+        defaults(method, script)
+    except KeyError:
+        return False
+    return True
+
+
+def wrapper_env(script, env):
+    """(protocol.sh command, environment) that ``scripts/<method>/<script>.sh`` runs with: the method's defaults
+    from its trainer class (``tools/method_defaults.py``, what ``scripts/method.sh`` reads), the given ``env``
+    and this process's environment winning for config names as in the scripts."""
+    from tools.method_defaults import defaults, with_environment
+
+    script = Path(script)
+    key = (str(script), tuple(sorted(env.items())))
+    if key not in _WRAPPERS:
+        base = {k: v for k, v in os.environ.items() if k not in ("TRAINER", "CFG_B2N", "CFG_XD", "CFG_DIGITS",
+                                                                   "CFG_FS", "CFG_DIR", "CFG")}
+        base.update(env)
+        values = with_environment(defaults(script.parent.name, script.stem), base)
+        command = values.pop("PROTO")
+        _WRAPPERS[key] = (command, {**base, **values})
+    return _WRAPPERS[key]
+
+
+def output_dirs(command, env, output, dataset, seed, shots, source):
+    """The folders ``scripts/protocol.sh COMMAND`` writes for these arguments (same rules as protocol.sh)."""
+    trainer = env["TRAINER"]
+    s = env.get("SHOTS") or "16"
+    b2n = env.get("CFG_B2N", "")
+
+    def pick(d, default):
+        if env.get("CFG"):
+            return env["CFG"]
+        if d == "digits" and env.get("CFG_DIGITS"):
+            return env["CFG_DIGITS"]
+        return default
+
+    xd = env.get("CFG_XD") or b2n
+    o = Path(output)
+    if command in ("base2new_train", "base2new_test"):
+        part = "train_base" if command == "base2new_train" else "test_new"
+        return [o / "base2new" / part / dataset / f"shots_{s}" / trainer / pick(dataset, b2n) / f"seed{seed}"]
+    if command == "xd_train":
+        return [o / "crossdataset" / dataset / trainer / f"{pick(dataset, xd)}_{s}shots" / f"seed{seed}"]
+    if command in ("xd_test", "dg_test"):
+        src = env.get("SOURCE") or source
+        return [o / "crossdataset" / "evaluation" / dataset / trainer / f"{pick(src, xd)}_{s}shots" / f"seed{seed}"]
+    if command == "fewshot_train":
+        c = pick(dataset, env.get("CFG_FS") or b2n)
+        return [o / "fewshot" / dataset / f"shots_{shots}" / trainer / c / f"seed{seed}"]
+    if command == "zeroshot":
+        c = pick(dataset, b2n)
+        return [o / "base2new" / f"test_{p}" / dataset / f"shots_{s}" / trainer / c / f"seed{seed}"
+                for p in ("base", "new")]
+    if command in ("zeroshot_xd", "zeroshot_dg"):
+        return [o / "crossdataset" / "evaluation" / dataset / trainer / f"{pick(dataset, xd)}_{s}shots" / f"seed{seed}"]
+    raise SpecError(f"the wrapper runs protocol.sh {command!r}, which tools/sweep/spec.py does not know; "
+                    f"add its output folders to output_dirs()")
+
+
+# --- loading and checking ----------------------------------------------------------------------------------
+
+
+def _int_list(spec, key, default):
+    value = spec.get(key, default)
+    if isinstance(value, int):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, int) and v >= 0 for v in value):
+        raise SpecError(f"{key!r} must be a non-empty list of non-negative integers, got {value!r}")
+    return value
+
+
+def _names(spec, key):
+    value = spec.get(key)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise SpecError(f"{key!r} must be a non-empty list of names ({SPEC_KEYS[key]}), got {value!r}")
+    return value
+
+
+def load(path, overrides=None):
+    """Read and check a spec file; every error is raised here, before anything runs."""
+    path = Path(path)
+    try:
+        with open(path) as f:
+            spec = yaml.safe_load(f)
+    except OSError as e:
+        raise SpecError(f"cannot read the sweep spec {path}: {e.strerror}")
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path} is not valid YAML: {e}")
+    if not isinstance(spec, dict):
+        raise SpecError(f"{path} must be a YAML mapping with the keys: {', '.join(SPEC_KEYS)}")
+    spec = dict(spec)
+    spec.setdefault("name", path.stem)
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            spec[k] = v
+    return check(spec, str(path))
+
+
+def check(spec, where="the spec"):
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(SPEC_KEYS)}")
+    protocol = spec.get("protocol")
+    if protocol not in PROTOCOLS:
+        raise SpecError(f"{where}: unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
+    methods = method_folders()
+    by_trainer = {t.lower(): m for m, t in methods.items()}
+    chosen = []
+    for name in _names(spec, "methods"):
+        m = name if name in methods else by_trainer.get(name.lower(), name.lower() if name.lower() in methods else None)
+        if m is None:
+            raise SpecError(f"{where}: unknown method {name!r}; valid methods (scripts/ folders, trainer names): "
+                            + ", ".join(f"{m} ({t})" for m, t in methods.items()))
+        scripts = [p.script for p in PROTOCOLS[protocol] if script_available(m, p.script)]
+        if not scripts:
+            raise SpecError(f"{where}: method {name!r} has no script for protocol {protocol!r} "
+                            f"(looked for scripts/{m}/{{{','.join(p.script for p in PROTOCOLS[protocol])}}}.sh)")
+        chosen.append(m)
+    valid = dataset_names()
+    ds = _names(spec, "datasets")
+    source = spec.get("source", "imagenet")
+    for d in ds + ([source] if protocol in ("crossdataset", "dg") else []):
+        if d not in valid:
+            raise SpecError(f"{where}: unknown dataset {d!r}; valid datasets: {', '.join(valid)}")
+    opts = spec.get("opts") or []
+    if isinstance(opts, dict):
+        opts = [x for kv in opts.items() for x in kv]
+    if not isinstance(opts, list) or len(opts) % 2:
+        raise SpecError(f"{where}: 'opts' must be KEY VALUE pairs (an even-length list or a mapping), got {opts!r}")
+    env = spec.get("env") or {}
+    if not isinstance(env, dict):
+        raise SpecError(f"{where}: 'env' must be a mapping NAME: VALUE, got {env!r}")
+    executor = spec.get("executor", "local")
+    if executor not in ("local", "slurm"):
+        raise SpecError(f"{where}: unknown executor {executor!r}; valid executors: local, slurm")
+    for section, keys in (("local", LOCAL_KEYS), ("slurm", SLURM_KEYS)):
+        sub = spec.get(section) or {}
+        if not isinstance(sub, dict) or set(sub) - set(keys):
+            raise SpecError(f"{where}: {section!r} must be a mapping with the keys {', '.join(keys)}, got {sub!r}")
+    out = dict(spec, methods=chosen, datasets=ds, seeds=_int_list(spec, "seeds", [1, 2, 3]),
+               shots=_int_list(spec, "shots", [16]), source=source, opts=[str(o) for o in opts],
+               env={str(k): str(v) for k, v in env.items()}, executor=executor,
+               checkpoint_every=int(spec.get("checkpoint_every", 1)), max_attempts=int(spec.get("max_attempts", 3)),
+               data=str(spec.get("data") or os.environ.get("DATA") or "./data"),
+               output=str(spec.get("output") or os.environ.get("OUTPUT") or "./output"),
+               local=dict(spec.get("local") or {}), slurm=dict(spec.get("slurm") or {}))
+    if out["max_attempts"] < 1:
+        raise SpecError(f"{where}: 'max_attempts' must be at least 1")
+    return out
+
+
+# --- expansion ---------------------------------------------------------------------------------------------
+
+
+def _abs(p):
+    p = Path(p)
+    return p if p.is_absolute() else (Path.cwd() / p)
+
+
+def expand(spec):
+    """The spec's jobs in submission order (dependencies first), without duplicates."""
+    jobs = {}
+    phases = PROTOCOLS[spec["protocol"]]
+    names = {p.name for p in phases}
+    output, data = _abs(spec["output"]), _abs(spec["data"])
+    env = dict(spec["env"], DATA=str(data), OUTPUT=str(output))
+    for method in spec["methods"]:
+        present = {p.name for p in phases if script_available(method, p.script)}
+        for phase in phases:
+            if phase.name not in present:
+                continue  # e.g. zero-shot CLIP has no training script: its tests wait for nothing
+            script = SCRIPTS / method / f"{phase.script}.sh"
+            command, wenv = wrapper_env(script, env)
+            for dataset in spec["datasets"]:
+                for seed in spec["seeds"]:
+                    for shots in spec["shots"] if "shots" in phase.per else [None]:
+                        fields = {"dataset": dataset, "seed": seed, "shots": shots, "source": spec["source"]}
+                        fields.update(phase.fixed)
+                        job_key = _key(method, spec["protocol"], phase, fields)
+                        if job_key in jobs:
+                            continue
+                        run_on = phase.dataset.format(**fields)
+                        after = []
+                        for dep in phase.after:
+                            assert dep in names, f"phase {phase.name} waits for unknown phase {dep}"
+                            if dep in present:
+                                dphase = next(p for p in phases if p.name == dep)
+                                after.append(_key(method, spec["protocol"], dphase, dict(fields, **dphase.fixed)))
+                        opts = list(spec["opts"])
+                        if phase.trains and spec["checkpoint_every"] > 0 and "TRAIN.CHECKPOINT_FREQ" not in opts:
+                            opts += ["TRAIN.CHECKPOINT_FREQ", str(spec["checkpoint_every"])]
+                        args = [a.format(**fields) for a in phase.args]
+                        if command.startswith("zeroshot") and len(args) > 2:
+                            args = args[:2]
+                        jobs[job_key] = Job(
+                            key=job_key, method=method, trainer=wenv.get("TRAINER", method), phase=phase.name,
+                            script=script, args=args, opts=opts, env=env,
+                            dirs=[str(d) for d in output_dirs(command, wenv, output, run_on, fields["seed"],
+                                                              fields["shots"], fields["source"])],
+                            after=after)
+    return list(jobs.values())
+
+
+def _key(method, protocol, phase, fields):
+    parts = [method, protocol, phase.name]
+    if "dataset" in phase.per:
+        parts.append(fields["dataset"])
+    elif phase.dataset != "{dataset}":
+        parts.append(phase.dataset.format(**fields))
+    if "shots" in phase.per:
+        parts.append(f"shots{fields['shots']}")
+    parts.append(f"seed{fields['seed']}")
+    return "/".join(parts)
