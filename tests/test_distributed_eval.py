@@ -55,8 +55,9 @@ def test_gathered_evaluation_equals_single_process(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # fork: the children start with everything imported (spawning would import torch again in each)
-    mp.start_processes(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    # spawn, not fork: a child forked from a test process whose torch thread pools already ran can deadlock
+    # (it did in the full suite); spawning imports torch again in each child, a few seconds
+    mp.start_processes(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
     single_results, single_printed = _evaluate([list(range(i, min(i + BATCH, N))) for i in range(0, N, BATCH)])
     assert 0 < single_results["accuracy"] < 100 and "* total: 101\n" in single_printed
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
