@@ -116,12 +116,12 @@ class CasPL(PromptTrainer):
             text = zeroshot_text_features(teacher, self.dm.dataset.classnames, [template])
         self.model.register_buffer("teacher_text", text.to(MASTER_DTYPE), persistent=False)
         subsample = cfg.DATASET.get("SUBSAMPLE_CLASSES", "all")
-        if getattr(self, "run_info", None) is None:
-            self.run_info = {}
-        self.run_info.setdefault("result_extras", {})["caspl"] = {"phase": 1, "teacher": cfg.KD.BACKBONE_NAME, "temperature": float(cfg.KD.TEMPERATURE),
-                         "transductive": subsample == "all", "subsample": subsample,
-                         "boost": {k: int(cfg.KD[k]) for k in ("N_CTX_TEXT", "N_CTX_VISION", "PROMPT_DEPTH_TEXT",
-                                                               "PROMPT_DEPTH_VISION")}}
+        self.result_extras()["caspl"] = {
+            "phase": 1, "teacher": cfg.KD.BACKBONE_NAME, "temperature": float(cfg.KD.TEMPERATURE),
+            "transductive": subsample == "all", "subsample": subsample,
+            "boost": {k: int(cfg.KD[k]) for k in ("N_CTX_TEXT", "N_CTX_VISION", "PROMPT_DEPTH_TEXT",
+                                                  "PROMPT_DEPTH_VISION")},
+        }
         print(f"CasPL phase 1: teacher {cfg.KD.BACKBONE_NAME!r}, template {template!r}, "
               f"{'transductive (all classes, labels unused)' if subsample == 'all' else 'inductive (' + subsample + ' classes)'}")
 

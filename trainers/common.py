@@ -28,9 +28,7 @@ method") walks through KgCoOp (``trainers/kgcoop.py``) as a worked example.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import os.path as osp
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -41,6 +39,7 @@ import torch.nn.functional as F
 
 import clip
 from clip import MASTER_DTYPE, LayerOp
+from clip.download import sha256_of
 from dassl.engine import TrainerX
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
@@ -487,6 +486,22 @@ class PromptedCLIP(nn.Module):
             self._cached_text = None
 
 
+def replaced_text_ops(deep: Sequence[torch.Tensor]) -> Optional[List[Optional[LayerOp]]]:
+    """Text ops of IVLP-style deep prompts: layer ``l >= 1`` overwrites the set's tokens with ``deep[l-1]``."""
+    if not len(deep):
+        return None
+    return [None] + [LayerOp(replace=t) for t in deep]
+
+
+def replaced_vision_ops(prompts: Sequence[torch.Tensor], n: int) -> Optional[List[Optional[LayerOp]]]:
+    """Vision ops of IVLP-style deep prompts: ``prompts[0]`` added before layer 0, then each layer removes the
+    ``n`` tokens of the one before and adds its own."""
+    if not len(prompts):
+        return None
+    first, *deep = list(prompts)
+    return [LayerOp(add=first)] + [LayerOp(remove=n, add=v) for v in deep]
+
+
 class DeepPrompts(nn.Module):
     """IVLP-style deep prompts as a set that sits beside another set's class prompts (e.g. CasPL's boosting set).
 
@@ -524,23 +539,20 @@ class DeepPrompts(nn.Module):
             [normal(n_vision, dims.vision_width) for _ in range(depth_vision)] if n_vision and depth_vision else [])
 
     def forward(self) -> Prompts:
-        text_ops = [None] + [LayerOp(replace=t) for t in self.text_prompts] if len(self.text_prompts) else None
-        vision_ops = None
-        if len(self.vision_prompts):
-            first, *deep = list(self.vision_prompts)
-            vision_ops = [LayerOp(add=first)] + [LayerOp(remove=self.n_vision, add=v) for v in deep]
-        return Prompts(text_tokens=self.ctx, text_ops=text_ops, vision_ops=vision_ops)
+        return Prompts(text_tokens=self.ctx, text_ops=replaced_text_ops(self.text_prompts),
+                       vision_ops=replaced_vision_ops(self.vision_prompts, self.n_vision))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Prompt sets from earlier runs
 # ----------------------------------------------------------------------------------------------------------
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def read_checkpoint_pointer(folder: str) -> Optional[str]:
+    """The file Dassl's ``<folder>/checkpoint`` pointer names (the newest save), or None without a pointer."""
+    pointer = osp.join(folder, "checkpoint")
+    if not osp.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        return osp.join(folder, f.readline().strip())
 
 
 def resolve_run_checkpoint(source: str, model_name: str, epoch: Optional[int] = None) -> Tuple[str, Optional[int]]:
@@ -562,12 +574,11 @@ def resolve_run_checkpoint(source: str, model_name: str, epoch: Optional[int] = 
     if epoch is not None:
         path = osp.join(folder, f"model.pth.tar-{epoch}")
     else:
-        pointer = osp.join(folder, "checkpoint")
-        if not osp.isfile(pointer):
-            raise UserError(f'the run folder "{source}" holds no {model_name} checkpoint (no "{pointer}"): finish '
-                            "that run first, or give the checkpoint file itself")
-        with open(pointer) as f:
-            path = osp.join(folder, f.readline().strip())
+        path = read_checkpoint_pointer(folder)
+        if path is None:
+            raise UserError(f'the run folder "{source}" holds no {model_name} checkpoint (no '
+                            f'"{osp.join(folder, "checkpoint")}"): finish that run first, or give the checkpoint '
+                            "file itself")
     if not osp.isfile(path):
         raise UserError(f'no checkpoint at "{path}": finish the run in "{source}" first, or give the checkpoint file')
     return path, epoch
@@ -698,6 +709,12 @@ class PromptTrainer(TrainerX):
         self.frozen_origins[name] = origin
         return module
 
+    def result_extras(self) -> dict:
+        """What this run adds to its ``result.json`` (``run_info["result_extras"]``, written at the end)."""
+        if getattr(self, "run_info", None) is None:
+            self.run_info = {}
+        return self.run_info.setdefault("result_extras", {})
+
     def teacher(self, name: str) -> nn.Module:
         """A frozen CLIP by model name or checkpoint path, loaded once per run in the run's precision and device.
 
@@ -732,13 +749,11 @@ class PromptTrainer(TrainerX):
             param.requires_grad_(name.startswith("prompt_learner."))
         if self.frozen_origins:
             learner.add_module("frozen_set_origins", FrozenSetOrigins(self.frozen_origins))
-            extras = getattr(self, "run_info", None)
-            if extras is None:
-                extras = self.run_info = {}
-            extras.setdefault("result_extras", {})["frozen_sets"] = dict(self.frozen_origins)
+            extras = self.result_extras()
+            extras["frozen_sets"] = dict(self.frozen_origins)
             if "boost" in self.frozen_origins:  # CasPL phase 2: which boosting run this method was cascaded with
-                extras["result_extras"]["cascade"] = {"phase": 2, "boosting_run": self.frozen_origins["boost"]["path"],
-                                                      "boosting_sha256": self.frozen_origins["boost"]["sha256"]}
+                extras["cascade"] = {"phase": 2, "boosting_run": self.frozen_origins["boost"]["path"],
+                                     "boosting_sha256": self.frozen_origins["boost"]["sha256"]}
         names = sorted(n for n, p in self.model.named_parameters() if p.requires_grad)
         print(f"Parameters to be updated: {names}")
         print(f"Number of learnable parameters: {count_learnable(self.model):,}")
@@ -839,11 +854,7 @@ class PromptTrainer(TrainerX):
         elif osp.isfile(best):  # Dassl's meaning of "no epoch": the best validation model
             path = best
         else:
-            pointer = osp.join(folder, "checkpoint")
-            path = best
-            if osp.isfile(pointer):
-                with open(pointer) as f:
-                    path = osp.join(folder, f.readline().strip())
+            path = read_checkpoint_pointer(folder) or best
         if not osp.isfile(path):
             raise UserError(
                 f'no checkpoint at "{path}": pass the training run\'s output folder to --model-dir and the '

@@ -24,11 +24,11 @@ import torch
 import torch.nn as nn
 from yacs.config import CfgNode as CN
 
-import clip
 from clip import LayerOp
 from dassl.engine import TRAINER_REGISTRY
 
-from .common import ClassPrompts, PromptTrainer, Prompts, encoder_dims, learned_context
+from .common import (ClassPrompts, PromptTrainer, Prompts, encoder_dims, learned_context, replaced_text_ops,
+                     replaced_vision_ops)
 from .config import register_config
 
 
@@ -104,15 +104,10 @@ class VLPromptLearner(nn.Module):
               f"{n_ctx_vision if vision_prompts else 0} vision prompt token(s) at {len(vision_prompts)} layer(s)")
 
     def text_ops(self) -> Optional[List[Optional[LayerOp]]]:
-        if not len(self.text_prompts):
-            return None
-        return [None] + [LayerOp(replace=t) for t in self.text_prompts]
+        return replaced_text_ops(self.text_prompts)
 
     def vision_ops(self) -> Optional[List[Optional[LayerOp]]]:
-        if not len(self.vision_prompts):
-            return None
-        first, *deep = list(self.vision_prompts)
-        return [LayerOp(add=first)] + [LayerOp(remove=self.n_ctx_vision, add=v) for v in deep]
+        return replaced_vision_ops(self.vision_prompts, self.n_ctx_vision)
 
     def forward(self) -> Prompts:
         cp = self.class_prompts
