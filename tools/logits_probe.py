@@ -31,6 +31,7 @@ V = {
  "IVLP": ("IVLP", ["TRAINER.IVLP.PREC", "fp32", "TRAINER.IVLP.PROMPT_DEPTH_VISION", "3", "TRAINER.IVLP.PROMPT_DEPTH_TEXT", "3"]),
  "PromptSRC": ("PromptSRC", ["TRAINER.PROMPTSRC.PREC", "fp32", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "3", "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "3",
                 "TRAINER.PROMPTSRC.GPA_MEAN", "1", "TRAINER.PROMPTSRC.GPA_STD", "1"]),
+ "KgCoOp": ("KgCoOp", ["TRAINER.KGCOOP.PREC", "fp32"]),
  "ZeroshotCLIP": ("CoOp", ["TRAINER.COOP.PREC", "fp32"]),
 }
 
@@ -66,7 +67,7 @@ def main(mode, path):
                 with torch.no_grad():
                     for n, p in learner.named_parameters():
                         p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-                state = {k: v.clone() for k, v in learner.state_dict().items()}
+                state = {k: v.clone() if torch.is_tensor(v) else v for k, v in learner.state_dict().items()}
         else:
             state = saved[key]["state"]
             if learner is not None:
