@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from sklearn.metrics import f1_score
+from sklearn.metrics import confusion_matrix, f1_score
 from yacs.config import CfgNode as CN
 
 from dassl.config import clean_cfg, get_cfg_default
@@ -315,6 +315,24 @@ def test_classification_evaluator_matches_sklearn_and_prints_the_block(capsys):
     ) in out
     assert re.search(r"\* accuracy: ([\.\deE+-]+)%", out).group(1) == "{:.1f}".format(acc)  # parse_test_res.py
     assert re.search(r"^\* average: \d+\.\d%$", out, re.M)
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_macro_f1_and_confusion_matrix_equal_sklearns(case):
+    """The evaluator's NumPy metrics equal scikit-learn's (what Dassl calls), including labels never predicted,
+    predictions of labels absent from the ground truth, and one-class splits."""
+    from dassl.evaluation.evaluator import macro_f1_score, normalized_confusion_matrix
+
+    g = torch.Generator().manual_seed(case)
+    n, k = [(50, 5), (7, 3), (200, 37), (1, 1), (30, 4), (100, 10)][case]
+    y_true = torch.randint(0, k, (n,), generator=g).numpy() + (3 if case == 4 else 0)  # case 4: labels 3..6
+    y_pred = torch.randint(0, k + 2, (n,), generator=g).numpy()  # some predicted labels never occur in y_true
+    if case == 5:
+        y_pred = y_true.copy()
+    want = f1_score(y_true, y_pred, average="macro", labels=np.unique(y_true))
+    assert macro_f1_score(y_true.tolist(), y_pred.tolist()) == pytest.approx(want, abs=1e-12)
+    np.testing.assert_allclose(normalized_confusion_matrix(y_true, y_pred),
+                               confusion_matrix(y_true, y_pred, normalize="true"), atol=1e-12)
 
 
 def test_metric_meter_format():
