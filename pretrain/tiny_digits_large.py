@@ -8,14 +8,22 @@ the embedding width may differ from the student's::
 
     python -m pretrain.tiny_digits_large --out pretrain/weights/tiny-digits-large.pt [--seed 0] [--threads 2]
 
-Status: **no checkpoint is shipped yet** (:data:`SHA256` is empty). The one pretraining run made so far used a
-shorter schedule (``--steps 1200 --batch-size 64 --warmup 60 --threads 1``: a quarter of tiny-digits' image-text
-pairs, what a 2-core machine shared by several jobs allowed in 25 minutes; it took 1,418 s) and reached 69.1%
-zero-shot over the 10 classes on the test split (base 0-4 68.6%, new 5-9 69.5%), below tiny-digits' 75.6%: not a
-teacher. :data:`CONFIG` is therefore tiny-digits' own full schedule (2,500 steps of 128 pairs); its image tower
-has 2.25 times the multiply-adds of tiny-digits'. Once a run of it is measured more accurate than the student,
-ship its output as :data:`SHIPPED` and set :data:`SHA256`; until then :func:`checkpoint_path` (and so
-``clip.load("tiny-digits-large")``) pretrains it into the CLIP cache.
+The shipped checkpoint (``weights/tiny-digits-large.pt``, 9.9 MiB, SHA256 in :data:`SHA256`) was made by
+``python -m pretrain.tiny_digits_large --out pretrain/weights/tiny-digits-large.pt --threads 1`` with tiny-digits'
+own schedule (:data:`CONFIG`: 2,500 steps of 128 pairs); it took 5,184 s on a 2-core machine that other jobs
+shared (load average 4-12). One thread is part of the recipe: another thread count changes floating-point sums and
+so the bits (not the accuracy). Zero-shot on the handwritten test split (540 images, "a photo of a {}."), against
+the student tiny-digits:
+
+=================  ========  ======================  ======================
+model              10-way    5-way, base (0-4)       5-way, new (5-9)
+=================  ========  ======================  ======================
+tiny-digits-large  76.11%    84.50%                  90.33%
+tiny-digits        75.56%    83.76%                  87.73%
+=================  ========  ======================  ======================
+
+An earlier, shortened run (1,200 steps of 64 pairs) had reached only 69.1%: the recipe is limited by the number of
+pairs it sees, not by the model's size.
 """
 from __future__ import annotations
 
@@ -42,14 +50,14 @@ ARCH = dict(
 CONFIG = PretrainConfig()
 
 SHIPPED = Path(__file__).resolve().parent / "weights" / "tiny-digits-large.pt"
-SHA256 = ""
+SHA256 = "88b589ff0772097d92cfa73e3153232673bec19fcff31ff279fdd693eb783950"
 CACHE_NAME = "tiny-digits-large.pt"
 
 
 def release() -> Release:
     """The tiny-digits-large release, read from this module's constants when called."""
     return Release(name="tiny-digits-large", arch=ARCH, config=CONFIG, shipped=SHIPPED, sha256=SHA256,
-                   cache_name=CACHE_NAME, threads=2, build_minutes=15, command="python -m pretrain.tiny_digits_large")
+                   cache_name=CACHE_NAME, threads=1, build_minutes=60, command="python -m pretrain.tiny_digits_large")
 
 
 def checkpoint_path(cache_dir: Union[str, Path, None] = None) -> str:
