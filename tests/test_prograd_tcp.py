@@ -202,3 +202,17 @@ def test_tcp_config_errors(env):
         build(env, "TCP", ["TRAINER.TCP.N_CLASS_TOKENS", "5"])
     with pytest.raises(UserError, match="CLASS_TOKEN_LAYER=2 is not a text block of this CLIP"):
         build(env, "TCP", ["TRAINER.TCP.CLASS_TOKEN_LAYER", "2"])
+
+
+def test_published_tcp_log_is_consistent():
+    """The authors' run log: each average equals the mean of its 11 datasets, HM = HM of the averages."""
+    from tools.results.published import load as load_published
+
+    pub = load_published("base2new", ["tcp-authors-log"])
+    per = [e for e in pub.entries if e["ref"] == "tcp-authors-log" and e["dataset"] != "Average"]
+    avg = next(e for e in pub.entries if e["ref"] == "tcp-authors-log" and e["dataset"] == "Average")
+    assert len(per) == 11 == len(avg["over"])
+    for metric in ("base", "new"):
+        assert sum(e[metric] for e in per) / 11 == pytest.approx(avg[metric], abs=0.006)
+    prograd = load_published("base2new", ["kgcoop-readme"]).lookup("ProGrad", "Average")
+    assert [(e["base"], e["new"], e["hm"]) for e in prograd] == [(82.48, 70.75, 76.16)]
