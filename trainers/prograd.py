@@ -39,6 +39,10 @@ Differences, and why results do not change:
 * **Projection in fp32, and a zero distillation gradient.** The reference computes norms and dot products on fp16
   gradients and divides by ``|g_kd|``, so a zero ``g_kd`` gives NaN and poisons the update. Here the gradients
   are fp32 (prompts are fp32 master weights) and a zero (or non-finite) ``g_kd`` leaves ``g_ce`` unchanged.
+* As in the reference, only the direction of ``g_kd`` matters: where the student equals the teacher (an init that
+  reproduces the template exactly, with ``N_CTX`` equal to its number of words) ``g_kd`` is rounding noise and the
+  first step removes an arbitrary component of ``g_ce`` (the 16-vector configs start from zeros plus the template,
+  so the student differs from the teacher from the first step).
 * **CLASS_TOKEN_POSITION middle works.** The reference's ``middle`` branch names an undefined variable and raises;
   here it is CoOp's middle layout.
 * The reference runs two backward passes (KD, then CE); here the KD gradient is taken with ``torch.autograd.grad``
