@@ -128,9 +128,12 @@ def test_projection_rule():
     assert soft_target_cross_entropy(torch.zeros(1, 2), torch.zeros(1, 2), 3.0) == pytest.approx(9 * math.log(2))
 
 
-def test_prograd_config_errors(env):
+def test_prograd_config_checks_and_the_middle_position(env):
     with pytest.raises(UserError, match="LOSS.NAME prograd"):
         build(env, "ProGrad", ["LOSS.NAME", "ce"])
+    # the reference's "middle" branch raises (an undefined name); here it is CoOp's middle layout
+    trainer = build(env, "ProGrad", ["TRAINER.PROGRAD.CLASS_TOKEN_POSITION", "middle"])
+    assert torch.isfinite(trainer.forward_backward(next(iter(trainer.train_loader_x)))["loss"] * torch.ones(1)).all()
 
 
 def test_scripts_reach_prograd_lambda_exceptions_without_edits():
