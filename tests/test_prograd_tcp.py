@@ -81,7 +81,8 @@ def test_prograd_init_pads_the_template_with_zeros(env):
 
 def test_prograd_step_is_the_hand_projected_gradient(env):
     trainer = build(env, "ProGrad", ["OPTIM.LR", "1.0", "OPTIM.MOMENTUM", "0.0", "OPTIM.WEIGHT_DECAY", "0.0",
-                                     "OPTIM.WARMUP_EPOCH", "-1", "LOSS.LAMBDA", "0.7", "LOSS.T", "2.0"])
+                                     "OPTIM.WARMUP_EPOCH", "-1", "LOSS.LAMBDA", "0.7", "LOSS.T", "2.0",
+                                     "TRAINER.PROGRAD.N_CTX", "16"])  # the reference's: 11 zeros + the template
     model = trainer.model
     batch = next(iter(trainer.train_loader_x))
     image, label = trainer.parse_batch_train(batch)
