@@ -58,12 +58,15 @@ class LayerOp:
         replace: ``(n, D)`` or ``(B, n, D)``; overwrites ``n`` positions starting at ``replace_at``.
         replace_at: None (the default): the first token of the op's own prompt set (of the whole segment when there
             is one set; text: right after SOS). An int: an absolute position in the current sequence.
+        replace_weight: ``w`` in ``x <- w * replace + (1 - w) * x`` over the replaced positions (TCP's mix of
+            class tokens into the sequence); 1 (the default) overwrites.
     """
 
     remove: int = 0
     add: Optional[Tensor] = None
     replace: Optional[Tensor] = None
     replace_at: Optional[int] = None
+    replace_weight: float = 1.0
 
 
 def check_ops(ops: Optional[Sequence[Optional[LayerOp]]], n_layers: int) -> List[Optional[LayerOp]]:
@@ -228,5 +231,7 @@ class PromptSegment:
             if at < 0 or at + n > x.shape[1]:
                 raise ValueError(f"layer {layer}: LayerOp.replace covers positions [{at}, {at + n}), outside the "
                                  f"current sequence of length {x.shape[1]}")
+            if op.replace_weight != 1:
+                rep = op.replace_weight * rep + (1 - op.replace_weight) * x[:, at:at + n]
             x = torch.cat([x[:, :at], rep, x[:, at + n:]], dim=1)
         return x

@@ -6,13 +6,13 @@
 # scripts/<method>/<protocol>.sh are this command with METHOD and PROTOCOL taken from the folder and file name:
 # every folder there is a link to scripts/_method, so a new method gets its scripts with
 # `ln -s _method scripts/<name>` (or none at all: call this file).
-# The method's default config names come from its trainer class (SCRIPT_CONFIGS); CFG, CFG_B2N, CFG_XD,
-# CFG_FS and CFG_DIGITS in the environment override them.
+# The method's default config names come from its trainer class (SCRIPT_CONFIGS; per dataset, and for few-shot per
+# number of shots); CFG, CFG_B2N, CFG_XD, CFG_FS and CFG_DIGITS in the environment override them.
 set -euo pipefail
 [ $# -ge 2 ] || { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 METHOD=$1; PROTOCOL=$2; shift 2
 ROOT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-python3}
-DEFAULTS=$(cd "$ROOT_DIR" && "$PYTHON" -m tools.method_defaults "$METHOD" "$PROTOCOL" "${1:-}") || exit 2
+DEFAULTS=$(cd "$ROOT_DIR" && "$PYTHON" -m tools.method_defaults "$METHOD" "$PROTOCOL" "${1:-}" "${3:-}") || exit 2
 eval "$DEFAULTS"
 exec bash "$ROOT_DIR/scripts/protocol.sh" "$PROTO" "$@"

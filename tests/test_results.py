@@ -346,7 +346,8 @@ def test_hm_convention_matches_published_averages():
     full = [e for e in pub.entries if e["dataset"] == "Average" and {"base", "new", "hm"} <= set(e)]
     assert len(full) >= 6
     for e in full:
-        assert harmonic_mean(e["base"], e["new"]) == pytest.approx(e["hm"], abs=0.006), e["method"]
+        # to the sources' last digit (KgCoOp's README truncates ProGrad's 76.166 to 76.16)
+        assert harmonic_mean(e["base"], e["new"]) == pytest.approx(e["hm"], abs=0.0067), e["method"]
     assert harmonic_mean(82.28, 75.14) == pytest.approx(78.548, abs=1e-3)  # MaPLe: 2*82.28*75.14/157.42
 
 

@@ -32,6 +32,8 @@ V = {
  "PromptSRC": ("PromptSRC", ["TRAINER.PROMPTSRC.PREC", "fp32", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "3", "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "3",
                 "TRAINER.PROMPTSRC.GPA_MEAN", "1", "TRAINER.PROMPTSRC.GPA_STD", "1"]),
  "KgCoOp": ("KgCoOp", ["TRAINER.KGCOOP.PREC", "fp32"]),
+ "ProGrad": ("ProGrad", ["TRAINER.PROGRAD.PREC", "fp32"]),
+ "TCP": ("TCP", ["TRAINER.TCP.PREC", "fp32", "TRAINER.TCP.CLASS_TOKEN_LAYER", "2"]),
  "ZeroshotCLIP": ("CoOp", ["TRAINER.COOP.PREC", "fp32"]),
 }
 
@@ -58,6 +60,9 @@ def main(mode, path):
     saved = torch.load(path) if mode == "compare" else {}
     out = {}
     for key in V:
+        if mode == "compare" and key not in saved:
+            print(f"{key:14s} not in {path} (a method added since): nothing to compare")
+            continue
         tr = build(root, ckpt, key)
         learner = getattr(getattr(tr, "model", None), "prompt_learner", None)
         if mode == "save":

@@ -1,12 +1,15 @@
 """What the protocol scripts need to know about a method, read from its registered trainer class.
 
-    python -m tools.method_defaults METHOD PROTOCOL [DATASET]
+    python -m tools.method_defaults METHOD PROTOCOL [DATASET [SHOTS]]
 
 prints shell assignments (``TRAINER=... CFG_B2N=...``) for ``scripts/method.sh``. ``METHOD`` is a registered
 trainer name in any letter case (``mpl``, ``MaPLe``) or a script alias (``zsclip``). The config names come from
 the trainer's ``SCRIPT_CONFIGS`` (keys ``base2new``, ``crossdataset``, ``fewshot``, ``digits``; ``<key>@<dataset>``
-for a dataset of its own, e.g. CoOp's ``base2new@imagenet``); a method that declares none uses
-``configs/trainers/<TRAINER>/vit_b16.yaml`` for every protocol. Unknown names exit with status 2 and the list.
+for a dataset of its own, e.g. CoOp's ``base2new@imagenet``; for few-shot also ``fewshot:<shots>`` and
+``fewshot:<shots>@<dataset>``, e.g. ProGrad's epochs by shots and its LAMBDA exceptions; the most specific key
+wins); a method that declares none uses ``configs/trainers/<TRAINER>/vit_b16.yaml`` for every protocol.
+``SHOTS`` is the few-shot script's third argument (``scripts/method.sh`` passes it; default ``$SHOTS``, else 16).
+Unknown names exit with status 2 and the list.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ def find_trainer(name: str):
     raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(sorted(names))}")
 
 
-def defaults(name: str, protocol: str, dataset: str = "") -> dict:
+def defaults(name: str, protocol: str, dataset: str = "", shots: str = "") -> dict:
     trainer, cls = find_trainer(name)
     if protocol not in PROTOCOLS:
         raise KeyError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -53,8 +56,13 @@ def defaults(name: str, protocol: str, dataset: str = "") -> dict:
         env["PROTO"] = ZERO_SHOT_PROTOCOLS[protocol]
         env["CFG_DIR"] = getattr(cls, "CONFIG_DIR", "CoOp")
     key = {"base2new_train": "base2new", "base2new_test": "base2new", "fewshot_train": "fewshot"}.get(protocol)
-    if key and dataset and f"{key}@{dataset}" in configs:
-        env["CFG"] = configs[f"{key}@{dataset}"]
+    by_shots = key == "fewshot" and str(shots).isdigit()
+    if by_shots and f"{key}:{int(shots)}" in configs:  # the few-shot default for this many shots (not Digits')
+        env["CFG_FS"] = configs[f"{key}:{int(shots)}"]
+    for candidate in ([f"{key}:{int(shots)}@{dataset}"] if by_shots else []) + [f"{key}@{dataset}"]:
+        if key and dataset and candidate in configs:  # a dataset's own config, the most specific first
+            env["CFG"] = configs[candidate]
+            break
     return env
 
 
@@ -76,7 +84,8 @@ def main(argv=None) -> int:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     try:
-        env = with_environment(defaults(argv[0], argv[1], argv[2] if len(argv) > 2 else ""), os.environ)
+        shots = argv[3] if len(argv) > 3 and argv[3].isdigit() else os.environ.get("SHOTS") or "16"
+        env = with_environment(defaults(argv[0], argv[1], argv[2] if len(argv) > 2 else "", shots), os.environ)
     except KeyError as err:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 2

@@ -139,7 +139,8 @@ def learned_context(ctx_init: str, n_ctx: int, key: str, rule: str) -> Tuple[str
 # Class prompts: token ids and frozen embeddings around learnable context slots
 # ----------------------------------------------------------------------------------------------------------
 class ClassPrompts(nn.Module):
-    """One prompt per class, ``"{prefix} {classname}."``, split around ``n_ctx`` learnable slots.
+    """One prompt per class, ``"{prefix} {classname}{suffix}"`` (``suffix`` "." by default), split around ``n_ctx``
+    learnable slots.
 
     The first ``n_ctx`` words of ``prefix`` are placeholders (for example ``"X"`` or the words of an init
     phrase) whose embeddings are replaced by learned context vectors; everything else stays fixed.
@@ -158,13 +159,13 @@ class ClassPrompts(nn.Module):
     """
 
     def __init__(self, clip_model: nn.Module, classnames: Sequence[str], prefix: str, n_ctx: int,
-                 class_token_position: str = "end"):
+                 class_token_position: str = "end", suffix: str = "."):
         super().__init__()
         if class_token_position not in CLASS_TOKEN_POSITIONS:
             raise ValueError(f"class token position {class_token_position!r}; choose one of "
                              f"{', '.join(CLASS_TOKEN_POSITIONS)}")
         names = [name.replace("_", " ") for name in classnames]
-        texts = [f"{prefix} {name}." if prefix else f"{name}." for name in names]
+        texts = [f"{prefix} {name}{suffix}" if prefix else f"{name}{suffix}" for name in names]
         ids = clip.tokenize(texts, context_length=clip_model.context_length)
         with torch.no_grad():
             emb = clip_model.token_embedding(ids).to(MASTER_DTYPE)
@@ -776,20 +777,33 @@ class PromptTrainer(TrainerX):
         image, label = self.parse_batch_train(batch)
         with self.precision.autocast(self.device):
             loss, logits = self.compute_loss(image, label)
+        self.model_zero_grad()
         if self.scaler is not None:
-            self.model_zero_grad()
             self.detect_anomaly(loss)
             self.scaler.scale(loss).backward()
-            for optim in self._optims.values():
-                if optim is not None:
-                    self.scaler.step(optim)
+            optims = [optim for optim in self._optims.values() if optim is not None]
+            for optim in optims:  # the hook sees true gradients; a step with inf/NaN stays skipped by step()
+                self.scaler.unscale_(optim)
+            self.before_optimizer_step()
+            for optim in optims:
+                self.scaler.step(optim)
             self.scaler.update()
         else:
-            self.model_backward_and_update(loss)
+            self.model_backward(loss)
+            self.before_optimizer_step()
+            self.model_update()
         summary = {"loss": loss.item(), "acc": compute_accuracy(logits.to(MASTER_DTYPE), label)[0].item()}
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
+
+    def before_optimizer_step(self, names=None):
+        """The engine's hook between backward and the optimizer step (gradients final and unscaled; see
+        ``dassl.engine.TrainerBase``), called by :meth:`forward_backward`. Defined here too, because the real
+        Dassl.pytorch has no such hook: methods that override it run on both engines."""
+        hook = getattr(super(), "before_optimizer_step", None)
+        if hook is not None:
+            hook(names)
 
     def parse_batch_train(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)

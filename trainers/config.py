@@ -1,8 +1,8 @@
 """Config blocks of the project's methods, kept beside each method and merged into one Dassl config.
 
 Each method module declares its ``cfg.TRAINER.<KEY>`` block with :func:`register_config`; :func:`extend_cfg`
-adds every registered block (plus ``DATASET.SUBSAMPLE_CLASSES``) to a config, so YAML files and command-line
-``KEY VALUE`` pairs that name them are accepted.
+adds every registered block (plus ``DATASET.SUBSAMPLE_CLASSES`` and ``OPTIM.EPS``) to a config, so YAML files and
+command-line ``KEY VALUE`` pairs that name them are accepted.
 """
 from collections import OrderedDict
 from typing import Callable, Dict
@@ -43,6 +43,8 @@ def extend_cfg(cfg: CN) -> CN:
     """
     if "SUBSAMPLE_CLASSES" not in cfg.DATASET:
         cfg.DATASET.SUBSAMPLE_CLASSES = "all"  # all, base or new
+    if "EPS" not in cfg.OPTIM:  # the real Dassl has no such key (this project's engine does)
+        cfg.OPTIM.EPS = 1e-8  # Adam-family eps (TCP's configs set 1e-3)
     for key, make in CONFIG_DEFAULTS.items():
         if key not in cfg.TRAINER:
             cfg.TRAINER[key] = make()

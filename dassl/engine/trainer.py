@@ -5,6 +5,8 @@ checkpoints (``SimpleTrainer``), and the loops over labelled data (``TrainerX``)
 A method subclasses ``TrainerX`` and implements ``build_model`` (register its modules with ``register_model``) and
 ``forward_backward(batch)`` (returning a dict of losses to log); it steps its scheduler itself with
 ``update_lr()`` on the last batch of an epoch. The lifecycle, log lines and checkpoint files follow Dassl 0.6.3.
+Beyond Dassl, ``before_optimizer_step(names)`` is a hook between the backward pass and the optimizer step (see
+its docstring), for methods that change gradients (ProGrad's gradient projection).
 
 Beyond Dassl, every checkpoint also stores the random states (Python, NumPy, torch, CUDA), the states of
 generators owned by the training loaders (if any) and the best validation result, so a resumed run continues bit
@@ -468,9 +470,22 @@ class TrainerBase:
             if self._optims[name] is not None:
                 self._optims[name].step()
 
+    def before_optimizer_step(self, names=None):
+        """Hook (not in Dassl): called once per training step when the gradients of the models ``names`` (default:
+        all registered) are complete, right before their optimizers step. Override it to change gradients
+        (gradient surgery, clipping, logging); the default does nothing.
+
+        The gradients it sees are final: unscaled when a ``GradScaler`` is used (a trainer unscales before calling
+        it; a step the scaler skips for inf/NaN stays skipped, whatever the hook does), summed over processes under
+        torchrun (DDP reduces them during backward), and not yet touched by weight decay or momentum (the optimizer
+        applies those inside ``step()``). ``model_backward_and_update`` calls it; a trainer with its own update
+        sequence calls it between backward and ``model_update``.
+        """
+
     def model_backward_and_update(self, loss, names=None):
         self.model_zero_grad(names)
         self.model_backward(loss)
+        self.before_optimizer_step(names)
         self.model_update(names)
 
 

@@ -18,7 +18,8 @@ def build_optimizer(model, optim_cfg, param_groups=None):
         optim_cfg (CfgNode): ``cfg.OPTIM``.
         param_groups (list, optional): explicit param groups; then ``STAGED_LR`` is ignored.
 
-    With ``STAGED_LR`` the top-level children named in ``NEW_LAYERS`` get ``LR`` and all other parameters
+    ``EPS`` (not in Dassl) is the denominator term of the adaptive optimizers (adam, amsgrad, adamw, radam,
+    rmsprop). With ``STAGED_LR`` the top-level children named in ``NEW_LAYERS`` get ``LR`` and all other parameters
     ``LR * BASE_LR_MULT``.
     """
     optim = optim_cfg.NAME
@@ -26,6 +27,7 @@ def build_optimizer(model, optim_cfg, param_groups=None):
     weight_decay = optim_cfg.WEIGHT_DECAY
     momentum = optim_cfg.MOMENTUM
     betas = (optim_cfg.ADAM_BETA1, optim_cfg.ADAM_BETA2)
+    eps = optim_cfg.get("EPS", 1e-8)  # not in Dassl: a config without the key gets torch's default
 
     if optim not in AVAI_OPTIMS:
         raise ValueError("optim must be one of {}, but got {}".format(AVAI_OPTIMS, optim))
@@ -60,9 +62,9 @@ def build_optimizer(model, optim_cfg, param_groups=None):
             param_groups = model
 
     if optim == "adam":
-        return torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay, betas=betas)
+        return torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
     if optim == "amsgrad":
-        return torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay, betas=betas, amsgrad=True)
+        return torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, amsgrad=True)
     if optim == "sgd":
         return torch.optim.SGD(
             param_groups,
@@ -74,9 +76,9 @@ def build_optimizer(model, optim_cfg, param_groups=None):
         )
     if optim == "rmsprop":
         return torch.optim.RMSprop(
-            param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay, alpha=optim_cfg.RMSPROP_ALPHA
+            param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay, alpha=optim_cfg.RMSPROP_ALPHA, eps=eps
         )
     if optim == "radam":
-        return torch.optim.RAdam(param_groups, lr=lr, weight_decay=weight_decay, betas=betas)
+        return torch.optim.RAdam(param_groups, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
     # adamw
-    return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, betas=betas)
+    return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
