@@ -25,7 +25,7 @@ def earlier_run_opts(name, argv, backbone, workdir):
     if not spec:
         return []
     trainer, dir_key, backbone_key = spec
-    out = Path(workdir) / f"earlier-{trainer}"
+    out = Path(workdir) / f"earlier-{trainer}-{Path(str(backbone)).stem}"
     if not (out / "result.json").is_file():
         config = REPO / "configs" / "trainers" / trainer / "tiny_digits.yaml"
         rc = train.main([*argv[0], "--trainer", trainer, "--config-file", str(config), "--output-dir", str(out),

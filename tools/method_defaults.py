@@ -6,7 +6,9 @@ prints shell assignments (``TRAINER=... CFG_B2N=...``) for ``scripts/method.sh``
 trainer name in any letter case (``mpl``, ``MaPLe``) or a script alias (``zsclip``). The config names come from
 the trainer's ``SCRIPT_CONFIGS`` (keys ``base2new``, ``crossdataset``, ``fewshot``, ``digits``; ``<key>@<dataset>``
 for a dataset of its own, e.g. CoOp's ``base2new@imagenet``); a method that declares none uses
-``configs/trainers/<TRAINER>/vit_b16.yaml`` for every protocol. Unknown names exit with status 2 and the list.
+``configs/trainers/<TRAINER>/vit_b16.yaml`` for every protocol. ``METHOD_SETUP`` is the trainer's ``SCRIPT_SETUP``
+(empty for most): a script that ``scripts/method.sh`` runs before the protocol (see there). Unknown names exit with
+status 2 and the list.
 """
 from __future__ import annotations
 
@@ -46,6 +48,8 @@ def defaults(name: str, protocol: str, dataset: str = "") -> dict:
         "CFG_FS": configs.get("fewshot", b2n),
         "CFG_DIGITS": configs.get("digits", "tiny_digits"),
         "PROTO": protocol,
+        # a script scripts/method.sh runs first (an earlier phase the method needs, e.g. PromptKD's teacher)
+        "METHOD_SETUP": getattr(cls, "SCRIPT_SETUP", "") or "",
     }
     if getattr(cls, "TRAINS", True) is False:  # zero-shot CLIP: evaluation only, on another method's configs
         if protocol not in ZERO_SHOT_PROTOCOLS:

@@ -229,11 +229,12 @@ class DistilledCLIP(PromptedCLIP):
         prompts = self.prompts()
         feats = self.prompt_learner.project(self.clip_model.encode_image(image, ops=prompts.vision_ops))
         feats = feats / feats.norm(dim=-1, keepdim=True)
-        text = self.class_features
-        if self._active is not None:
-            text = text[self._active.to(text.device)]
-        scale = self.clip_model.logit_scale.exp()
-        return ModelOutput(scale * feats @ text.t(), feats, text, scale, prompts)
+        text, scale = self.class_features, self.clip_model.logit_scale.exp()
+        logits = scale * feats @ text.t()
+        if self._active is not None:  # the reference's slice of the all-class logits
+            index = self._active.to(text.device)
+            logits, text = logits[:, index], text[index]
+        return ModelOutput(logits, feats, text, scale, prompts)
 
 
 # ----------------------------------------------------------------------------------------------------------
