@@ -20,10 +20,10 @@ import train
 from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import save_checkpoint
 from datasets.fixtures import make_fixture
+from tools.earlier_runs import earlier_run_opts
 from trainers.common import (DeepPrompts, PromptTrainer, UserError, learned_context, load_prompt_set,
                              resolve_run_checkpoint)
 
-from earlier_runs import earlier_run_opts
 from tiny_clip import write_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,8 +23,8 @@ from clip.precision import set_half_on_cpu
 from dassl.engine import TRAINER_REGISTRY, build_trainer
 from dassl.utils import set_random_seed
 from datasets.fixtures import make_fixture
+from tools.earlier_runs import earlier_run_opts
 
-from earlier_runs import earlier_run_opts
 from tiny_clip import write_tiny_checkpoint
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -17,10 +17,10 @@ import train
 from clip import LayerOp
 from dassl.engine import build_trainer
 from datasets.fixtures import make_fixture
+from tools.earlier_runs import earlier_run_opts
 from trainers.common import UserError
 from trainers.promptkd import kd_weight_for, parse_weights, promptkd_loss
 
-from earlier_runs import earlier_run_opts
 from tiny_clip import write_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent

@@ -37,7 +37,8 @@ _ALIASES = {
 }
 
 # Row order of the papers (baselines first, MPL last); methods not listed follow alphabetically.
-METHOD_ORDER = ("ZeroshotCLIP", "CLIP", "CoOp", "CoCoOp", "ProDA", "VPT", "IVLP", "MaPLe", "PromptSRC", "CasPL", "MPL")
+METHOD_ORDER = ("ZeroshotCLIP", "CLIP", "CoOp", "CoCoOp", "ProDA", "VPT", "IVLP", "MaPLe", "PromptSRC", "CasPL", "PromptKD",
+                "MPL")
 # Published tables call zero-shot CLIP "CLIP"; CoOp's trainer for it is "ZeroshotCLIP".
 METHOD_ALIASES = {"zeroshotclip": "clip", "zsclip": "clip"}
 

@@ -1,13 +1,12 @@
-"""The earlier run a method reads (PromptKD's teacher), made for tests that build every method generically.
+"""The earlier run a method reads (PromptKD's teacher), made for code that builds every method generically.
 
 A trainer that needs one declares ``EARLIER_RUN = (trainer, key naming the run, key naming its CLIP)``;
 :func:`earlier_run_opts` trains that trainer (its ``tiny_digits.yaml``, one epoch) on the same data and backbone as
-the test, once per folder, and returns the ``KEY VALUE`` options that point the method at it. Nothing is faked: the
-method loads a real finished run of the other trainer.
+the caller (the contract and precision tests, ``tools.selfcheck``), once per folder, and returns the ``KEY VALUE``
+options that point the method at it. Nothing is faked: the method loads a real finished run of the other trainer.
 """
 from pathlib import Path
 
-import train
 from dassl.engine import TRAINER_REGISTRY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -17,9 +16,9 @@ def earlier_run_opts(name, argv, backbone, workdir):
     """``[]`` for a method that needs no earlier run; otherwise the options naming a finished one.
 
     Args:
-        name: the registered trainer. argv: the test's ``train.py`` arguments up to the config file (``--root``,
-        ``--seed``, ``--dataset-config-file``; no ``--trainer``, ``--config-file`` or ``--output-dir``) and its
-        ``KEY VALUE`` options (data sizes). backbone: the CLIP both runs use. workdir: where the run is kept.
+        name: the registered trainer. argv: ``(flags, pairs)``: the caller's ``train.py`` flags (``--root``,
+            ``--seed``, ``--dataset-config-file``; no ``--trainer``, ``--config-file`` or ``--output-dir``) and its
+            ``KEY VALUE`` pairs (data sizes, device). backbone: the CLIP both runs use. workdir: where the run is kept.
     """
     spec = getattr(TRAINER_REGISTRY.get(name), "EARLIER_RUN", None)
     if not spec:
@@ -27,6 +26,8 @@ def earlier_run_opts(name, argv, backbone, workdir):
     trainer, dir_key, backbone_key = spec
     out = Path(workdir) / f"earlier-{trainer}-{Path(str(backbone)).stem}"
     if not (out / "result.json").is_file():
+        import train
+
         config = REPO / "configs" / "trainers" / trainer / "tiny_digits.yaml"
         rc = train.main([*argv[0], "--trainer", trainer, "--config-file", str(config), "--output-dir", str(out),
                          *argv[1], "MODEL.BACKBONE.NAME", str(backbone), "OPTIM.MAX_EPOCH", "1",
