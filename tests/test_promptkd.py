@@ -16,6 +16,7 @@ import clip
 import train
 from clip import LayerOp
 from dassl.engine import build_trainer
+from dassl.utils import save_checkpoint
 from datasets.fixtures import make_fixture
 from tools.earlier_runs import earlier_run_opts
 from trainers.common import UserError
@@ -152,6 +153,19 @@ def test_teacher_is_read_as_its_run_trained_it(env, tmp_path):
         with pytest.raises(UserError, match=message):
             make_trainer(env, tmp_path / "run", opts)
 
+    # a reference-format teacher file (the whole model's state, prompts inside the encoders) gives the same teacher
+    run = Path(env[4][1])
+    state = torch.load(run / "VLPromptLearner" / "model.pth.tar-1", map_location="cpu", weights_only=True)["state_dict"]
+    whole = {"prompt_learner.ctx": state["ctx"], "image_encoder.VPT": state["vision_prompts.0"],
+             "prompt_learner.token_prefix": torch.zeros(10, 1, 64)}
+    whole.update({f"image_encoder.transformer.resblocks.{i}.VPT_shallow": state[f"vision_prompts.{i}"] for i in (1, 2)})
+    whole["text_encoder.transformer.resblocks.1.VPT_shallow"] = state["text_prompts.0"]
+    save_checkpoint({"state_dict": whole, "epoch": 20}, str(tmp_path / "ref"), model_name="model-best.pth.tar")
+    from_file = make_trainer(env, tmp_path / "f", ["TRAINER.PROMPTKD.TEACHER_DIR", str(tmp_path / "ref/model-best.pth.tar")])
+    from_run = make_trainer(env, tmp_path / "r")
+    assert torch.equal(from_file.model.class_features, from_run.model.class_features)
+    assert from_file.result_extras()["frozen_sets"]["teacher"]["epoch"] == 20
+
 
 def test_transductive_and_inductive_data(env, tmp_path):
     trans = make_trainer(env, tmp_path / "t")
@@ -191,6 +205,22 @@ def test_kd_weights_per_dataset():
     with pytest.raises(UserError, match="DatasetName:weight"):
         parse_weights(["FGVCAircraft=200"])
     assert math.isclose(promptkd_loss(torch.zeros(2, 3), torch.zeros(2, 3), 1.0, 1000.0).item(), 0.0, abs_tol=1e-9)
+
+
+def test_published_promptkd_numbers_are_consistent():
+    """Transcribed README numbers: the averages are the means of the entries, the average HM their HM."""
+    from tools.results.published import load
+    from tools.results.tables import harmonic_mean
+
+    b2n = [e for e in load("base2new", ["promptkd-readme"]).entries if e["ref"] == "promptkd-readme"]
+    per, avg = [e for e in b2n if e["dataset"] != "Average"], next(e for e in b2n if e["dataset"] == "Average")
+    assert len(per) == len(avg["over"]) == 11
+    for metric in ("base", "new"):
+        assert sum(e[metric] for e in per) / 11 == pytest.approx(avg[metric], abs=0.006)
+    assert harmonic_mean(avg["base"], avg["new"]) == pytest.approx(avg["hm"], abs=0.006)
+    xd = [e for e in load("crossdataset", ["promptkd-readme"]).entries if e["ref"] == "promptkd-readme"]
+    per, avg = [e for e in xd if e["dataset"] != "Average"], next(e for e in xd if e["dataset"] == "Average")
+    assert len(per) == 10 and sum(e["accuracy"] for e in per) / 10 == pytest.approx(avg["accuracy"], abs=0.006)
 
 
 def test_teacher_phase_prints_the_student_options(env, tmp_path):

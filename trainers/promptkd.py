@@ -384,7 +384,6 @@ class PromptKD(PromptTrainer):
         self.train_loader_x = full.train_loader_x
         self.class_names = names
         self.eval_index = index
-        self.num_train_images = len(full.dataset.train_x)
 
     # -- model --------------------------------------------------------------------------------------------
     def build_teacher(self, cfg) -> PromptedCLIP:
