@@ -351,6 +351,7 @@ class PromptKD(PromptTrainer):
             raise UserError("TRAINER.PROMPTKD.TEACHER_DIR is empty: PromptKD distils a PromptSRC teacher run. The "
                             "scripts (scripts/promptkd/*.sh) train and find it by themselves; with train.py, train "
                             "it with `bash scripts/promptkd_teacher.sh DATASET` and pass its folder")
+        self.teacher_info = read_teacher(m)  # before any data is read: a wrong teacher is one error at once
 
     # -- data ---------------------------------------------------------------------------------------------
     @property
@@ -388,8 +389,7 @@ class PromptKD(PromptTrainer):
     # -- model --------------------------------------------------------------------------------------------
     def build_teacher(self, cfg) -> PromptedCLIP:
         """The frozen teacher (its CLIP and prompts, as its run trained them) and ``self.class_features``."""
-        m = cfg.TRAINER.PROMPTKD
-        info = read_teacher(m)
+        info = self.teacher_info
         print(f"Loading the PromptKD teacher: {info['method']} run \"{info['source']}\" on {info['backbone']!r} "
               f"({info['n_ctx_text']}+{info['n_ctx_vision']} tokens, text depth {info['depth_text']}, vision depth "
               f"{info['depth_vision']})")
@@ -402,7 +402,6 @@ class PromptKD(PromptTrainer):
                                  what="PromptKD teacher prompts", convert=from_reference_keys)
         print(f'Teacher prompts from "{origin["path"]}" (epoch {origin["epoch"]}, sha256 {origin["sha256"][:12]}...)')
         self.frozen_origins["teacher"] = origin
-        self.teacher_info = info
         teacher = PromptedCLIP(teacher_clip, learner).to(self.device)
         for p in teacher.parameters():
             p.requires_grad_(False)
