@@ -20,6 +20,7 @@ import train
 from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import save_checkpoint
 from datasets.fixtures import make_fixture
+from tools.earlier_runs import earlier_run_opts
 from trainers.common import (DeepPrompts, PromptTrainer, UserError, learned_context, load_prompt_set,
                              resolve_run_checkpoint)
 
@@ -53,11 +54,13 @@ def make_cfg(root, ckpt, name, out, opts=()):
     folder = getattr(cls, "CONFIG_DIR", name)
     cfg_file = REPO / "configs" / "trainers" / folder / "tiny_digits.yaml"
     assert cfg_file.is_file(), f"every method needs {cfg_file.relative_to(REPO)} (the demo and these tests use it)"
-    argv = ["--root", str(root / "data"), "--seed", "1", "--trainer", name,
-            "--dataset-config-file", str(REPO / "configs/datasets/eurosat.yaml"), "--config-file", str(cfg_file),
-            "--output-dir", str(out), "MODEL.BACKBONE.NAME", str(ckpt), "INPUT.SIZE", "(32, 32)",
-            "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "16",
-            "DATASET.NUM_SHOTS", "2", "DATASET.SUBSAMPLE_CLASSES", "base", *opts]
+    head = ["--root", str(root / "data"), "--seed", "1", "--dataset-config-file",
+            str(REPO / "configs/datasets/eurosat.yaml")]
+    data = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
+            "DATALOADER.TEST.BATCH_SIZE", "16", "DATASET.NUM_SHOTS", "2"]
+    earlier = earlier_run_opts(name, (head, data), ckpt, root)  # e.g. PromptKD's teacher, a real PromptSRC run
+    argv = [*head, "--trainer", name, "--config-file", str(cfg_file), "--output-dir", str(out),
+            "MODEL.BACKBONE.NAME", str(ckpt), *data, "DATASET.SUBSAMPLE_CLASSES", "base", *earlier, *opts]
     return train.setup_cfg(train.build_parser().parse_args(argv))
 
 

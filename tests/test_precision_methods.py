@@ -23,6 +23,7 @@ from clip.precision import set_half_on_cpu
 from dassl.engine import TRAINER_REGISTRY, build_trainer
 from dassl.utils import set_random_seed
 from datasets.fixtures import make_fixture
+from tools.earlier_runs import earlier_run_opts
 
 from tiny_clip import write_tiny_checkpoint
 
@@ -57,11 +58,14 @@ def setup(tmp_path_factory):
 def _build(setup, name, prec):
     root, ckpt = setup
     key = _key(TRAINER_REGISTRY.get(name))
-    argv = ["--root", str(root / "data"), "--seed", "1", "--trainer", name,
-            "--dataset-config-file", osp.join(REPO, "configs/datasets/eurosat.yaml"),
+    head = ["--root", str(root / "data"), "--seed", "1", "--dataset-config-file",
+            osp.join(REPO, "configs/datasets/eurosat.yaml")]
+    data = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "DATASET.NUM_SHOTS", "2",
+            "DATALOADER.TRAIN_X.BATCH_SIZE", "2"]
+    earlier = earlier_run_opts(name, (head, data), ckpt, root)  # e.g. PromptKD's teacher, a real PromptSRC run
+    argv = [*head, "--trainer", name,
             "--config-file", osp.join(REPO, "configs/trainers", _config_folder(key), "tiny_digits.yaml"),
-            "--output-dir", str(root / "out"), "MODEL.BACKBONE.NAME", str(ckpt), "INPUT.SIZE", "(32, 32)",
-            "DATALOADER.NUM_WORKERS", "0", "DATASET.NUM_SHOTS", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "2",
+            "--output-dir", str(root / "out"), "MODEL.BACKBONE.NAME", str(ckpt), *data, *earlier,
             f"TRAINER.{key}.PREC", prec, "CPU_HALF", "True", "VERBOSE", "False"]
     cfg = train.setup_cfg(train.build_parser().parse_args(argv))
     train._set_half_on_cpu(cfg)

@@ -9,7 +9,8 @@ for a dataset of its own, e.g. CoOp's ``base2new@imagenet``; for few-shot also `
 ``fewshot:<shots>@<dataset>``, e.g. ProGrad's epochs by shots and its LAMBDA exceptions; the most specific key
 wins); a method that declares none uses ``configs/trainers/<TRAINER>/vit_b16.yaml`` for every protocol.
 ``SHOTS`` is the few-shot script's third argument (``scripts/method.sh`` passes it; default ``$SHOTS``, else 16).
-Unknown names exit with status 2 and the list.
+``METHOD_SETUP`` is the trainer's ``SCRIPT_SETUP`` (empty for most): a script that ``scripts/method.sh`` runs
+before the protocol (see there). Unknown names exit with status 2 and the list.
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ def defaults(name: str, protocol: str, dataset: str = "", shots: str = "") -> di
         "CFG_FS": configs.get("fewshot", b2n),
         "CFG_DIGITS": configs.get("digits", "tiny_digits"),
         "PROTO": protocol,
+        # a script scripts/method.sh runs first (an earlier phase the method needs, e.g. PromptKD's teacher)
+        "METHOD_SETUP": getattr(cls, "SCRIPT_SETUP", "") or "",
     }
     if getattr(cls, "TRAINS", True) is False:  # zero-shot CLIP: evaluation only, on another method's configs
         if protocol not in ZERO_SHOT_PROTOCOLS:

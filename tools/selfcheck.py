@@ -91,14 +91,18 @@ def build(method, prec, backbone, resolution, tiny, data_root, out_dir, args):
     from dassl.engine import TRAINER_REGISTRY, build_trainer
     from dassl.utils import set_random_seed
 
+    from tools.earlier_runs import earlier_run_opts
+
     key, config = _config_file(TRAINER_REGISTRY.get(method), tiny)
-    argv = ["--root", data_root, "--seed", "1", "--trainer", method,
-            "--dataset-config-file", osp.join(REPO, "configs", "datasets", "eurosat.yaml"),
-            "--config-file", config, "--output-dir", out_dir,
-            "MODEL.BACKBONE.NAME", backbone, "INPUT.SIZE", "({0}, {0})".format(resolution),
-            "DATALOADER.NUM_WORKERS", "0", "DATASET.NUM_SHOTS", "2", "DATALOADER.TRAIN_X.BATCH_SIZE",
-            str(args.batch_size), "DATALOADER.TEST.BATCH_SIZE", "10", f"TRAINER.{key}.PREC", prec,
-            "CPU_HALF", str(bool(args.cpu_half)), "USE_CUDA", str(args.device.startswith("cuda")), "VERBOSE", "False"]
+    head = ["--root", data_root, "--seed", "1", "--dataset-config-file",
+            osp.join(REPO, "configs", "datasets", "eurosat.yaml")]
+    data = ["INPUT.SIZE", "({0}, {0})".format(resolution), "DATALOADER.NUM_WORKERS", "0", "DATASET.NUM_SHOTS", "2",
+            "DATALOADER.TRAIN_X.BATCH_SIZE", str(args.batch_size), "DATALOADER.TEST.BATCH_SIZE", "10",
+            "USE_CUDA", str(args.device.startswith("cuda"))]
+    earlier = earlier_run_opts(method, (head, data), backbone, osp.dirname(out_dir))  # e.g. PromptKD's teacher
+    argv = [*head, "--trainer", method, "--config-file", config, "--output-dir", out_dir,
+            "MODEL.BACKBONE.NAME", backbone, *data, *earlier, f"TRAINER.{key}.PREC", prec,
+            "CPU_HALF", str(bool(args.cpu_half)), "VERBOSE", "False"]
     cfg = train.setup_cfg(train.build_parser().parse_args(argv))
     train._set_half_on_cpu(cfg)
     set_random_seed(cfg.SEED)

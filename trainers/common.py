@@ -586,15 +586,18 @@ def resolve_run_checkpoint(source: str, model_name: str, epoch: Optional[int] = 
 
 
 def load_prompt_set(module: nn.Module, source: str, model_name: str, epoch: Optional[int] = None,
-                    what: str = "prompt set") -> Dict[str, object]:
+                    what: str = "prompt set", convert=None) -> Dict[str, object]:
     """Load a prompt set's parameters from an earlier run (folder or file), freeze it, and return its origin.
 
     Every parameter must be present with the same shape: a mismatch names the parameter and both shapes (a
-    different prompt size or depth between the runs). Returns ``{"path", "sha256", "epoch", "model"}``.
+    different prompt size or depth between the runs). ``convert``: a function applied to the checkpoint's whole
+    state dict first (a trainer's ``convert_reference_state``, so a reference repository's checkpoint loads).
+    Returns ``{"path", "sha256", "epoch", "model"}``.
     """
     path, epoch = resolve_run_checkpoint(source, model_name, epoch)
     checkpoint = load_checkpoint(path)
-    state = extract_prompt_state(checkpoint["state_dict"])
+    state = checkpoint["state_dict"]
+    state = extract_prompt_state(convert(state) if convert is not None else state)
     own = module.state_dict()
     problems = []
     for name, value in own.items():

@@ -38,7 +38,7 @@ _ALIASES = {
 
 # Row order of the papers (baselines first, MPL last); methods not listed follow alphabetically.
 METHOD_ORDER = ("ZeroshotCLIP", "CLIP", "CoOp", "CoCoOp", "ProDA", "KgCoOp", "ProGrad", "VPT", "IVLP", "MaPLe", "PromptSRC",
-                "TCP", "CasPL", "MPL")
+                "TCP", "CasPL", "PromptKD", "MPL")
 # Published tables call zero-shot CLIP "CLIP"; CoOp's trainer for it is "ZeroshotCLIP".
 METHOD_ALIASES = {"zeroshotclip": "clip", "zsclip": "clip"}
 

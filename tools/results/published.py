@@ -5,7 +5,7 @@ Each file has ``sources`` (ref -> paper, table, verification status), in the def
 name or ``"Average"`` (with ``"over"``: the datasets it averages), plus ``"shots"`` in the few-shot file. A method
 cascaded with CasPL is named ``"<Method> + CasPL"`` (the tables' name for such runs). Only numbers found in the
 project's reference notes are stored: baselines.md section 5 (method READMEs), the MPL paper's Tables II and III,
-and CasPL's README and figure 3 (caspl.md A4).
+CasPL's README and figure 3 (caspl.md A4), and PromptKD's README tables (methods-more.md section 3).
 """
 from __future__ import annotations
 
