@@ -217,7 +217,7 @@ def main(argv=None):
 
         def step():
             with precision.autocast(device):
-                logits = net(image)
+                logits = net(image).logits
             F.cross_entropy(logits.to(MASTER_DTYPE), label).backward()
             net.prompt_learner.zero_grad(set_to_none=True)
             return logits.detach().to(MASTER_DTYPE)

@@ -4,6 +4,8 @@ Every method's text layout is written here with clip's own API (token ids, embed
 tests say exactly which layout they check: CoOp (class at the end), CoCoOp (context per image), IVLP/MaPLe/
 PromptSRC (deep replace), MPL (replace and modular add/remove), CasPL's composed ``[SOS][adapt][boost][words]``.
 """
+import copy
+
 import pytest
 import torch
 
@@ -24,6 +26,12 @@ def model():
     for p in m.parameters():
         p.requires_grad_(False)
     return m
+
+
+@pytest.fixture(scope="module")
+def model64(model):
+    """The same model in float64 (LayerNorm still computes in fp32): the arbiter of fp32 rounding."""
+    return copy.deepcopy(model).to(torch.float64)
 
 
 def width(m):
@@ -63,6 +71,14 @@ def layout_cocoop(m):  # context + meta-net bias per image, all images' prompts 
         emb, ids = class_rows(m, "a photo of a", 4, ctx + bias[b])
         rows.append(emb)
     return dict(x=torch.cat(rows), text_ids=ids.repeat(3, 1)), [ctx, bias], 3
+
+
+def layout_cocoop_interleaved(m):  # the same rows ordered class by class: groups are not contiguous
+    inputs, params, groups = layout_cocoop(m)
+    rows = inputs["x"].unbind(0)  # (a graph that saves no tensors: both paths backpropagate through it)
+    order = torch.arange(len(rows)).view(groups, -1).t().reshape(-1).tolist()
+    x = torch.stack([rows[i] for i in order])
+    return dict(x=x, text_ids=inputs["text_ids"][order]), params, groups
 
 
 def deep_replace(m, n_ctx, prefix, depth=3):
@@ -112,7 +128,8 @@ def layout_batch1_op(m):  # op tensors of batch 1 are shared too
     return dict(x=emb, text_ids=ids, ops=[None, LayerOp(replace=deep)], n_prompt=2), [ctx, deep], 1
 
 
-SHARED = {"coop": layout_coop, "coop_init": layout_coop_init, "cocoop": layout_cocoop, "ivlp": layout_ivlp,
+SHARED = {"coop": layout_coop, "coop_init": layout_coop_init, "cocoop": layout_cocoop,
+          "cocoop_interleaved": layout_cocoop_interleaved, "ivlp": layout_ivlp,
           "maple": layout_maple, "promptsrc": layout_promptsrc, "mpl_replace": layout_mpl_replace,
           "mpl_modular": layout_mpl_modular, "caspl": layout_caspl, "batch1_op": layout_batch1_op}
 
@@ -140,19 +157,46 @@ def assert_close(a, b):
 
 
 @pytest.mark.parametrize("name", sorted(SHARED))
-def test_prefix_sharing_is_exact_for_every_layout(model, name):
+def test_prefix_sharing_is_exact_for_every_layout(model, model64, name):
     torch.manual_seed(1)
     inputs, params, groups = SHARED[name](model)
     shared, shared_grads, calls = run(model, inputs, params, True)
     plain, plain_grads, plain_calls = run(model, inputs, params, False)
+    torch.manual_seed(1)
+    inputs64, params64, _ = SHARED[name](model64)  # the same values, in a float64 model
+    _, exact_grads, _ = run(model64, inputs64, params64, False)
     n = inputs["x"].shape[0]
     assert len(plain_calls) == 1 and plain_calls[0][0] == n
-    # the prefix ran once per group (batch 1, or once per image for CoCoOp), then the class-specific rest
-    assert len(calls) == 2 and calls[0][0] == groups and calls[1][0] == n
-    assert calls[0][1] + calls[1][1] == plain_calls[0][1]
+    # the prefix ran once per group (batch 1, or once per image for CoCoOp), then the class-specific rest in
+    # buckets of equal length, each row cut right after its EOT: not one position more than the rows hold
+    k = calls[0][1]
+    assert calls[0][0] == groups and sum(b for b, _ in calls[1:]) == n
+    assert max(length for _, length in calls[1:]) == plain_calls[0][1] - k
+    assert sum(b * length for b, length in calls[1:]) == int((inputs["text_ids"].argmax(-1) + 1 - k).sum())
     assert_close(shared, plain)
-    for g, h in zip(shared_grads, plain_grads):
-        assert_close(g, h)
+    # Gradients: in fp32 each path carries its own rounding (up to ~1e-5 of the largest entry for a deep op's
+    # small gradient, the plain path's as much as the shared one's), so both are held to the float64 value.
+    for g, h, exact in zip(shared_grads, plain_grads, exact_grads):
+        assert_close(g, exact)
+        assert_close(h, exact)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_attention_continues_a_prefix_and_computes_the_last_position_alone(model, groups):
+    """A block run on a sequence's last positions against its prefix's keys/values (one prefix per block of rows,
+    never copied per row beforehand) equals the whole sequence's; ``last_only`` gives its last position alone."""
+    torch.manual_seed(4)
+    block = model.transformer.resblocks[0]
+    rows, prefix, rest = 6, 4, 5
+    head = torch.randn(groups, prefix, width(model))
+    x = torch.cat([head.repeat_interleave(rows // groups, 0), torch.randn(rows, rest, width(model))], dim=1)
+    whole = block(x, causal=True)
+    _, kv = block(head, causal=True, return_kv=True)
+    assert_close(block(x[:, prefix:], causal=True, prefix_kv=kv), whole[:, prefix:])
+    assert_close(block(x[:, prefix:], causal=True, prefix_kv=kv, last_only=True), whole[:, -1:])
+    assert_close(block(x, causal=True, last_only=True), whole[:, -1:])
+    with pytest.raises(ValueError, match="do not split"):
+        block(x[:4, prefix:], causal=True, prefix_kv=(kv[0][:1].expand(3, -1, -1, -1), kv[1][:1].expand(3, -1, -1, -1)))
 
 
 def test_trace_and_layout_are_those_of_the_whole_sequence(model):
