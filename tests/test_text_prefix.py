@@ -329,3 +329,38 @@ def test_vit_b16_text_tower_shapes_random_weights():
     assert_close(shared, plain)
     for g, h in zip(shared_grads, plain_grads):
         assert_close(g, h)
+
+
+def test_cocoop_training_step_is_one_call_bounded_by_its_budget(model):
+    """CoCoOp's training step: all images' prompts in one text-encoder call; PROMPTS_PER_CHUNK as a memory budget
+    gives the same logits and gradients and keeps less for backward."""
+    from trainers.cocoop import PromptLearner, cocoop_defaults
+    from trainers.common import PromptedCLIP
+
+    torch.manual_seed(5)
+    cfg = cocoop_defaults()
+    cfg.N_CTX, cfg.CTX_INIT = 4, "a photo of a"
+    learner = PromptLearner(cfg, NAMES, model)
+    for p in learner.meta_net.parameters():  # a meta-net with visible effect
+        p.data.normal_(std=0.5)
+    net = PromptedCLIP(model, learner)
+    res = model.visual.input_resolution
+    image, label = torch.randn(3, 3, res, res), torch.tensor([0, 4, 2])
+    original, got = model.encode_text_embeddings, {}
+    for per_chunk in (0, 4):  # unbounded; the memory of 4 whole prompts (the batch has 3 x 6 rows)
+        learner.prompts_per_chunk = per_chunk
+        learner.zero_grad(set_to_none=True)
+        calls = []
+        model.encode_text_embeddings = lambda *a, **k: calls.append(k["memory_budget"]) or original(*a, **k)
+        try:
+            logits, saved = saved_bytes(lambda: net(image).logits, model)
+        finally:
+            del model.encode_text_embeddings
+        torch.nn.functional.cross_entropy(logits, label).backward()
+        got[per_chunk] = logits.detach(), [p.grad.clone() for p in learner.parameters()], saved, calls
+    (free, free_grads, free_saved, free_calls), (bound, bound_grads, bound_saved, bound_calls) = got[0], got[4]
+    assert free_calls == [None] and len(bound_calls) == 1 and bound_calls[0] > 0
+    assert_close(bound, free)
+    for g, h in zip(bound_grads, free_grads):
+        assert_close(g, h)
+    assert bound_saved < free_saved / 2
