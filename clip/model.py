@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from .layers import KV, LayerNorm, ResidualAttentionBlock
 from .ops import LayerOp, PromptSegment, check_ops
 from .precision import DEFAULT_DTYPE
-from .text_prefix import find_shared_prefix
+from .text_prefix import find_shared_prefix, plan_buckets
 
 __all__ = ["CLIP", "Transformer", "VisionTransformer", "ModifiedResNet", "AttentionPool2d", "Bottleneck",
            "build_model", "config_from_state_dict"]
@@ -52,7 +52,7 @@ class Transformer(nn.Module):
     def forward(self, x: Tensor, ops: Ops = None, segment: Optional[PromptSegment] = None,
                 entry: Optional[nn.Module] = None, trace: Optional[List[int]] = None,
                 prefix_kv: Optional[Sequence[KV]] = None, kv_out: Optional[List[KV]] = None,
-                last_only: bool = False) -> Tensor:
+                query_at: Optional[Tensor] = None) -> Tensor:
         """Run the blocks on ``x`` ``(B, L, D)``.
 
         Before block i: ``ops[i]`` is applied (through ``segment``, whose default is an empty prompt segment at the
@@ -62,8 +62,8 @@ class Transformer(nn.Module):
         A sequence may also run in two pieces (shared-prefix text encoding): ``kv_out``, a list, receives every
         block's keys and values of ``x``; ``prefix_kv[i]`` (those of an earlier piece: batch 1, or the batch of
         ``x`` or a divisor of it, see :meth:`clip.layers.Attention.forward`) are attended to by block i before
-        ``x``'s own positions. ``last_only``: the last block computes only the last position, so the output is
-        ``(B, 1, D)`` (a text sequence that ends at its EOT needs nothing else).
+        ``x``'s own positions. ``query_at`` ``(B,)``: the last block computes only that position of every row, so
+        the output is ``(B, 1, D)`` (all a text sequence needs from it is its EOT).
         """
         ops = check_ops(ops, self.layers)
         if segment is None:
@@ -82,8 +82,8 @@ class Transformer(nn.Module):
                     trace.layout.append(segment.layout())
             prefix = prefix_kv[i] if prefix_kv is not None else None
             if kv_out is None:
-                last = last_only and i == len(self.resblocks) - 1
-                x = block(x, causal=self.causal, prefix_kv=prefix, last_only=last)
+                at = query_at if i == len(self.resblocks) - 1 else None
+                x = block(x, causal=self.causal, prefix_kv=prefix, query_at=at)
             else:
                 x, kv = block(x, causal=self.causal, prefix_kv=prefix, return_kv=True)
                 kv_out.append(kv)
@@ -296,10 +296,17 @@ class CLIP(nn.Module):
             their ops) once per group of equal rows, and the rest against their keys and values (exact under the
             causal mask; default True; see :mod:`clip.text_prefix`). Set False to compare with the plain path.
         text_memory_budget: default ``memory_budget`` (bytes) of :meth:`encode_text_embeddings`; None: unbounded.
+        text_pass_overhead: the fixed cost of one pass through the text transformer, in tokens (its weights are
+            read once per pass, small matrix products run below peak; on a GPU, kernel launches): the shared-prefix
+            encoding is used only when it computes fewer tokens than the plain path counting this overhead per
+            pass, and class rows of nearby lengths share a pass (padded) when that is cheaper. Default 32, fitted
+            on a CPU (one thread, ViT-B/16's text tower: a pass over T tokens costs about T + 35 tokens' time
+            for T <= 128); a GPU, where a small pass is bound by its launches, would want a larger value.
     """
 
     text_prefix_sharing: bool = True
     text_memory_budget: Optional[int] = None
+    text_pass_overhead: int = 32
 
     def __init__(self, embed_dim: int, image_resolution: int, vision_layers: Union[int, Sequence[int]],
                  vision_width: int, vision_patch_size: Optional[int], context_length: int, vocab_size: int,
@@ -405,9 +412,14 @@ class CLIP(nn.Module):
             # exact under the causal mask: positions after the last EOT never influence any EOT feature
             length = max(int(eot.max()) + 1, total + 1)
         x = x[:, :length].to(self.dtype) + self.positional_embedding[:length].to(self.dtype)
-        shared = None
+        shared = buckets = None
         if self.text_prefix_sharing and x.device.type != "meta":
             shared = find_shared_prefix(x, text_ids[:, :length], eot, ops, total)
+        if shared is not None:  # does it pay? tokens the first layer computes, plus the overhead of every pass
+            overhead = self.text_pass_overhead
+            buckets, cost = plan_buckets(eot - shared.length + 1, overhead)
+            if shared.groups * shared.length + overhead + cost >= x.shape[0] * length + overhead:
+                shared = None
         if shared is None:
             return self._encode_text_rows(x, eot, budget, ops=ops, n_prompt=n_prompt, trace=trace)
         # The shared prefix runs once per group (its ops included); the rest of every row attends to its keys and
@@ -419,7 +431,7 @@ class CLIP(nn.Module):
                          trace=trace, kv_out=prefix_kv)
         if trace is not None:  # report the whole sequence's length, as the plain path does
             trace[mark:] = [n + length - k for n in trace[mark:]]
-        return self._encode_text_suffixes(x[:, k:], eot - k, budget, prefix_kv, shared.group)
+        return self._encode_text_suffixes(x[:, k:], eot - k, budget, prefix_kv, shared.group, buckets)
 
     def text_memory_bytes(self, rows: int, length: int, context: int = 0, grad: bool = True) -> int:
         """Estimated bytes of the text pass over ``rows`` sequences of ``length`` tokens.
@@ -457,20 +469,18 @@ class CLIP(nn.Module):
         return _run_chunks(run, [(lo, min(lo + step, n)) for lo in range(0, n, step)], grad and step < n)
 
     def _encode_text_suffixes(self, x: Tensor, eot: Tensor, budget: Optional[int], prefix_kv: List[KV],
-                              group: Tensor) -> Tensor:
+                              group: Tensor, buckets: Sequence[Tuple[int, int]]) -> Tensor:
         """Features of every row from its own positions ``x`` ``(N, L, D)`` (those after the shared prefix), each
         row attending to its group's prefix keys and values (``prefix_kv[i]``: ``(G, H, P, d)`` for block i).
 
-        Rows run in buckets of equal length, each cut right after its own EOT (so no position after an EOT is
-        computed, and EOT is every row's last position); the last block then computes the EOT position only.
-        Buckets are split into chunks that fit ``budget``.
+        Rows run by ascending EOT in ``buckets``, ``(length, rows)`` (:func:`clip.text_prefix.plan_buckets`): each
+        cut right after its longest row's EOT, so nothing after the EOT of a row of that length is computed; the
+        last block computes the EOT position alone. Buckets are split into chunks that fit ``budget``.
         """
         n = x.shape[0]
         context = prefix_kv[0][0].shape[2] if prefix_kv else 0
         grad = torch.is_grad_enabled()
         order = torch.argsort(eot, stable=True)  # stable: a group's rows stay together, in their order
-        lengths, counts = torch.unique_consecutive(eot[order] + 1, return_counts=True)
-        buckets = list(zip(lengths.tolist(), counts.tolist()))
         binds = budget is not None and sum(self.text_memory_bytes(c, length, context, grad)
                                            for length, c in buckets) > budget
         chunks, start = [], 0
@@ -483,8 +493,8 @@ class CLIP(nn.Module):
 
         def run(rows: Tensor, length: int) -> Tensor:
             kv = _prefix_for_rows(prefix_kv, group.index_select(0, rows))
-            h = self.transformer(x[:, :length].index_select(0, rows), prefix_kv=kv, last_only=True)
-            return self.ln_final(h[:, -1]) @ self.text_projection
+            h = self.transformer(x[:, :length].index_select(0, rows), prefix_kv=kv, query_at=eot.index_select(0, rows))
+            return self.ln_final(h[:, 0]) @ self.text_projection
 
         out = _run_chunks(run, chunks, grad and binds)
         if len(chunks) == 1 and bool((order == torch.arange(n, device=order.device)).all()):

@@ -11,7 +11,7 @@ import torch
 
 import clip
 from clip import LayerOp, compose
-from clip.text_prefix import find_shared_prefix
+from clip.text_prefix import find_shared_prefix, plan_buckets
 
 from tiny_clip import make_tiny_clip
 
@@ -23,6 +23,7 @@ RTOL = 1e-5
 def model():
     torch.manual_seed(0)
     m = make_tiny_clip("vit", transformer_layers=3)
+    m.text_pass_overhead = 0  # count tokens only: share whenever it saves any, every length in its own pass
     for p in m.parameters():
         p.requires_grad_(False)
     return m
@@ -182,9 +183,9 @@ def test_prefix_sharing_is_exact_for_every_layout(model, model64, name):
 
 
 @pytest.mark.parametrize("groups", [1, 3])
-def test_attention_continues_a_prefix_and_computes_the_last_position_alone(model, groups):
+def test_attention_continues_a_prefix_and_computes_one_position_alone(model, groups):
     """A block run on a sequence's last positions against its prefix's keys/values (one prefix per block of rows,
-    never copied per row beforehand) equals the whole sequence's; ``last_only`` gives its last position alone."""
+    never copied per row beforehand) equals the whole sequence's; ``query_at`` gives one position per row alone."""
     torch.manual_seed(4)
     block = model.transformer.resblocks[0]
     rows, prefix, rest = 6, 4, 5
@@ -193,10 +194,45 @@ def test_attention_continues_a_prefix_and_computes_the_last_position_alone(model
     whole = block(x, causal=True)
     _, kv = block(head, causal=True, return_kv=True)
     assert_close(block(x[:, prefix:], causal=True, prefix_kv=kv), whole[:, prefix:])
-    assert_close(block(x[:, prefix:], causal=True, prefix_kv=kv, last_only=True), whole[:, -1:])
-    assert_close(block(x, causal=True, last_only=True), whole[:, -1:])
+    end = torch.full((rows,), rest - 1)
+    assert_close(block(x[:, prefix:], causal=True, prefix_kv=kv, query_at=end), whole[:, -1:])
+    assert_close(block(x, causal=True, query_at=end + prefix), whole[:, -1:])
+    at = torch.tensor([0, 4, 2, 3, 1, 4])  # positions of rows that end at different lengths (a padded bucket)
+    picked = whole[torch.arange(rows), prefix + at].unsqueeze(1)
+    assert_close(block(x[:, prefix:], causal=True, prefix_kv=kv, query_at=at), picked)
+    assert_close(block(x, causal=True, query_at=at + prefix), picked)
     with pytest.raises(ValueError, match="do not split"):
         block(x[:4, prefix:], causal=True, prefix_kv=(kv[0][:1].expand(3, -1, -1, -1), kv[1][:1].expand(3, -1, -1, -1)))
+
+
+def test_bucket_plan_minimises_tokens_plus_passes():
+    lengths = torch.tensor([4, 5, 5, 9, 4, 9, 9, 6])
+    assert plan_buckets(lengths, 0) == ([(4, 2), (5, 2), (6, 1), (9, 3)], 2 * 4 + 2 * 5 + 6 + 3 * 9)
+    assert plan_buckets(lengths, 100) == ([(9, 8)], 8 * 9 + 100)  # passes dear: one pass, padded
+    # padding the 6 to 9 costs 3 tokens, the same as its own pass; padding the 4s to 5 costs 2 (< 3)
+    assert plan_buckets(lengths, 3) == ([(5, 4), (9, 4)], 4 * 5 + 3 + 4 * 9 + 3)
+
+
+def test_sharing_is_used_only_when_it_pays_and_padded_buckets_stay_exact(model, model64):
+    torch.manual_seed(6)
+    inputs, params, _ = layout_mpl_modular(model)
+    n = inputs["x"].shape[0]
+    try:
+        model.text_pass_overhead = 4  # NAMES end at 4 lengths: some share a pass
+        shared, shared_grads, calls = run(model, inputs, params, True)
+        assert 2 < len(calls) < 1 + 4 and sum(b for b, _ in calls[1:]) == n
+        model.text_pass_overhead = 10 ** 6  # a pass costs more than any token: the plain path, one pass
+        plain, plain_grads, plain_calls = run(model, inputs, params, True)
+        assert plain_calls == [(n, plain_calls[0][1])]
+    finally:
+        model.text_pass_overhead = 0
+    torch.manual_seed(6)
+    inputs64, params64, _ = layout_mpl_modular(model64)
+    _, exact_grads, _ = run(model64, inputs64, params64, False)
+    assert_close(shared, plain)
+    for g, h, exact in zip(shared_grads, plain_grads, exact_grads):
+        assert_close(g, exact)
+        assert_close(h, exact)
 
 
 def test_trace_and_layout_are_those_of_the_whole_sequence(model):
@@ -319,6 +355,7 @@ def test_vit_b16_text_tower_shapes_random_weights():
     cfg = dict(clip.model_config("ViT-B/16"), image_resolution=32, vision_layers=1, vision_width=64,
                vision_patch_size=16)
     m = clip.CLIP(**cfg).eval()
+    m.text_pass_overhead = 0
     for p in m.parameters():
         p.requires_grad_(False)
     inputs, params, _ = deep_replace(m, 1, "X a photo of a", depth=9)
