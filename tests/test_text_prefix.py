@@ -1,8 +1,10 @@
 """Shared-prefix text encoding and the text memory budget: same logits and gradients as the plain path.
 
 Every method's text layout is written here with clip's own API (token ids, embeddings, ``LayerOp``), so the
-tests say exactly which layout they check: CoOp (class at the end), CoCoOp (context per image), IVLP/MaPLe/
-PromptSRC (deep replace), MPL (replace and modular add/remove), CasPL's composed ``[SOS][adapt][boost][words]``.
+tests say exactly which layout they check: CoOp (class at the end), CoCoOp (context per image, rows in image or in
+class order), IVLP/MaPLe/PromptSRC (deep replace), MPL (replace and modular add/remove), CasPL's composed
+``[SOS][adapt][boost][words]``. Also: class rows in buckets cut at their EOT (and padded buckets), the last block
+computing EOT alone, the cost rule that decides sharing, and CoCoOp's budgeted one-call training step.
 """
 import copy
 
