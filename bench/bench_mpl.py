@@ -217,7 +217,7 @@ def main(argv=None):
 
         def step():
             with precision.autocast(device):
-                logits = net(image)
+                logits = net(image).logits
             F.cross_entropy(logits.to(MASTER_DTYPE), label).backward()
             net.prompt_learner.zero_grad(set_to_none=True)
             return logits.detach().to(MASTER_DTYPE)
@@ -318,6 +318,24 @@ def main(argv=None):
     print("| " + " | ".join(summary) + " |")
     print("|" + "---|" * len(summary))
     print("| " + " | ".join(summary.values()) + " |")
+
+    # issue 18's targets, for the settings this run measured: (what, measured ratio, target, met)
+    targets = []
+    for n in args.classes:
+        t77, m77 = train[n, "77-token"]
+        ts, ms = train[n, "shared"]
+        if n <= 5:
+            targets.append((f"train[{n}] time / floor", ts / t_floor, "<= 1.02", ts / t_floor <= 1.02))
+        if n >= 500:
+            targets.append((f"train[{n}] 77-token time / shared time", t77 / ts, ">= 10", t77 / ts >= 10))
+            targets.append((f"train[{n}] 77-token peak / shared peak", m77 / max(ms, 1e-9), ">= 4", m77 >= 4 * ms))
+    if args.eval_classes:
+        speedup, ratio = evals["77-token"] / evals["shared"], evals["batch"] / evals["image"]
+        targets.append((f"eval[{args.eval_classes}] text pass, 77-token / shared", speedup, ">= 8", speedup >= 8))
+        targets.append(("test batch (text cached) / image encoder alone", ratio, "<= 1.03", ratio <= 1.03))
+    print("\ntargets (issue 18)")
+    for what, value, goal, met in targets:
+        print(f"  {what:48s} {value:8.3f}  target {goal:8s} {'met' if met else 'NOT met'}")
 
 
 if __name__ == "__main__":

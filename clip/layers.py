@@ -71,34 +71,65 @@ class Attention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: torch.Tensor, causal: bool = False, prefix_kv: Optional[KV] = None,
-                return_kv: bool = False):
+                return_kv: bool = False, query_at: Optional[torch.Tensor] = None):
         """Attention of ``x`` ``(B, L, D)``, optionally continuing a prefix that was run separately.
 
         Args:
-            prefix_kv: ``(k, v)``, each ``(B, H, P, D/H)``: keys and values of ``P`` positions that come before
-                ``x``'s (an earlier part of the same sequences). Every position of ``x`` attends to all of them,
-                then (under ``causal``) to its own and earlier positions of ``x``: the result equals running the
-                whole sequence and keeping its last ``L`` positions.
+            prefix_kv: ``(k, v)``, each ``(G, H, P, D/H)`` with ``B`` a multiple of ``G``: keys and values of
+                ``P`` positions that come before ``x``'s (an earlier part of the same sequences); rows
+                ``g*B/G .. (g+1)*B/G - 1`` of ``x`` continue prefix ``g`` (``G = 1``: one prefix for all rows, never
+                copied per row before the one concatenation attention needs). Every position of ``x`` attends to
+                all of them, then (under ``causal``) to its own and earlier positions of ``x``: the result equals
+                running the whole sequence and keeping its last ``L`` positions.
             return_kv: also return this call's own ``(k, v)`` (``(B, H, L, D/H)``), for a later continuation.
+            query_at: ``(B,)`` one position per row: only its output is computed (``(B, 1, D)``; every position's
+                key and value still count, under ``causal`` those up to it), which is all a text encoder's last
+                layer needs (the EOT position).
         """
         batch, length, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        qkv = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, H, L, D/H)
-        own = (k, v)
-        if prefix_kv is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        heads = self.heads
+        at_end = False
+        if query_at is not None:  # keys and values of every position, one query per row
+            kv = F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:])
+            k, v = kv.view(batch, length, 2, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+            xq = x[torch.arange(batch, device=x.device), query_at].unsqueeze(1)
+            q = F.linear(xq, self.in_proj_weight[:width], self.in_proj_bias[:width])
+            q = q.view(batch, 1, heads, width // heads).transpose(1, 2)
+            at_end = bool((query_at == length - 1).all())  # then every key is visible: no mask
         else:
+            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+            qkv = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # each (B, H, L, D/H)
+        own = (k, v)
+        n = 0
+        if prefix_kv is not None:
             pk, pv = prefix_kv
             n = pk.shape[2]
-            k = torch.cat([pk.to(k.dtype), k], dim=2)
-            v = torch.cat([pv.to(v.dtype), v], dim=2)
-            mask = None
-            if causal:  # query i (absolute n + i) sees keys 0 .. n + i
-                mask = torch.ones(length, n + length, dtype=torch.bool, device=x.device).tril(diagonal=n)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+            k, v = _continue(pk, k), _continue(pv, v)
+        mask = None
+        if causal and query_at is not None and not at_end:  # row b sees keys 0 .. n + query_at[b]
+            keys = torch.arange(n + length, device=x.device)
+            mask = (keys <= n + query_at.unsqueeze(1)).view(batch, 1, 1, n + length)
+        elif causal and prefix_kv is not None and query_at is None:  # query i (absolute n + i) sees keys 0 .. n + i
+            mask = torch.ones(length, n + length, dtype=torch.bool, device=x.device).tril(diagonal=n)
+        # with neither a prefix nor a single query, the fused causal kernel
+        causal = causal and prefix_kv is None and query_at is None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, q.shape[2], width))
         return (out, own) if return_kv else out
+
+
+def _continue(prefix: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """``(B, H, P + L, d)``: prefix ``(G, H, P, d)`` (rows in ``G`` equal blocks) followed by ``own`` ``(B, H, L, d)``.
+
+    The prefix is broadcast over its block's rows inside the one concatenation, not copied per row before it.
+    """
+    groups, rows = prefix.shape[0], own.shape[0]
+    if rows % groups:
+        raise ValueError(f"{rows} rows do not split into the {groups} prefixes they continue")
+    block = rows // groups
+    prefix = prefix.to(own.dtype).unsqueeze(1).expand(groups, block, *prefix.shape[1:])
+    return torch.cat([prefix, own.view(groups, block, *own.shape[1:])], dim=3).flatten(0, 1)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -120,11 +151,14 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = LayerNorm(width)
 
     def forward(self, x: torch.Tensor, causal: bool = False, prefix_kv: Optional[KV] = None,
-                return_kv: bool = False):
-        """``prefix_kv`` / ``return_kv``: see :meth:`Attention.forward` (returns ``(x, (k, v))`` with the latter)."""
-        attn = self.attn(self.ln_1(x), causal=causal, prefix_kv=prefix_kv, return_kv=return_kv)
+                return_kv: bool = False, query_at: Optional[torch.Tensor] = None):
+        """``prefix_kv`` / ``return_kv`` / ``query_at``: see :meth:`Attention.forward` (returns ``(x, (k, v))``
+        with ``return_kv``; ``x`` holds only the position ``query_at`` of every row with it, ``(B, 1, D)``)."""
+        attn = self.attn(self.ln_1(x), causal=causal, prefix_kv=prefix_kv, return_kv=return_kv, query_at=query_at)
         if return_kv:
             attn, kv = attn
+        if query_at is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), query_at].unsqueeze(1)
         x = x + attn
         x = x + self.mlp(self.ln_2(x))
         return (x, kv) if return_kv else x

@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from .layers import KV, LayerNorm, ResidualAttentionBlock
 from .ops import LayerOp, PromptSegment, check_ops
 from .precision import DEFAULT_DTYPE
-from .text_prefix import find_shared_prefix
+from .text_prefix import find_shared_prefix, plan_buckets
 
 __all__ = ["CLIP", "Transformer", "VisionTransformer", "ModifiedResNet", "AttentionPool2d", "Bottleneck",
            "build_model", "config_from_state_dict"]
@@ -51,7 +51,8 @@ class Transformer(nn.Module):
 
     def forward(self, x: Tensor, ops: Ops = None, segment: Optional[PromptSegment] = None,
                 entry: Optional[nn.Module] = None, trace: Optional[List[int]] = None,
-                prefix_kv: Optional[Sequence[KV]] = None, kv_out: Optional[List[KV]] = None) -> Tensor:
+                prefix_kv: Optional[Sequence[KV]] = None, kv_out: Optional[List[KV]] = None,
+                query_at: Optional[Tensor] = None) -> Tensor:
         """Run the blocks on ``x`` ``(B, L, D)``.
 
         Before block i: ``ops[i]`` is applied (through ``segment``, whose default is an empty prompt segment at the
@@ -59,8 +60,10 @@ class Transformer(nn.Module):
         length is appended to ``trace``.
 
         A sequence may also run in two pieces (shared-prefix text encoding): ``kv_out``, a list, receives every
-        block's keys and values of ``x``; ``prefix_kv[i]`` (those of an earlier piece, batch matching ``x``) are
-        attended to by block i before ``x``'s own positions.
+        block's keys and values of ``x``; ``prefix_kv[i]`` (those of an earlier piece: batch 1, or the batch of
+        ``x`` or a divisor of it, see :meth:`clip.layers.Attention.forward`) are attended to by block i before
+        ``x``'s own positions. ``query_at`` ``(B,)``: the last block computes only that position of every row, so
+        the output is ``(B, 1, D)`` (all a text sequence needs from it is its EOT).
         """
         ops = check_ops(ops, self.layers)
         if segment is None:
@@ -79,7 +82,8 @@ class Transformer(nn.Module):
                     trace.layout.append(segment.layout())
             prefix = prefix_kv[i] if prefix_kv is not None else None
             if kv_out is None:
-                x = block(x, causal=self.causal, prefix_kv=prefix)
+                at = query_at if i == len(self.resblocks) - 1 else None
+                x = block(x, causal=self.causal, prefix_kv=prefix, query_at=at)
             else:
                 x, kv = block(x, causal=self.causal, prefix_kv=prefix, return_kv=True)
                 kv_out.append(kv)
@@ -254,11 +258,27 @@ def _slice_ops(ops: Sequence, lo: int, hi: int, n: int) -> List:
     return [tuple(one(m) for m in op) if isinstance(op, (tuple, list)) else one(op) for op in ops]
 
 
-def _group_rows(t: Tensor, group: Tensor, lo: int, hi: int) -> Tensor:
-    """Rows ``lo:hi`` of a per-group tensor ``(G, ...)``, given the group of every row."""
-    if t.shape[0] == 1:
-        return t.expand(hi - lo, *t.shape[1:])
-    return t.index_select(0, group[lo:hi])
+def _prefix_for_rows(prefix_kv: Sequence[KV], group: Tensor) -> List[KV]:
+    """The prefix keys and values for rows of the given groups, in the layout attention takes (one prefix per
+    block of equal rows, :meth:`clip.layers.Attention.forward`): the groups' own when the rows form equal
+    consecutive runs (CoCoOp's classes of each image), else one copy per row."""
+    if prefix_kv[0][0].shape[0] == 1:
+        return list(prefix_kv)
+    runs, sizes = torch.unique_consecutive(group, return_counts=True)
+    pick = runs if bool((sizes == sizes[0]).all()) else group
+    return [(k.index_select(0, pick), v.index_select(0, pick)) for k, v in prefix_kv]
+
+
+def _run_chunks(run, chunks: Sequence[tuple], recompute: bool) -> Tensor:
+    """``run(*chunk)`` for every chunk, concatenated; with ``recompute`` (a memory budget binds while autograd
+    records), each chunk is checkpointed: its activations are recomputed in backward instead of kept."""
+    if len(chunks) == 1:
+        return run(*chunks[0])
+    if recompute:
+        out = [checkpoint(run, *chunk, use_reentrant=False, preserve_rng_state=False) for chunk in chunks]
+    else:
+        out = [run(*chunk) for chunk in chunks]
+    return torch.cat(out, dim=0)
 
 
 class CLIP(nn.Module):
@@ -276,10 +296,17 @@ class CLIP(nn.Module):
             their ops) once per group of equal rows, and the rest against their keys and values (exact under the
             causal mask; default True; see :mod:`clip.text_prefix`). Set False to compare with the plain path.
         text_memory_budget: default ``memory_budget`` (bytes) of :meth:`encode_text_embeddings`; None: unbounded.
+        text_pass_overhead: the fixed cost of one pass through the text transformer, in tokens (its weights are
+            read once per pass, small matrix products run below peak; on a GPU, kernel launches): the shared-prefix
+            encoding is used only when it computes fewer tokens than the plain path counting this overhead per
+            pass, and class rows of nearby lengths share a pass (padded) when that is cheaper. Default 32, fitted
+            on a CPU (one thread, ViT-B/16's text tower: a pass over T tokens costs about T + 35 tokens' time
+            for T <= 128); a GPU, where a small pass is bound by its launches, would want a larger value.
     """
 
     text_prefix_sharing: bool = True
     text_memory_budget: Optional[int] = None
+    text_pass_overhead: int = 32
 
     def __init__(self, embed_dim: int, image_resolution: int, vision_layers: Union[int, Sequence[int]],
                  vision_width: int, vision_patch_size: Optional[int], context_length: int, vocab_size: int,
@@ -385,9 +412,14 @@ class CLIP(nn.Module):
             # exact under the causal mask: positions after the last EOT never influence any EOT feature
             length = max(int(eot.max()) + 1, total + 1)
         x = x[:, :length].to(self.dtype) + self.positional_embedding[:length].to(self.dtype)
-        shared = None
+        shared = buckets = None
         if self.text_prefix_sharing and x.device.type != "meta":
             shared = find_shared_prefix(x, text_ids[:, :length], eot, ops, total)
+        if shared is not None:  # does it pay? tokens the first layer computes, plus the overhead of every pass
+            overhead = self.text_pass_overhead
+            buckets, cost = plan_buckets(eot - shared.length + 1, overhead)
+            if shared.groups * shared.length + overhead + cost >= x.shape[0] * length + overhead:
+                shared = None
         if shared is None:
             return self._encode_text_rows(x, eot, budget, ops=ops, n_prompt=n_prompt, trace=trace)
         # The shared prefix runs once per group (its ops included); the rest of every row attends to its keys and
@@ -399,7 +431,7 @@ class CLIP(nn.Module):
                          trace=trace, kv_out=prefix_kv)
         if trace is not None:  # report the whole sequence's length, as the plain path does
             trace[mark:] = [n + length - k for n in trace[mark:]]
-        return self._encode_text_rows(x[:, k:], eot - k, budget, prefix_kv=prefix_kv, group=shared.group)
+        return self._encode_text_suffixes(x[:, k:], eot - k, budget, prefix_kv, shared.group, buckets)
 
     def text_memory_bytes(self, rows: int, length: int, context: int = 0, grad: bool = True) -> int:
         """Estimated bytes of the text pass over ``rows`` sequences of ``length`` tokens.
@@ -417,42 +449,57 @@ class CLIP(nn.Module):
         return rows * per_layer * (layers if grad else 1) * itemsize
 
     def _encode_text_rows(self, x: Tensor, eot: Tensor, budget: Optional[int], ops: Sequence = (),
-                          n_prompt: Union[int, Sequence[int]] = 0, trace: Optional[List[int]] = None,
-                          prefix_kv: Optional[List] = None, group: Optional[Tensor] = None) -> Tensor:
-        """Features of every row of ``x`` (a whole sequence, or the rest after a shared prefix), in chunks."""
+                          n_prompt: Union[int, Sequence[int]] = 0, trace: Optional[List[int]] = None) -> Tensor:
+        """Features of every whole sequence of ``x`` (the plain path), in chunks that fit ``budget``."""
         n, length = x.shape[:2]
-        context = prefix_kv[0][0].shape[2] if prefix_kv else 0
         grad = torch.is_grad_enabled()
         step = n
         if budget is not None:
-            step = max(1, min(n, int(budget // max(self.text_memory_bytes(1, length, context, grad), 1))))
+            step = max(1, min(n, int(budget // max(self.text_memory_bytes(1, length, 0, grad), 1))))
         recorded = []
 
         def run(lo: int, hi: int) -> Tensor:
             t = trace if not recorded else None  # once, and never again when a checkpoint recomputes
             recorded.append(True)
             rows = torch.arange(lo, hi, device=x.device)
-            if prefix_kv is None:
-                segment = PromptSegment(start=1, length=n_prompt, eot=eot[lo:hi])
-                h = self.transformer(x[lo:hi], ops=_slice_ops(ops, lo, hi, n), segment=segment, trace=t)
-                at = segment.eot
-            else:
-                kv = [tuple(_group_rows(a, group, lo, hi) for a in pair) for pair in prefix_kv]
-                h = self.transformer(x[lo:hi], prefix_kv=kv)
-                at = eot[lo:hi]
-            h = self.ln_final(h)
-            return h[rows - lo, at] @ self.text_projection
+            segment = PromptSegment(start=1, length=n_prompt, eot=eot[lo:hi])
+            h = self.transformer(x[lo:hi], ops=_slice_ops(ops, lo, hi, n), segment=segment, trace=t)
+            return self.ln_final(h)[rows - lo, segment.eot] @ self.text_projection
 
-        if step >= n:
-            return run(0, n)
-        out = []
-        for lo in range(0, n, step):
-            hi = min(lo + step, n)
-            if grad:
-                out.append(checkpoint(run, lo, hi, use_reentrant=False, preserve_rng_state=False))
-            else:
-                out.append(run(lo, hi))
-        return torch.cat(out, dim=0)
+        return _run_chunks(run, [(lo, min(lo + step, n)) for lo in range(0, n, step)], grad and step < n)
+
+    def _encode_text_suffixes(self, x: Tensor, eot: Tensor, budget: Optional[int], prefix_kv: List[KV],
+                              group: Tensor, buckets: Sequence[Tuple[int, int]]) -> Tensor:
+        """Features of every row from its own positions ``x`` ``(N, L, D)`` (those after the shared prefix), each
+        row attending to its group's prefix keys and values (``prefix_kv[i]``: ``(G, H, P, d)`` for block i).
+
+        Rows run by ascending EOT in ``buckets``, ``(length, rows)`` (:func:`clip.text_prefix.plan_buckets`): each
+        cut right after its longest row's EOT, so nothing after the EOT of a row of that length is computed; the
+        last block computes the EOT position alone. Buckets are split into chunks that fit ``budget``.
+        """
+        n = x.shape[0]
+        context = prefix_kv[0][0].shape[2] if prefix_kv else 0
+        grad = torch.is_grad_enabled()
+        order = torch.argsort(eot, stable=True)  # stable: a group's rows stay together, in their order
+        binds = budget is not None and sum(self.text_memory_bytes(c, length, context, grad)
+                                           for length, c in buckets) > budget
+        chunks, start = [], 0
+        for length, count in buckets:
+            step = count
+            if binds:
+                step = max(1, min(count, int(budget // max(self.text_memory_bytes(1, length, context, grad), 1))))
+            chunks += [(order[lo:min(lo + step, start + count)], length) for lo in range(start, start + count, step)]
+            start += count
+
+        def run(rows: Tensor, length: int) -> Tensor:
+            kv = _prefix_for_rows(prefix_kv, group.index_select(0, rows))
+            h = self.transformer(x[:, :length].index_select(0, rows), prefix_kv=kv, query_at=eot.index_select(0, rows))
+            return self.ln_final(h[:, 0]) @ self.text_projection
+
+        out = _run_chunks(run, chunks, grad and binds)
+        if len(chunks) == 1 and bool((order == torch.arange(n, device=order.device)).all()):
+            return out
+        return out.index_select(0, torch.argsort(order))
 
     def forward(self, image: Tensor, text: Tensor) -> Tuple[Tensor, Tensor]:
         image_features = self.encode_image(image)

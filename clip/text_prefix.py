@@ -14,14 +14,14 @@ tensors, ``replace_at`` positions) :func:`find_shared_prefix` returns None and t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from .ops import LayerOp
 
-__all__ = ["SharedPrefix", "find_shared_prefix", "ops_are_shared"]
+__all__ = ["SharedPrefix", "find_shared_prefix", "ops_are_shared", "plan_buckets"]
 
 
 @dataclass
@@ -101,3 +101,30 @@ def find_shared_prefix(x: Tensor, ids: Tensor, eot: Tensor, ops: Sequence, n_seg
     first = torch.full((unique.shape[0],), n, dtype=rows.dtype, device=x.device)
     first = first.scatter_reduce(0, group, rows, reduce="amin")
     return SharedPrefix(k, first, group)
+
+
+def plan_buckets(lengths: Tensor, overhead: float) -> Tuple[List[Tuple[int, int]], float]:
+    """How to run rows of the given lengths: ``([(length, rows), ...], cost)`` by ascending length.
+
+    Rows are sorted by length and cut into consecutive buckets, each run as one pass padded to its longest row;
+    a pass costs its tokens (rows x length) plus ``overhead``. The plan minimises the total cost (exactly: a
+    dynamic program over the distinct lengths), so rows of every length run alone when passes are cheap, and
+    nearby lengths share a pass when padding them costs less than another pass.
+    """
+    values, counts = torch.unique(lengths, return_counts=True)  # ascending
+    values, counts = values.tolist(), counts.tolist()
+    m = len(values)
+    rows_before = [0]
+    for c in counts:
+        rows_before.append(rows_before[-1] + c)
+    best, cut = [0.0] + [float("inf")] * m, [0] * (m + 1)
+    for j in range(1, m + 1):  # best[j]: the first j lengths; the last bucket holds lengths i .. j-1
+        for i in range(j):
+            cost = best[i] + (rows_before[j] - rows_before[i]) * values[j - 1] + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    plan, j = [], m
+    while j:
+        plan.append((values[j - 1], rows_before[j] - rows_before[cut[j]]))
+        j = cut[j]
+    return plan[::-1], best[m]

@@ -7,10 +7,15 @@ Reference behaviour (``TRAINER.COCOOP``, KaiyangZhou/CoOp ``trainers/cocoop.py``
   CLIP's joint embedding size) to one bias added to every context vector: ``ctx_b = ctx + meta_net(f_b)``;
 * every image therefore has its own class prompts, and ``logits[b] = scale * f_b @ normalise(text(ctx_b)).T``.
 
-The reference runs the text encoder once per image in a Python loop. Here the prompts of several images go
-through the text encoder in one call, ``PROMPTS_PER_CHUNK`` sequences (images x classes) at a time -- at least one
-image's classes per call -- which gives the same logits (the text encoder treats every sequence independently)
-with far fewer calls. The text transformer also runs on the shortest length that holds every EOT (exact).
+The reference runs the text encoder once per image in a Python loop. Here, in training, the prompts of all images
+of the batch go through the text encoder in one call, which gives the same logits (the text encoder treats every
+sequence independently) with one call instead of B: the shared-prefix encoding (``clip/text_prefix.py``) runs each
+image's ``[SOS][ctx_b]`` once, and only the class words run per class. ``PROMPTS_PER_CHUNK`` bounds its memory: the
+budget is what that many whole prompts keep for backward (``CLIP.text_memory_bytes``); beyond it the class rows
+run in chunks whose activations are recomputed in backward (checkpointing), so training memory stays bounded for
+any batch and class count. In evaluation nothing is kept for backward, and the images go through the text encoder
+``PROMPTS_PER_CHUNK`` sequences (images x classes) at a time, at least one image's classes per call. The text
+transformer also runs on the shortest length that holds every EOT (exact).
 
 Text features depend on the image, so they are never cached across batches. On the method contract
 (``trainers/common.py``) CoCoOp is a prompt learner with ``conditioned_on_image = True``: the prompted CLIP
@@ -38,8 +43,10 @@ def cocoop_defaults() -> CN:
     c.N_CTX = 16  # learned context vectors (ignored when CTX_INIT is set: its number of words is used)
     c.CTX_INIT = ""  # initialise the context from this phrase, e.g. "a photo of a"
     c.PREC = "fp16"  # fp32, fp16, bf16 or amp
-    # Not in the reference: text-encoder sequences (images x classes) per call; at least one image's classes per
-    # call; 0 = the whole batch in one call. Bounds memory; the result does not depend on it.
+    # Not in the reference: bounds the text encoder's memory to that of this many prompts (images x classes).
+    # Evaluation: sequences per call (at least one image's classes). Training: one call for the whole batch, whose
+    # rows beyond this budget are recomputed in backward (checkpointing). 0 = unbounded. The result does not
+    # depend on it.
     c.PROMPTS_PER_CHUNK = 4096
     return c
 

@@ -446,8 +446,13 @@ class PromptedCLIP(nn.Module):
         return ModelOutput(scale * image_features @ text.t(), image_features, text, scale, prompts)
 
     def _forward_conditioned(self, image: torch.Tensor, scale: torch.Tensor) -> ModelOutput:
-        """Text prompts that depend on each image (CoCoOp): the text encoder runs for several images per call,
-        ``prompts_per_chunk`` sequences (images x classes) at a time, at least one image's classes per call."""
+        """Text prompts that depend on each image (CoCoOp), bounded by the learner's ``prompts_per_chunk`` (0: no
+        bound): a memory budget of that many whole prompts (:meth:`clip.model.CLIP.text_memory_bytes`).
+
+        In training, the prompts of all images go through the text encoder in one call (the shared-prefix encoding
+        runs each image's context once), and the budget bounds what it keeps for backward: beyond it, rows run
+        in checkpointed chunks. In evaluation nothing is kept, so the images go in calls of ``prompts_per_chunk``
+        sequences (images x classes), at least one image's classes per call, each under the same budget."""
         model, learner = self.clip_model, self.prompt_learner
         image_features = self.encode_image(image, Prompts(vision_ops=self._vision_ops()))
         ids = learner.class_prompts.token_ids
@@ -457,7 +462,9 @@ class PromptedCLIP(nn.Module):
             length = int(ids.argmax(dim=-1).max()) + 1
         n_cls = ids.shape[0]
         per_chunk = int(getattr(learner, "prompts_per_chunk", 0))
-        step = max(image_features.shape[0], 1) if per_chunk <= 0 else max(1, per_chunk // n_cls)
+        grad = torch.is_grad_enabled()
+        budget = model.text_memory_bytes(per_chunk, length or ids.shape[1], grad=grad) if per_chunk > 0 else None
+        step = max(image_features.shape[0], 1) if per_chunk <= 0 or grad else max(1, per_chunk // n_cls)
         logits, texts = [], []
         for start in range(0, image_features.shape[0], step):
             f = image_features[start:start + step]
@@ -466,7 +473,8 @@ class PromptedCLIP(nn.Module):
             b, width = emb.shape[0], emb.shape[-1]
             seq_ids = prompts.text_ids[:, :emb.shape[-2]]
             text = model.encode_text_embeddings(emb.reshape(b * n_cls, -1, width), seq_ids.repeat(b, 1),
-                                                ops=prompts.text_ops, n_prompt=prompts.n_text_prompt)
+                                                ops=prompts.text_ops, n_prompt=prompts.n_text_prompt,
+                                                memory_budget=budget)
             text = (text / text.norm(dim=-1, keepdim=True)).view(b, n_cls, -1)
             texts.append(text)
             logits.append(scale * torch.einsum("be,bce->bc", f, text))
