@@ -86,6 +86,22 @@ def test_cross_dataset_tests_share_one_imagenet_training_per_seed(tmp_path):
     assert tests[0].dirs[0].endswith("crossdataset/evaluation/eurosat/MPL/vit_b4_c1_add2_rm1_cross_datasets_16shots/seed1")
 
 
+def test_a_dataset_or_shot_count_of_its_own_gets_its_own_config_folder(tmp_path):
+    # ProGrad's few-shot config depends on the shots and the dataset, CoOp's base-to-new one on the dataset: the
+    # sweep must expect the folders the scripts write (tools/method_defaults.py), not the method's generic ones.
+    spec = specs.load(write_spec(tmp_path, protocol="fewshot", methods=["prograd"], datasets=["dtd", "caltech101"],
+                                 shots=[1, 8]))
+    dirs = {j.key: j.dirs[0] for j in specs.expand(spec)}
+    out = tmp_path / "out"
+    assert dirs["prograd/fewshot/train/dtd/shots8/seed1"] == str(out / "fewshot/dtd/shots_8/ProGrad/vit_b16_lambda0.8/seed1")
+    assert dirs["prograd/fewshot/train/dtd/shots1/seed1"] == str(out / "fewshot/dtd/shots_1/ProGrad/vit_b16_ep50/seed1")
+    assert dirs["prograd/fewshot/train/caltech101/shots8/seed1"] == str(out / "fewshot/caltech101/shots_8/ProGrad/vit_b16/seed1")
+    spec = specs.load(write_spec(tmp_path, methods=["prograd"], datasets=["imagenet", "dtd"]))
+    dirs = {j.key: j.dirs[0] for j in specs.expand(spec)}
+    assert dirs["prograd/base2new/train/imagenet/seed1"].endswith("/ProGrad/vit_b16_ep50/seed1")
+    assert dirs["prograd/base2new/train/dtd/seed1"].endswith("/ProGrad/vit_b16_ep100/seed1")
+
+
 def test_a_phase_shared_by_all_seeds_is_one_declarative_entry(tmp_path, monkeypatch):
     # The shape of CasPL: a phase-1 run per dataset (seed 1) that every phase-2 seed waits for.
     protocol = (

@@ -159,19 +159,23 @@ def script_available(method, script):
     return True
 
 
-def wrapper_env(script, env):
-    """(protocol.sh command, environment) that ``scripts/<method>/<script>.sh`` runs with: the method's defaults
-    from its trainer class (``tools/method_defaults.py``, what ``scripts/method.sh`` reads), the given ``env``
-    and this process's environment winning for config names as in the scripts."""
+def wrapper_env(script, env, args=()):
+    """(protocol.sh command, environment) that ``scripts/<method>/<script>.sh ARGS...`` runs with: the method's
+    defaults from its trainer class (``tools/method_defaults.py``, what ``scripts/method.sh`` reads: a dataset's
+    own config from the first argument, the few-shot one by shots from the third), the given ``env`` and this
+    process's environment winning for config names as in the scripts."""
     from tools.method_defaults import defaults, with_environment
 
     script = Path(script)
-    key = (str(script), tuple(sorted(env.items())))
+    dataset = str(args[0]) if len(args) > 0 else ""
+    shots = str(args[2]) if len(args) > 2 and str(args[2]).isdigit() else (env.get("SHOTS") or
+                                                                             os.environ.get("SHOTS") or "16")
+    key = (str(script), tuple(sorted(env.items())), dataset, shots)
     if key not in _WRAPPERS:
         base = {k: v for k, v in os.environ.items() if k not in ("TRAINER", "CFG_B2N", "CFG_XD", "CFG_DIGITS",
                                                                    "CFG_FS", "CFG_DIR", "CFG")}
         base.update(env)
-        values = with_environment(defaults(script.parent.name, script.stem), base)
+        values = with_environment(defaults(script.parent.name, script.stem, dataset, shots), base)
         command = values.pop("PROTO")
         _WRAPPERS[key] = (command, {**base, **values})
     return _WRAPPERS[key]
@@ -328,7 +332,6 @@ def expand(spec):
             if phase.name not in present:
                 continue  # e.g. zero-shot CLIP has no training script: its tests wait for nothing
             script = SCRIPTS / method / f"{phase.script}.sh"
-            command, wenv = wrapper_env(script, env)
             for dataset in spec["datasets"]:
                 for seed in spec["seeds"]:
                     for shots in spec["shots"] if "shots" in phase.per else [None]:
@@ -348,6 +351,7 @@ def expand(spec):
                         if phase.trains and spec["checkpoint_every"] > 0 and "TRAIN.CHECKPOINT_FREQ" not in opts:
                             opts += ["TRAIN.CHECKPOINT_FREQ", str(spec["checkpoint_every"])]
                         args = [a.format(**fields) for a in phase.args]
+                        command, wenv = wrapper_env(script, env, args)  # a dataset's or a shot count's own config
                         if command.startswith("zeroshot") and len(args) > 2:
                             args = args[:2]
                         jobs[job_key] = Job(
