@@ -9,6 +9,10 @@ for a dataset of its own, e.g. CoOp's ``base2new@imagenet``; for few-shot also `
 ``fewshot:<shots>@<dataset>``, e.g. ProGrad's epochs by shots and its LAMBDA exceptions; the most specific key
 wins); a method that declares none uses ``configs/trainers/<TRAINER>/vit_b16.yaml`` for every protocol.
 ``SHOTS`` is the few-shot script's third argument (``scripts/method.sh`` passes it; default ``$SHOTS``, else 16).
+With ``CASPL=1`` in the environment (``scripts/caspl/run.sh`` sets it) the trainer's ``CASPL_SCRIPT_CONFIGS``
+(CasPL's phase-2 configs, same keys) take the place of its ``SCRIPT_CONFIGS`` for each protocol they name: all of
+that protocol's ordinary keys are set aside (an ordinary ``base2new@imagenet`` does not win over a CasPL
+``base2new``); the protocols they do not name keep the ordinary configs. ``CFG``, ``CFG_B2N``, ... still win.
 ``METHOD_SETUP`` is the trainer's ``SCRIPT_SETUP`` (empty for most): a script that ``scripts/method.sh`` runs
 before the protocol (see there). Unknown names exit with status 2 and the list.
 """
@@ -37,11 +41,31 @@ def find_trainer(name: str):
     raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(sorted(names))}")
 
 
-def defaults(name: str, protocol: str, dataset: str = "", shots: str = "") -> dict:
+def protocol_of(key: str) -> str:
+    """The protocol of a config key: ``fewshot:16@dtd`` -> ``fewshot``."""
+    return key.split("@", 1)[0].split(":", 1)[0]
+
+
+def script_configs(cls, caspl: bool = False) -> dict:
+    """The trainer's config names by key; with ``caspl``, its ``CASPL_SCRIPT_CONFIGS`` replace the keys of each
+    protocol they name (the ordinary defaults of the other protocols are kept, made explicit first)."""
+    configs = dict(getattr(cls, "SCRIPT_CONFIGS", {}) or {})
+    own = dict(getattr(cls, "CASPL_SCRIPT_CONFIGS", {}) or {}) if caspl else {}
+    if own:
+        b2n = configs.get("base2new", "vit_b16")
+        configs.setdefault("crossdataset", b2n)  # the ordinary fallbacks, before a CasPL base2new replaces b2n
+        configs.setdefault("fewshot", b2n)
+        replaced = {protocol_of(k) for k in own}
+        configs = {k: v for k, v in configs.items() if protocol_of(k) not in replaced}
+        configs.update(own)
+    return configs
+
+
+def defaults(name: str, protocol: str, dataset: str = "", shots: str = "", caspl: bool = False) -> dict:
     trainer, cls = find_trainer(name)
     if protocol not in PROTOCOLS:
         raise KeyError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    configs = dict(getattr(cls, "SCRIPT_CONFIGS", {}) or {})
+    configs = script_configs(cls, caspl)
     b2n = configs.get("base2new", "vit_b16")
     env = {
         "TRAINER": trainer,
@@ -88,7 +112,9 @@ def main(argv=None) -> int:
         return 2
     try:
         shots = argv[3] if len(argv) > 3 and argv[3].isdigit() else os.environ.get("SHOTS") or "16"
-        env = with_environment(defaults(argv[0], argv[1], argv[2] if len(argv) > 2 else "", shots), os.environ)
+        caspl = os.environ.get("CASPL", "") not in ("", "0")
+        env = with_environment(defaults(argv[0], argv[1], argv[2] if len(argv) > 2 else "", shots, caspl),
+                               os.environ)
     except KeyError as err:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 2

@@ -114,6 +114,7 @@ class CoCoOp(PromptTrainer):
     CFG_KEY = "COCOOP"
     MODEL_NAME = "prompt_learner"
     SCRIPT_CONFIGS = {"base2new": "vit_b16_c4_ep10_batch1_ctxv1"}
+    CASPL_SCRIPT_CONFIGS = {"base2new": "caspl_vit_b16_c8_ep10_batch1"}  # CoCoOp + CasPL (the fork's)
 
     def build_prompt_learner(self, cfg, classnames, clip_model):
         return PromptLearner(self.method_cfg, classnames, clip_model)

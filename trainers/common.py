@@ -551,6 +551,18 @@ class DeepPrompts(nn.Module):
         return Prompts(text_tokens=self.ctx, text_ops=replaced_text_ops(self.text_prompts),
                        vision_ops=replaced_vision_ops(self.vision_prompts, self.n_vision))
 
+    @staticmethod
+    def sizes_of(state: Mapping[str, torch.Tensor]) -> Dict[str, int]:
+        """Token counts and depths of a :class:`DeepPrompts` state dict, in the config's key names (``N_CTX_TEXT``,
+        ``PROMPT_DEPTH_TEXT``, ``N_CTX_VISION``, ``PROMPT_DEPTH_VISION``); a depth is 0 where there are no tokens."""
+        def count(prefix):
+            return sum(1 for k in state if k.startswith(prefix) and k[len(prefix):].isdigit())
+
+        n_text = int(state["ctx"].shape[0]) if torch.is_tensor(state.get("ctx")) else 0
+        n_vision = int(state["vision_prompts.0"].shape[0]) if torch.is_tensor(state.get("vision_prompts.0")) else 0
+        return {"N_CTX_TEXT": n_text, "PROMPT_DEPTH_TEXT": 1 + count("text_prompts.") if n_text else 0,
+                "N_CTX_VISION": n_vision, "PROMPT_DEPTH_VISION": count("vision_prompts.") if n_vision else 0}
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Prompt sets from earlier runs
@@ -594,13 +606,15 @@ def resolve_run_checkpoint(source: str, model_name: str, epoch: Optional[int] = 
 
 
 def load_prompt_set(module: nn.Module, source: str, model_name: str, epoch: Optional[int] = None,
-                    what: str = "prompt set", convert=None) -> Dict[str, object]:
+                    what: str = "prompt set", convert=None, sizes=None) -> Dict[str, object]:
     """Load a prompt set's parameters from an earlier run (folder or file), freeze it, and return its origin.
 
     Every parameter must be present with the same shape: a mismatch names the parameter and both shapes (a
     different prompt size or depth between the runs). ``convert``: a function applied to the checkpoint's whole
     state dict first (a trainer's ``convert_reference_state``, so a reference repository's checkpoint loads).
-    Returns ``{"path", "sha256", "epoch", "model"}``.
+    ``sizes``: a function from a state dict to named sizes (``{"KD.PROMPT_DEPTH_VISION": 12, ...}``); on a
+    mismatch, the error names each differing size with both values first (e.g. a depth, whose difference shows
+    in the tensors only as missing or extra layers). Returns ``{"path", "sha256", "epoch", "model"}``.
     """
     path, epoch = resolve_run_checkpoint(source, model_name, epoch)
     checkpoint = load_checkpoint(path)
@@ -617,7 +631,11 @@ def load_prompt_set(module: nn.Module, source: str, model_name: str, epoch: Opti
             problems.append(f"{name} has shape {tuple(state[name].shape)} there but {tuple(value.shape)} here")
     extra = [k for k, v in state.items() if torch.is_tensor(v) and k not in own]
     if problems or extra:
-        detail = "; ".join(problems + [f"{k} is not expected here" for k in extra])
+        named = []
+        if sizes is not None:
+            there, here = sizes(state), sizes(own)
+            named = [f"{k} is {there[k]} there but {here[k]} here" for k in here if k in there and there[k] != here[k]]
+        detail = "; ".join(named + problems + [f"{k} is not expected here" for k in extra])
         raise UserError(f'the {what} in "{path}" does not match this configuration: {detail}. Use the same prompt '
                         "sizes and depth as the run that made it")
     module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
@@ -660,6 +678,9 @@ class PromptTrainer(TrainerX):
     #: ``base2new``, ``crossdataset``, ``fewshot`` (default: the base2new one), ``digits`` (default
     #: ``tiny_digits``), and ``<key>@<dataset>`` for a dataset of its own
     SCRIPT_CONFIGS: Dict[str, str] = {}
+    #: the same for CasPL's phase 2 (``scripts/caspl/run.sh`` sets ``CASPL=1``): a protocol with keys here takes
+    #: them, all of that protocol's ordinary keys set aside; the other protocols keep ``SCRIPT_CONFIGS``
+    CASPL_SCRIPT_CONFIGS: Dict[str, str] = {}
 
     # -- configuration -------------------------------------------------------------------------------------
     @property
@@ -692,8 +713,12 @@ class PromptTrainer(TrainerX):
                             n_vision=kd.N_CTX_VISION, depth_vision=kd.PROMPT_DEPTH_VISION, key="KD")
         epoch = int(kd.BOOST_EPOCH) if int(kd.BOOST_EPOCH) >= 0 else None
         try:
-            self.load_frozen_set("boost", boost, kd.BOOST_DIR, kd.BOOST_MODEL_NAME, epoch)
+            self.load_frozen_set("boost", boost, kd.BOOST_DIR, kd.BOOST_MODEL_NAME, epoch,
+                                 sizes=lambda state: {f"KD.{k}": v for k, v in DeepPrompts.sizes_of(state).items()})
         except UserError as err:
+            if "does not match" in str(err):  # sizes or depths other than phase 1's
+                raise UserError(f"{err} (set KD.N_CTX_* and KD.PROMPT_DEPTH_* to the phase-1 run's values; "
+                                "scripts/caspl/run.sh passes them from its result.json)") from None
             raise UserError(f"{err} (KD.BOOST_DIR names CasPL's phase-1 run; make one with `python train.py "
                             "--trainer CasPL --config-file configs/trainers/CasPL/<config>.yaml ...` on the same "
                             "dataset, or give KD.BOOST_DIR the folder or checkpoint file of one)") from None
@@ -713,9 +738,10 @@ class PromptTrainer(TrainerX):
         return PromptedCLIP(clip_model, learner, frozen, text_order=text_order, vision_order=vision_order)
 
     def load_frozen_set(self, name: str, module: nn.Module, source: str, model_name: str,
-                        epoch: Optional[int] = None) -> nn.Module:
-        """Load the frozen set ``name`` from an earlier run and record its origin (checkpoint + result.json)."""
-        origin = load_prompt_set(module, source, model_name, epoch, what=f"frozen prompt set {name!r}")
+                        epoch: Optional[int] = None, sizes=None) -> nn.Module:
+        """Load the frozen set ``name`` from an earlier run and record its origin (checkpoint + result.json).
+        ``sizes``: as :func:`load_prompt_set`'s (named sizes, both values in the error on a mismatch)."""
+        origin = load_prompt_set(module, source, model_name, epoch, what=f"frozen prompt set {name!r}", sizes=sizes)
         print(f'Frozen prompt set {name!r} from "{origin["path"]}" (epoch {origin["epoch"]}, '
               f'sha256 {origin["sha256"][:12]}...)')
         self.frozen_origins[name] = origin

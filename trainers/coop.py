@@ -82,6 +82,7 @@ class CoOp(PromptTrainer):
     MODEL_NAME = "prompt_learner"
     SCRIPT_CONFIGS = {"base2new": "vit_b16_ctxv1", "crossdataset": "vit_b16_ep50_ctxv1", "fewshot": "vit_b16",
                       "base2new@imagenet": "vit_b16_ep50_ctxv1", "fewshot@imagenet": "vit_b16_ep50"}
+    CASPL_SCRIPT_CONFIGS = {"base2new": "caspl_vit_b16_ep50"}  # CoOp + CasPL (the fork's; ImageNet too)
 
     def check_cfg(self, cfg):
         super().check_cfg(cfg)

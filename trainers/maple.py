@@ -61,6 +61,7 @@ class MaPLe(PromptTrainer):
     CFG_KEY = "MAPLE"
     MODEL_NAME = "MultiModalPromptLearner"
     SCRIPT_CONFIGS = {"base2new": "vit_b16_c2_ep5_batch4_2ctx", "crossdataset": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"}
+    CASPL_SCRIPT_CONFIGS = {"base2new": "caspl_vit_b16_c8_ep5_batch4_8ctx_l12"}  # MaPLe + CasPL (the fork's)
 
     def build_prompt_learner(self, cfg, classnames, clip_model):
         mcfg = self.method_cfg

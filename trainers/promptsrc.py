@@ -124,6 +124,14 @@ class PromptSRC(PromptTrainer):
     MODEL_NAME = "VLPromptLearner"
     SCRIPT_CONFIGS = {"base2new": "vit_b16_c2_ep20_batch4_4+4ctx", "crossdataset": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets",
                       "fewshot": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot"}
+    #: PromptSRC + CasPL (the fork's configs); few-shot GPA (30, 30) on these datasets, (45, 5) on the others
+    CASPL_SCRIPT_CONFIGS = {
+        "base2new": "caspl_vit_b16_c2_ep20_batch4_8+8ctx_l12",
+        "crossdataset": "caspl_vit_b16_c2_ep20_batch4_8+8ctx_cross_datasets_l3",
+        "fewshot": "caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12",
+        **{f"fewshot@{d}": "caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12_gpa30"
+           for d in ("imagenet", "caltech101", "oxford_pets", "food101", "ucf101", "sun397")},
+    }
 
     def check_cfg(self, cfg):
         super().check_cfg(cfg)
