@@ -205,6 +205,8 @@ def test_the_cache_key_follows_images_teacher_view_and_precision(env, tmp_path):
     shutil.copyfile(teacher, copy)
     assert tc.teacher_identity(str(copy)) == who  # the file's content names the teacher, not its path
     assert tc.teacher_identity("ViT-L/14")["sha256"].startswith("b8cca3fd")  # a released name: no file read
+    assert tc.cache_filename("EuroSAT", "ViT-L/14", "k") == "eurosat_ViT-L-14_k.pt"
+    assert tc.cache_filename("EuroSAT", str(teacher), "k") == "eurosat_teacher_k.pt"
     changed = [
         tc.cache_key(paths[:-1], who, view, num),  # an image fewer
         tc.cache_key(paths[::-1], who, view, num),  # another order

@@ -100,7 +100,12 @@ def cache_key(impaths: Sequence[str], teacher: Dict[str, str], view: Dict[str, o
 
 
 def cache_filename(dataset: str, teacher_name: str, key: str) -> str:
-    tag = osp.splitext(osp.basename(teacher_name.rstrip("/")))[0] if osp.sep in teacher_name else teacher_name
+    """``<dataset>_<teacher>_<key>.pt``: the model name (``ViT-L-14``) or the checkpoint file's stem."""
+    import clip
+
+    tag = teacher_name
+    if teacher_name not in clip.available_models():
+        tag = osp.splitext(osp.basename(teacher_name.rstrip("/\\")))[0] or "teacher"
     tag = "".join(c if c.isalnum() or c in "-_." else "-" for c in tag)
     return f"{dataset.lower() or 'data'}_{tag}_{key}.pt"
 
