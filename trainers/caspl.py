@@ -8,6 +8,13 @@ path). Teacher text features: the dataset's hand-written template, computed once
 student's logit scale. Loss: ``KL(softmax(t/T) || softmax(s/T))`` summed, times ``T^2``, divided by the batch size;
 labels unused. Text layout: ``[SOS][boost][class .][EOT]``; vision ``[CLS][patches][boost]``.
 
+Teacher cost (``KD.TEACHER_MODE``): ``online`` (default, the fork's) runs the teacher's image encoder on every
+augmented batch of every epoch. ``cached`` runs it once per training image, on a fixed view (the test pipeline at
+the teacher's resolution: resize, center crop, normalise), before the first epoch, and keeps the normalised
+features on disk (:mod:`trainers.teacher_cache`; ``KD.TEACHER_CACHE_DIR``, default
+``<DATASET.ROOT>/.caspl_teacher_cache``, shared by reruns and seeds); the student still sees augmented views.
+``result.json`` records the mode (``"caspl": {"teacher_mode": ..., "teacher_cache": {path, key, ...}}``).
+
 Data: the fork's default is the whole training split of every class (``DATASET.NUM_SHOTS -1``,
 ``SUBSAMPLE_CLASSES all``) with labels unused: *transductive* -- the new classes' names and images are seen in
 phase 1 (recorded as ``"caspl": {"transductive": true}`` in ``result.json``). ``SUBSAMPLE_CLASSES base`` gives
