@@ -1,0 +1,216 @@
+"""The teacher's cost in CasPL's phase 1: ``KD.TEACHER_MODE online`` against ``cached``, as ratios to a floor.
+
+Student and teacher have the shapes of the released models (default ViT-B/16 and ViT-L/14) with random weights
+(built from the model configs, nothing downloaded). The student carries CasPL's boosting prompts (8 + 8 tokens,
+depth 12) over ``--classes`` plain class prompts, fp32. One run measures:
+
+* ``floor``: the student's own training step -- forward with the boosting prompts, KL to fixed target logits,
+  backward -- with no teacher at all;
+* ``online``: a phase-1 step as the fork runs it: the same, plus the teacher's image encoder on the batch
+  (``KD.TEACHER_MODE online``, the default);
+* ``cached``: a phase-1 step with the teacher's features read from the cache (``KD.TEACHER_MODE cached``): the
+  student step plus a row gather and one small matmul;
+* ``teacher pass``: the teacher's image encoder on one batch of fixed views, no gradients -- the cache costs
+  this once per ``--batch`` training images, once for the whole run.
+
+From these, ``--epochs`` (default 20, the fork's) of phase 1 over any number of images N (it cancels out):
+online = epochs x N/batch x online step; cached = N/batch x teacher pass + epochs x N/batch x cached step.
+
+Usage::
+
+    python -m bench.bench_caspl --threads 1            # CPU: fp32, batch 4, medians of --repeats
+    python -m bench.bench_caspl --teacher ViT-L/14@336px --threads 1
+    python -m bench.bench_caspl --device cuda          # a GPU (wall-clock)
+
+Seconds are the process's CPU time on a CPU (robust to other jobs on a shared machine; wall-clock is printed
+too) and wall-clock on CUDA. Every call runs once as a warm-up, then ``--repeats`` rounds run the four in turn;
+the medians count.
+Nothing is asserted: these are measurements, not tests. The last lines are a one-row summary table (the README
+quotes it).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import clip  # noqa: E402
+from clip import MASTER_DTYPE  # noqa: E402
+from trainers.caspl import ClassNames, distillation_loss  # noqa: E402
+from trainers.common import DeepPrompts, PromptedCLIP  # noqa: E402
+from trainers.zsclip import zeroshot_text_features  # noqa: E402
+
+
+def classnames(n: int):
+    words = ["annual crop", "forest", "herbaceous vegetation", "highway", "industrial buildings", "pasture",
+             "permanent crop", "residential buildings", "river", "sea or lake"]
+    return [words[i % len(words)] + (f" {i // len(words)}" if i >= len(words) else "") for i in range(n)]
+
+
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+    _LIBC.malloc_trim
+except (OSError, AttributeError):  # not glibc
+    _LIBC = None
+
+
+def settle():
+    """Free what the previous call left (garbage, heap pages handed back), so no call pays for another's."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(fns, device, repeats: int):
+    """{name: (median seconds, median wall seconds)} of the calls ``fns`` (name -> function): CPU time on a CPU,
+    wall-clock on CUDA. Each is called once as a warm-up, then ``repeats`` rounds call them in turn, so that a
+    machine that gets busier or quieter meanwhile shifts all of them alike."""
+    times = {name: [] for name in fns}
+    for r in range(1 + repeats):
+        for name, fn in fns.items():
+            settle()
+            sync(device)
+            start, cpu = time.perf_counter(), time.process_time()
+            fn()
+            sync(device)
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+            if r == 0 and repeats > 0:
+                print(f"  warm-up  {name:44s} {cpu:8.2f} s CPU (wall {wall:.1f} s)", flush=True)
+                continue
+            times[name].append((wall if device.type == "cuda" else cpu, wall))
+    return {name: (statistics.median(t for t, _ in v), statistics.median(w for _, w in v))
+            for name, v in times.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--student", default="ViT-B/16")
+    parser.add_argument("--teacher", default="ViT-L/14")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--classes", type=int, default=10, help="class prompts (EuroSAT's 10)")
+    parser.add_argument("--batch", type=int, default=4, help="training batch (the fork's 4); also the batch of the "
+                                                              "measured teacher pass")
+    parser.add_argument("--n-ctx", type=int, default=8, help="boosting tokens per encoder")
+    parser.add_argument("--depth", type=int, default=12, help="boosting prompt depth")
+    parser.add_argument("--epochs", type=int, default=20, help="phase-1 epochs of the projection (the fork's 20)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+
+    student = clip.create_model(args.student)
+    teacher = clip.create_model(args.teacher).eval()
+    names = classnames(args.classes)
+    learner = DeepPrompts(student, n_text=args.n_ctx, depth_text=args.depth, n_vision=args.n_ctx,
+                          depth_vision=args.depth, key="KD")
+    net = PromptedCLIP(student, learner, {"classes": ClassNames(student, names)}).to(device)
+    for name, p in net.named_parameters():
+        p.requires_grad_(name.startswith("prompt_learner."))
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    teacher.to(device)
+    with torch.no_grad():
+        teacher_text = zeroshot_text_features(teacher, names, ["a centered satellite photo of {}."]).to(MASTER_DTYPE)
+    s_res, t_res = student.visual.input_resolution, teacher.visual.input_resolution
+    print(f"student {args.student} ({s_res} px) with {args.n_ctx}+{args.n_ctx} boosting tokens at depth {args.depth}, "
+          f"teacher {args.teacher} ({t_res} px), random weights, fp32, device {device}, batch {args.batch}, "
+          f"{args.classes} classes, threads {torch.get_num_threads()}, median of {args.repeats} "
+          f"(built in {time.perf_counter() - start:.0f} s)", flush=True)
+
+    image = torch.randn(args.batch, 3, s_res, s_res, device=device)  # the augmented training batch
+    view = torch.randn(args.batch, 3, t_res, t_res, device=device)  # fixed views at the teacher's resolution
+    fixed_target = torch.randn(args.batch, args.classes, device=device) * 5
+
+    @torch.no_grad()
+    def teacher_features(x):
+        if x.shape[-1] != t_res or x.shape[-2] != t_res:  # as the trainer: resize the student's batch
+            x = F.interpolate(x, size=(t_res, t_res), mode="bicubic", align_corners=False)
+        f = teacher.encode_image(x)
+        return f / f.norm(dim=-1, keepdim=True)
+
+    cache = teacher_features(image).cpu()  # the cache's rows for this batch (one row per image)
+    rows = torch.arange(args.batch)
+
+    def student_step(target_fn):
+        out = net(image)
+        scale = out.logit_scale.detach()
+        target = target_fn(scale)
+        distillation_loss(out.logits, target).backward()
+        learner.zero_grad(set_to_none=True)
+        return target
+
+    def logits_from(feats, scale):
+        return scale.to(MASTER_DTYPE) * feats.to(MASTER_DTYPE) @ teacher_text.t()
+
+    def floor():
+        return student_step(lambda scale: fixed_target)
+
+    def online():
+        return student_step(lambda scale: logits_from(teacher_features(image), scale))
+
+    def cached():
+        return student_step(lambda scale: logits_from(cache[rows].to(device), scale))
+
+    def teacher_pass():
+        return teacher_features(view).cpu()
+
+    fns = {"floor: student step, fixed targets": floor, "cached: student step + cached features": cached,
+           "online: student step + teacher": online,
+           f"teacher pass: {args.batch} fixed views, no grad": teacher_pass}
+    measured = measure(fns, device, args.repeats)
+    rows_out = [(name, *measured[name]) for name in fns]
+    with torch.no_grad():
+        scale = student.logit_scale.exp()
+        diff = float((logits_from(teacher_features(image), scale) - logits_from(cache[rows], scale)).abs().max())
+
+    t_floor, t_cached, t_online, t_pass = (measured[name][0] for name in fns)
+    clock = "wall" if device.type == "cuda" else "CPU"
+    print(f"\n{'measurement':48s} {clock + ' s':>9s} {'x floor':>8s} {'wall s':>8s}")
+    for name, t, wall in rows_out:
+        print(f"{name:48s} {t:9.2f} {t / t_floor:8.2f} {wall:8.1f}")
+    e = args.epochs
+    total_online = e * t_online  # per `batch` training images
+    total_cached = t_pass + e * t_cached
+    print(f"\nper step: online {t_online / t_floor:.2f}x the floor, cached {t_cached / t_floor:.3f}x; the teacher "
+          f"alone (online - floor) {(t_online - t_floor) / t_floor:.2f}x; its one cache pass "
+          f"{t_pass / t_floor:.2f}x a step (per {args.batch} images); cached and online logits on the same view "
+          f"differ by at most {diff:.1e}")
+    print(f"{e} epochs of phase 1: online {total_online / t_floor:.1f} floor steps per {args.batch} images, cached "
+          f"{total_cached / t_floor:.1f} (one teacher pass + {e} epochs): cached is {total_online / total_cached:.2f}x "
+          f"faster; the teacher's share: online {e * (t_online - t_floor) / total_online:.0%} of the time, cached "
+          f"{t_pass / total_cached:.0%} (the one pass)")
+
+    summary = {
+        "online step x floor": f"{t_online / t_floor:.2f}",
+        "cached step x floor": f"{t_cached / t_floor:.2f}",
+        "teacher pass (per batch) x floor": f"{t_pass / t_floor:.2f}",
+        f"{e} epochs: online / cached": f"{total_online / total_cached:.2f}x",
+    }
+    print(f"\nsummary ({args.student} student, {args.teacher} teacher, {device.type}, fp32, batch {args.batch}, "
+          f"{clock} time)")
+    print("| " + " | ".join(summary) + " |")
+    print("|" + "---|" * len(summary))
+    print("| " + " | ".join(summary.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
