@@ -117,6 +117,7 @@ class CasPL(PromptTrainer):
     CFG_KEY = "CASPL"
     MODEL_NAME = "BoostingPrompts"
     SCRIPT_CONFIGS = {"base2new": "vit_b16_c2_ep20_batch4_8+8ctx_l12",
+                      "base2new@imagenet": "vit_b16_c2_ep20_batch128_lr0025_8+8ctx_l12",  # as scripts/caspl/run.sh
                       "crossdataset": "vit_b16_c2_ep20_batch128_lr0025_4+4ctx_l1"}
 
     def build_prompt_learner(self, cfg, classnames, clip_model):
