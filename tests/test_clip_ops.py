@@ -232,11 +232,11 @@ def test_truncation_is_exact_with_deep_text_prompts(vit, style, n_prompt):
     assert traces[True] == [int(ids.argmax(-1).max()) + 1] * 2
     # Exact in real arithmetic; in fp32 only the summation order inside attention and matmuls changes with the
     # length (a few ulps). Normalised features (what CLIP's logits use) agree within 1e-6; raw ones (norm ~ 6
-    # here) within 2e-6.
+    # here) within 2e-6 plus 1e-5 relative (one element in 128 came out 2.09e-6 apart under another thread count).
     on, off = results[True], results[False]
     torch.testing.assert_close(on / on.norm(dim=-1, keepdim=True), off / off.norm(dim=-1, keepdim=True),
                                rtol=0, atol=1e-6)
-    torch.testing.assert_close(on, off, rtol=0, atol=2e-6)
+    torch.testing.assert_close(on, off, rtol=1e-5, atol=2e-6)
 
 
 def test_encode_text_equals_embeddings_path(vit, text_ids):

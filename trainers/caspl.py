@@ -237,7 +237,7 @@ class CasPL(PromptTrainer):
     @torch.no_grad()
     def compute_teacher_features(self, info) -> torch.Tensor:
         """The teacher once over the training images, in the fixed view, in order; no global random state used."""
-        from dassl.data.data_manager import DatasetWrapper
+        from dassl.data import DatasetWrapper
         from dassl.data.transforms import build_transform
 
         cfg = self.cfg
