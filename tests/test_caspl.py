@@ -150,27 +150,3 @@ def test_token_order_per_layer(env, phase1, method, tmp_path):
     b, a = text_order.index("boost"), text_order.index("adapt")
     assert parts[b][1] == 2 and parts[a][1] == 3 and parts[0][0] == 1  # right after SOS, in the declared order
     assert parts[1][0] == 1 + parts[0][1]
-
-
-@pytest.mark.slow
-def test_scripts_run_phase1_then_phase2_train_and_test(env, tmp_path):
-    """`scripts/caspl/run.sh MPL base2new_train ...` makes the phase-1 run first, then trains and tests MPL beside
-    it, in folders that name the boosting run."""
-    import os
-    import subprocess
-
-    root, student, teacher = env
-    small = ["DATALOADER.NUM_WORKERS", "0", "INPUT.SIZE", "(32,32)", "OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0",
-             "MODEL.BACKBONE.NAME", str(student)]
-    environ = dict(os.environ, DATA=str(root / "data"), OUTPUT=str(tmp_path / "out"), BOOST_CFG="tiny_digits",
-                   CFG="tiny_digits", SHOTS="2",
-                   BOOST_OPTS=" ".join([*small, "KD.BACKBONE_NAME", str(teacher), "KD.PROMPT_DEPTH_VISION", "3"]))
-    for proto in ("base2new_train", "base2new_test"):
-        done = subprocess.run(["bash", str(REPO / "scripts/caspl/run.sh"), "MPL", proto, "eurosat", "1", "--", *small],
-                              env=environ, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    boost = tmp_path / "out/caspl/boost/eurosat/CasPL/tiny_digits/seed1"
-    new = tmp_path / "out/caspl/tiny_digits/base2new/test_new/eurosat/shots_2/MPL/tiny_digits/seed1/result.json"
-    result = json.loads(new.read_text())
-    assert result["subsample"] == "new" and result["cascade"]["boosting_run"].startswith(str(boost))
-    assert json.loads((boost / "result.json").read_text())["caspl"]["boost"]["PROMPT_DEPTH_VISION"] == 3

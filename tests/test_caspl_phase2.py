@@ -234,7 +234,7 @@ def result_of(folder):
 @pytest.mark.slow
 def test_every_method_through_run_sh_with_the_boosting_run(scripts_env):
     """Base-to-new for PromptSRC, MaPLe, CoOp, CoCoOp, IVLP, VPT and MPL beside one phase-1 run (the new classes
-    for PromptSRC), cross-dataset (phase 1 made on the source with the xd config, then xd_test on another dataset)
+    for PromptSRC and MPL), cross-dataset (phase 1 made on the source with the xd config, then xd_test on another dataset)
     and few-shot, all through scripts/caspl/run.sh with the scripts' CasPL configs; two runs at a time."""
     root, small, environ = scripts_env
     out = root / "out"
@@ -248,7 +248,9 @@ def test_every_method_through_run_sh_with_the_boosting_run(scripts_env):
             [(("PromptSRC", "xd_train", "eurosat", "1", "--", *small), {}),
              (("PromptSRC", "xd_test", "dtd", "1", "--", *small), {"SOURCE": "eurosat"})],
             [(("PromptSRC", "fewshot_train", "eurosat", "1", "2", *psrc), {})]]
-    jobs += [[((m, "base2new_train", "eurosat", "1", "--", *small, *DEPTH3[m]), {})] for m in B2N if m != "PromptSRC"]
+    jobs += [[((m, proto, "eurosat", "1", "--", *small, *DEPTH3[m]), {})
+              for proto in (("base2new_train", "base2new_test") if m == "MPL" else ("base2new_train",))]
+             for m in B2N if m != "PromptSRC"]
     with ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(job, jobs))
 
@@ -261,8 +263,9 @@ def test_every_method_through_run_sh_with_the_boosting_run(scripts_env):
         result = result_of(tag / "base2new/train_base/eurosat/shots_2" / method / config / "seed1")
         assert result["cascade"]["boosting_run"] == boost_ckpt, method
         assert result["subsample"] == "base" and 0.0 <= result["accuracy"] <= 100.0
-    new = result_of(tag / "base2new/test_new/eurosat/shots_2/PromptSRC" / B2N["PromptSRC"] / "seed1")
-    assert new["subsample"] == "new" and new["cascade"]["boosting_run"] == boost_ckpt
+    for method in ("PromptSRC", "MPL"):  # tested on the new classes beside the same boosting prompts
+        new = result_of(tag / "base2new/test_new/eurosat/shots_2" / method / B2N[method] / "seed1")
+        assert new["subsample"] == "new" and new["cascade"]["boosting_run"] == boost_ckpt, method
     few = result_of(tag / "fewshot/eurosat/shots_2/PromptSRC" / FEW_SHOT / "seed1")  # GPA (45, 5) on EuroSAT
     assert few["cascade"]["boosting_run"] == boost_ckpt  # the base-to-new phase-1 run
 

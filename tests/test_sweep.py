@@ -136,7 +136,7 @@ def test_dry_run_shows_finished_unfinished_and_to_run(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name,count", [("demo", 33), ("mpl_table2_base2new", 363), ("mpl_table3_crossdataset", 195),
-                                        ("mpl_dg", 87), ("mpl_fewshot", 825), ("test_demo_slurm", 8)])
+                                        ("mpl_dg", 87), ("mpl_fewshot", 825), ("test_demo_slurm", 4)])
 def test_paper_specs_dry_run_to_their_job_counts(name, count, capsys):
     assert cli.main([str(REPO / "configs" / "sweeps" / f"{name}.yaml"), "--dry-run"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith(f"{count} jobs: ")
