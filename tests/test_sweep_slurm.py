@@ -152,8 +152,8 @@ def test_a_bad_spec_submits_nothing(cluster, data_root, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_local_executor_runs_two_cpu_jobs_at_once(data_root, tmp_path, capsys):
-    path = make_spec(tmp_path, data_root, protocol="fewshot", methods=["coop"], shots=[1], executor="local",
-                     opts={"OPTIM.MAX_EPOCH": 1})
+    path = make_spec(tmp_path, data_root, protocol="fewshot", methods=["coop"], shots=[1], seeds=[1, 2],
+                     executor="local", opts={"OPTIM.MAX_EPOCH": 1})
     assert cli.main([str(path), "--workers", "2", "--poll", "0.2"]) == 0
     out = capsys.readouterr().out
     assert "local pool: 2 worker(s) on CPU" in out and "running 2" in out and "done 2/2" in out
