@@ -102,6 +102,45 @@ def test_a_dataset_or_shot_count_of_its_own_gets_its_own_config_folder(tmp_path)
     assert dirs["prograd/base2new/train/dtd/seed1"].endswith("/ProGrad/vit_b16_ep100/seed1")
 
 
+def test_caspl_sweeps_share_one_phase1_run_per_dataset_and_expect_run_sh_folders(tmp_path):
+    spec = specs.load(write_spec(tmp_path, methods=["mpl", "promptsrc"], datasets=["digits", "eurosat"],
+                                 seeds=[1, 2], caspl=True))
+    jobs = {j.key: j for j in specs.expand(spec)}
+    out = tmp_path / "out"
+    boosts = sorted(k for k in jobs if "/boost/" in k)
+    assert boosts == ["caspl/base2new/boost/digits/seed1", "caspl/base2new/boost/eurosat/seed1"]  # not per method
+    boost = jobs["caspl/base2new/boost/eurosat/seed1"]
+    assert boost.command == ["bash", "scripts/caspl/run.sh", "boost", "eurosat", "base2new_train"]
+    assert boost.dirs == [str(out / "caspl/boost/eurosat/CasPL/vit_b16_c2_ep20_batch4_8+8ctx_l12/seed1")]
+    assert boost.env["BOOST_OPTS"] == "TRAIN.CHECKPOINT_FREQ 1"  # phase 1 resumes from its last epoch too
+    train = jobs["promptsrc/base2new/train/eurosat/seed2"]
+    assert train.command[:6] == ["bash", "scripts/caspl/run.sh", "promptsrc", "base2new_train", "eurosat", "2"]
+    assert train.after == [boost.key]
+    # the method's CasPL config (CASPL_SCRIPT_CONFIGS), under the folder named after the phase-1 config
+    assert train.dirs == [str(out / "caspl/vit_b16_c2_ep20_batch4_8+8ctx_l12/base2new/train_base/eurosat/shots_16"
+                              / "PromptSRC/caspl_vit_b16_c2_ep20_batch4_8+8ctx_l12/seed2")]
+    test = jobs["mpl/base2new/test/digits/seed1"]
+    assert set(test.after) == {"mpl/base2new/train/digits/seed1", "caspl/base2new/boost/digits/seed1"}
+    assert test.dirs == [str(out / "caspl/tiny_digits/base2new/test_new/digits/shots_16/MPL/tiny_digits/seed1")]
+
+    spec = specs.load(write_spec(tmp_path, protocol="crossdataset", datasets=["dtd"], source="eurosat", caspl=True,
+                                 env={"INDUCTIVE": 1}))
+    jobs = {j.key: j for j in specs.expand(spec)}
+    tag = "vit_b16_c2_ep20_batch128_lr0025_4+4ctx_l1_inductive"
+    assert jobs["caspl/crossdataset/boost/eurosat/seed1"].dirs == [str(out / "caspl/boost/eurosat/CasPL" / tag / "seed1")]
+    assert jobs["mpl/crossdataset/train/eurosat/seed1"].after == ["caspl/crossdataset/boost/eurosat/seed1"]
+    test = jobs["mpl/crossdataset/test/dtd/seed1"]
+    assert test.env["SOURCE"] == "eurosat" and test.command[:5] == ["bash", "scripts/caspl/run.sh", "mpl", "xd_test", "dtd"]
+    assert test.dirs[0].startswith(str(out / "caspl" / tag / "crossdataset/evaluation/dtd/MPL/"))
+
+
+def test_caspl_sweep_needs_methods_that_train(tmp_path):
+    with pytest.raises(specs.SpecError, match="ZeroshotCLIP does not"):
+        specs.load(write_spec(tmp_path, methods=["zsclip", "mpl"], caspl=True))
+    with pytest.raises(specs.SpecError, match="'caspl' must be true or false"):
+        specs.load(write_spec(tmp_path, caspl="yes"))
+
+
 def test_a_phase_shared_by_all_seeds_is_one_declarative_entry(tmp_path, monkeypatch):
     # The shape of CasPL: a phase-1 run per dataset (seed 1) that every phase-2 seed waits for.
     protocol = (
@@ -136,7 +175,8 @@ def test_dry_run_shows_finished_unfinished_and_to_run(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name,count", [("demo", 33), ("mpl_table2_base2new", 363), ("mpl_table3_crossdataset", 195),
-                                        ("mpl_dg", 87), ("mpl_fewshot", 825), ("test_demo_slurm", 4)])
+                                        ("mpl_dg", 87), ("mpl_fewshot", 825), ("test_demo_slurm", 4),
+                                        ("caspl_base2new", 341), ("caspl_fewshot", 176), ("caspl_demo", 13)])
 def test_paper_specs_dry_run_to_their_job_counts(name, count, capsys):
     assert cli.main([str(REPO / "configs" / "sweeps" / f"{name}.yaml"), "--dry-run"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith(f"{count} jobs: ")

@@ -164,3 +164,4 @@ def test_local_executor_runs_two_cpu_jobs_at_once(data_root, tmp_path, capsys):
         assert Path(rec["log"]).read_text().startswith("+ bash scripts/coop/fewshot_train.sh digits")
         assert (Path(rec["dirs"][0]) / "result.json").is_file()
     assert "| CoOp" in out[out.index("$ python -m tools.results"):]
+

@@ -251,7 +251,7 @@ def tables(spec, out=None):
     trainers = method_folders()
     cmd = [sys.executable, "-m", "tools.results", spec["output"], "--protocol", spec["protocol"],
            "--datasets", *spec["datasets"], "--seeds", *map(str, spec["seeds"]),
-           "--methods", *[trainers[m] for m in spec["methods"]]]
+           "--methods", *[trainers[m] + (" + CasPL" if spec.get("caspl") else "") for m in spec["methods"]]]
     if spec["protocol"] == "fewshot":
         cmd += ["--shots", *map(str, spec["shots"])]
     if spec["protocol"] in ("crossdataset", "dg"):

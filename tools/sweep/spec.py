@@ -65,6 +65,18 @@ PROTOCOLS = {
     ),
 }
 
+#: ``caspl: true``: CasPL's phase 1 (the boosting prompts, ``scripts/caspl/run.sh boost``), once per dataset and seed 1
+#: as the fork, shared by every method and seed of the sweep; the protocol's phases then run through
+#: ``scripts/caspl/run.sh METHOD SCRIPT ...`` and wait for it. Cross-dataset and DG: one phase 1 on the source.
+CASPL_BOOST = {
+    "base2new": Phase("boost", "base2new_train", ("dataset",), ("{dataset}",), fixed={"seed": 1}, trains=True),
+    "crossdataset": Phase("boost", "xd_train", (), ("{source}",), dataset="{source}", fixed={"seed": 1},
+                          trains=True),
+    "dg": Phase("boost", "xd_train", (), ("{source}",), dataset="{source}", fixed={"seed": 1}, trains=True),
+    "fewshot": Phase("boost", "fewshot_train", ("dataset",), ("{dataset}",), fixed={"seed": 1}, trains=True),
+}
+CASPL_RUN = SCRIPTS / "caspl" / "run.sh"
+
 SPEC_KEYS = {
     "name": "sweep name: its logs and status go to OUTPUT/sweeps/NAME/ (default: the spec file's stem)",
     "protocol": "one of " + ", ".join(PROTOCOLS),
@@ -74,7 +86,10 @@ SPEC_KEYS = {
     "shots": "fewshot: list of shots (default [16])",
     "source": "crossdataset/dg: the training dataset (default imagenet)",
     "opts": "extra KEY VALUE config pairs for every job (a list, or a mapping KEY: VALUE)",
-    "env": "extra environment variables for the scripts (CFG, SHOTS, CFG_XD, ...)",
+    "env": "extra environment variables for the scripts (CFG, SHOTS, CFG_XD, ...; with caspl also BOOST_CFG, "
+           "INDUCTIVE, BOOST_OPTS)",
+    "caspl": "true: every method beside CasPL's boosting prompts (scripts/caspl/run.sh), phase 1 once per dataset "
+             "(the source for crossdataset/dg) first (default false)",
     "data": "dataset root, DATA (default: $DATA or ./data)",
     "output": "output root, OUTPUT (default: $OUTPUT or ./output)",
     "checkpoint_every": "training jobs save a checkpoint every N epochs (TRAIN.CHECKPOINT_FREQ, default 1; 0: off)",
@@ -159,7 +174,7 @@ def script_available(method, script):
     return True
 
 
-def wrapper_env(script, env, args=()):
+def wrapper_env(script, env, args=(), caspl=False):
     """(protocol.sh command, environment) that ``scripts/<method>/<script>.sh ARGS...`` runs with: the method's
     defaults from its trainer class (``tools/method_defaults.py``, what ``scripts/method.sh`` reads: a dataset's
     own config from the first argument, the few-shot one by shots from the third), the given ``env`` and this
@@ -170,12 +185,12 @@ def wrapper_env(script, env, args=()):
     dataset = str(args[0]) if len(args) > 0 else ""
     shots = str(args[2]) if len(args) > 2 and str(args[2]).isdigit() else (env.get("SHOTS") or
                                                                              os.environ.get("SHOTS") or "16")
-    key = (str(script), tuple(sorted(env.items())), dataset, shots)
+    key = (str(script), tuple(sorted(env.items())), dataset, shots, caspl)
     if key not in _WRAPPERS:
         base = {k: v for k, v in os.environ.items() if k not in ("TRAINER", "CFG_B2N", "CFG_XD", "CFG_DIGITS",
                                                                    "CFG_FS", "CFG_DIR", "CFG")}
         base.update(env)
-        values = with_environment(defaults(script.parent.name, script.stem, dataset, shots), base)
+        values = with_environment(defaults(script.parent.name, script.stem, dataset, shots, caspl), base)
         command = values.pop("PROTO")
         _WRAPPERS[key] = (command, {**base, **values})
     return _WRAPPERS[key]
@@ -299,7 +314,18 @@ def check(spec, where="the spec"):
         sub = spec.get(section) or {}
         if not isinstance(sub, dict) or set(sub) - set(keys):
             raise SpecError(f"{where}: {section!r} must be a mapping with the keys {', '.join(keys)}, got {sub!r}")
-    out = dict(spec, methods=chosen, datasets=ds, seeds=_int_list(spec, "seeds", [1, 2, 3]),
+    caspl = spec.get("caspl", False)
+    if not isinstance(caspl, bool):
+        raise SpecError(f"{where}: 'caspl' must be true or false, got {caspl!r}")
+    if caspl:
+        from tools.method_defaults import find_trainer
+
+        for m in chosen:
+            trainer, cls = find_trainer(methods[m])
+            if getattr(cls, "TRAINS", True) is False or trainer == "CasPL":
+                raise SpecError(f"{where}: with caspl: true every method trains beside the boosting prompts; "
+                                f"{trainer} does not (remove it, or run it in a spec without caspl)")
+    out = dict(spec, methods=chosen, datasets=ds, caspl=caspl, seeds=_int_list(spec, "seeds", [1, 2, 3]),
                shots=_int_list(spec, "shots", [16]), source=source, opts=[str(o) for o in opts],
                env={str(k): str(v) for k, v in env.items()}, executor=executor,
                checkpoint_every=int(spec.get("checkpoint_every", 1)), max_attempts=int(spec.get("max_attempts", 3)),
@@ -319,6 +345,25 @@ def _abs(p):
     return p if p.is_absolute() else (Path.cwd() / p)
 
 
+_BOOST_DIRS = {}
+
+
+def boost_dir(env, script, dataset):
+    """The phase-1 folder ``scripts/caspl/run.sh`` uses for ``SCRIPT`` on ``dataset`` (its ``where`` mode, so the
+    sweep and the script cannot disagree on BOOST_CFG, INDUCTIVE or BOOST_SEED)."""
+    base = {k: v for k, v in os.environ.items() if k not in ("BOOST_CFG", "INDUCTIVE", "BOOST_SEED", "SOURCE")}
+    full = dict(base, **env)
+    key = (script, dataset, tuple(sorted((k, full.get(k, "")) for k in ("OUTPUT", "BOOST_CFG", "INDUCTIVE",
+                                                                         "BOOST_SEED"))))
+    if key not in _BOOST_DIRS:
+        done = subprocess.run(["bash", str(CASPL_RUN), "where", script, dataset], env=full, capture_output=True,
+                              text=True)
+        if done.returncode:
+            raise SpecError(f"scripts/caspl/run.sh where {script} {dataset}: {done.stderr.strip()}")
+        _BOOST_DIRS[key] = done.stdout.strip()
+    return _BOOST_DIRS[key]
+
+
 def expand(spec):
     """The spec's jobs in submission order (dependencies first), without duplicates."""
     jobs = {}
@@ -326,6 +371,23 @@ def expand(spec):
     names = {p.name for p in phases}
     output, data = _abs(spec["output"]), _abs(spec["data"])
     env = dict(spec["env"], DATA=str(data), OUTPUT=str(output))
+    if spec["protocol"] in ("crossdataset", "dg"):
+        env.setdefault("SOURCE", spec["source"])  # the scripts' xd_test/dg_test read the source from SOURCE
+    caspl = bool(spec.get("caspl"))
+    boost = CASPL_BOOST[spec["protocol"]] if caspl else None
+    if caspl:  # phase 1: one job per dataset (or source), whichever methods wait for it
+        for dataset in spec["datasets"]:
+            fields = dict({"dataset": dataset, "seed": 1, "shots": None, "source": spec["source"]}, **boost.fixed)
+            job_key = _key("caspl", spec["protocol"], boost, fields)
+            if job_key in jobs:
+                continue
+            on = boost.dataset.format(**fields)
+            benv = dict(env)
+            if spec["checkpoint_every"] > 0:
+                benv["BOOST_OPTS"] = f"{env.get('BOOST_OPTS', '')} TRAIN.CHECKPOINT_FREQ {spec['checkpoint_every']}".strip()
+            jobs[job_key] = Job(key=job_key, method="caspl", trainer="CasPL", phase=boost.name, script=CASPL_RUN,
+                                args=["boost", on, boost.script], opts=[], env=benv,
+                                dirs=[boost_dir(env, boost.script, on)], after=[])
     for method in spec["methods"]:
         present = {p.name for p in phases if script_available(method, p.script)}
         for phase in phases:
@@ -351,13 +413,20 @@ def expand(spec):
                         if phase.trains and spec["checkpoint_every"] > 0 and "TRAIN.CHECKPOINT_FREQ" not in opts:
                             opts += ["TRAIN.CHECKPOINT_FREQ", str(spec["checkpoint_every"])]
                         args = [a.format(**fields) for a in phase.args]
-                        command, wenv = wrapper_env(script, env, args)  # a dataset's or a shot count's own config
+                        # a dataset's or a shot count's own config (with caspl: the method's CasPL config)
+                        command, wenv = wrapper_env(script, env, args, caspl)
                         if command.startswith("zeroshot") and len(args) > 2:
                             args = args[:2]
+                        root, runner, run_args = output, script, args
+                        if caspl:  # beside the boosting prompts, in the folders run.sh names after phase 1
+                            bfields = dict(fields, **boost.fixed)
+                            after.append(_key("caspl", spec["protocol"], boost, bfields))
+                            tag = Path(boost_dir(env, boost.script, boost.dataset.format(**bfields))).parent.name
+                            root, runner, run_args = output / "caspl" / tag, CASPL_RUN, [method, phase.script, *args]
                         jobs[job_key] = Job(
                             key=job_key, method=method, trainer=wenv.get("TRAINER", method), phase=phase.name,
-                            script=script, args=args, opts=opts, env=env,
-                            dirs=[str(d) for d in output_dirs(command, wenv, output, run_on, fields["seed"],
+                            script=runner, args=run_args, opts=opts, env=env,
+                            dirs=[str(d) for d in output_dirs(command, wenv, root, run_on, fields["seed"],
                                                               fields["shots"], fields["source"])],
                             after=after)
     return list(jobs.values())

@@ -1,0 +1,52 @@
+"""tools.sweep with ``caspl: true`` end to end on the local pool: CasPL's phase 1 once, then a method beside it.
+
+A file of its own so that pytest-xdist runs it beside the Slurm tests (``--dist loadfile``).
+"""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tools.sweep import __main__ as cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from datasets import digits
+
+    root = tmp_path_factory.mktemp("sweep_data")
+    digits.build(str(root / "digits"))
+    return root
+
+
+def make_spec(folder, data_root, **kw):
+    with open(REPO / "configs" / "sweeps" / "test_demo_slurm.yaml") as f:
+        spec = yaml.safe_load(f)
+    spec.update(output=str(folder / "out"), data=str(data_root), **kw)
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def state(folder, name="test_demo_slurm"):
+    return json.loads((folder / "out" / "sweeps" / name / "state.json").read_text())
+
+
+
+@pytest.mark.slow
+def test_local_caspl_sweep_runs_phase1_once_then_the_method_beside_it(data_root, tmp_path, capsys):
+    path = make_spec(tmp_path, data_root, methods=["coop"], caspl=True, executor="local",
+                     opts={"OPTIM.MAX_EPOCH": 1}, env={"SHOTS": 1, "BOOST_OPTS": "OPTIM.MAX_EPOCH 1"})
+    assert cli.main([str(path), "--workers", "2", "--poll", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "done 3/3" in out
+    jobs = state(tmp_path)["jobs"]
+    assert sorted(jobs) == ["caspl/base2new/boost/digits/seed1", "coop/base2new/test/digits/seed1",
+                            "coop/base2new/train/digits/seed1"]
+    boost = Path(jobs["caspl/base2new/boost/digits/seed1"]["dirs"][0])
+    tested = json.loads((Path(jobs["coop/base2new/test/digits/seed1"]["dirs"][0]) / "result.json").read_text())
+    assert tested["subsample"] == "new" and tested["cascade"]["boosting_run"].startswith(str(boost))
+    assert "| CoOp + CasPL" in out[out.index("$ python -m tools.results"):]
