@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
+from sweep_helpers import make_spec, state
 from tools.sweep import __main__ as cli
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -22,24 +20,11 @@ def data_root(tmp_path_factory):
     return root
 
 
-def make_spec(folder, data_root, **kw):
-    with open(REPO / "configs" / "sweeps" / "test_demo_slurm.yaml") as f:
-        spec = yaml.safe_load(f)
-    spec.update(output=str(folder / "out"), data=str(data_root), **kw)
-    path = folder / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def state(folder, name="test_demo_slurm"):
-    return json.loads((folder / "out" / "sweeps" / name / "state.json").read_text())
-
-
-
 @pytest.mark.slow
 def test_local_caspl_sweep_runs_phase1_once_then_the_method_beside_it(data_root, tmp_path, capsys):
+    boost_opts = "OPTIM.MAX_EPOCH 1 DATALOADER.TRAIN_X.BATCH_SIZE 32"  # phase 1: one epoch of 28 steps
     path = make_spec(tmp_path, data_root, methods=["coop"], caspl=True, executor="local",
-                     opts={"OPTIM.MAX_EPOCH": 1}, env={"SHOTS": 1, "BOOST_OPTS": "OPTIM.MAX_EPOCH 1"})
+                     opts={"OPTIM.MAX_EPOCH": 1}, env={"SHOTS": 1, "BOOST_OPTS": boost_opts})
     assert cli.main([str(path), "--workers", "2", "--poll", "0.2"]) == 0
     out = capsys.readouterr().out
     assert "done 3/3" in out

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from slurm_cluster import SlurmCluster, missing_reason
+from sweep_helpers import make_spec, state
 from tools.sweep import __main__ as cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,19 +45,6 @@ def cluster(tmp_path_factory):
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = old
-
-
-def make_spec(folder, data_root, **kw):
-    with open(REPO / "configs" / "sweeps" / "test_demo_slurm.yaml") as f:
-        spec = yaml.safe_load(f)
-    spec.update(output=str(folder / "out"), data=str(data_root), **kw)
-    path = folder / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def state(folder, name="test_demo_slurm"):
-    return json.loads((folder / "out" / "sweeps" / name / "state.json").read_text())
 
 
 def weights(run_dir):
