@@ -150,3 +150,12 @@ def test_token_order_per_layer(env, phase1, method, tmp_path):
     b, a = text_order.index("boost"), text_order.index("adapt")
     assert parts[b][1] == 2 and parts[a][1] == 3 and parts[0][0] == 1  # right after SOS, in the declared order
     assert parts[1][0] == 1 + parts[0][1]
+
+
+def test_an_unknown_teacher_is_the_usual_backbone_error(env, tmp_path, capsys):
+    root, student, _ = env
+    out = tmp_path / "boost"
+    rc = train.main(argv(root, student, "CasPL", out, ["KD.BACKBONE_NAME", "ViT-Z/99", "DATASET.NUM_SHOTS", "-1"]))
+    err = capsys.readouterr().err
+    assert rc == 2 and "KD.BACKBONE_NAME: unknown model 'ViT-Z/99'" in err and "ViT-B/16" in err  # and the models
+    assert not (out / "result.json").exists() and not (out / "BoostingPrompts").exists()

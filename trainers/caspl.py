@@ -146,7 +146,7 @@ class CasPL(PromptTrainer):
     def build_model(self):
         super().build_model()
         cfg = self.cfg
-        teacher = self.teacher(cfg.KD.BACKBONE_NAME)
+        teacher = self.teacher(cfg.KD.BACKBONE_NAME, "KD.BACKBONE_NAME")
         template = dataset_template(cfg.DATASET.NAME)
         with torch.no_grad(), self.precision.autocast(self.device):
             text = zeroshot_text_features(teacher, self.dm.dataset.classnames, [template])
@@ -177,7 +177,7 @@ class CasPL(PromptTrainer):
     @torch.no_grad()
     def teacher_image_features(self, image: torch.Tensor) -> torch.Tensor:
         """The frozen teacher's L2-normalised image features (its dtype), resized to its resolution if needed."""
-        teacher = self.teacher(self.cfg.KD.BACKBONE_NAME)
+        teacher = self.teacher(self.cfg.KD.BACKBONE_NAME, "KD.BACKBONE_NAME")
         size = getattr(teacher.visual, "input_resolution", image.shape[-1])
         if image.shape[-1] != size or image.shape[-2] != size:
             image = F.interpolate(image, size=(size, size), mode="bicubic", align_corners=False)

@@ -57,11 +57,12 @@ PRECISIONS = ("fp32", "fp16", "bf16", "amp")
 ADAPT = "adapt"
 
 
-def load_clip(cfg, name: Optional[str] = None) -> nn.Module:
+def load_clip(cfg, name: Optional[str] = None, key: str = "MODEL.BACKBONE.NAME") -> nn.Module:
     """Load the frozen CLIP named by ``name`` (default ``cfg.MODEL.BACKBONE.NAME``) on the CPU, in fp32.
 
     The name is a released model (``ViT-B/16``), a registered project model (``tiny-digits``) or a checkpoint
-    path. Weights are cast to the run's precision later, once the prompt learner has read what it needs.
+    path. Weights are cast to the run's precision later, once the prompt learner has read what it needs. ``key``
+    is the config key that named it, for the error message.
     """
     name = name or cfg.MODEL.BACKBONE.NAME
     try:
@@ -69,7 +70,7 @@ def load_clip(cfg, name: Optional[str] = None) -> nn.Module:
     except clip.DownloadError as err:  # offline or a bad checksum: the message says which file to put where
         raise UserError(f"CLIP backbone {name!r}: {err}") from err
     except (ValueError, FileNotFoundError) as err:  # neither a registered name nor a checkpoint file
-        raise UserError(f"MODEL.BACKBONE.NAME: {err}; give a model name or the path of a CLIP checkpoint") from err
+        raise UserError(f"{key}: {err}; give a model name or the path of a CLIP checkpoint") from err
     return model.eval()
 
 
@@ -753,20 +754,21 @@ class PromptTrainer(TrainerX):
             self.run_info = {}
         return self.run_info.setdefault("result_extras", {})
 
-    def teacher(self, name: str) -> nn.Module:
+    def teacher(self, name: str, key: str = "MODEL.BACKBONE.NAME") -> nn.Module:
         """A frozen CLIP by model name or checkpoint path, loaded once per run in the run's precision and device.
 
-        It lives in ``self.model.teachers`` (moved with the model, never in checkpoints).
+        It lives in ``self.model.teachers`` (moved with the model, never in checkpoints). ``key``: the config key
+        that named it (errors name it).
         """
-        key = name.replace("/", "_").replace(".", "_")
-        if key not in self.model.teachers:
+        slot = name.replace("/", "_").replace(".", "_")
+        if slot not in self.model.teachers:
             print(f"Loading the frozen teacher CLIP {name!r}")
-            model = load_clip(self.cfg, name)
+            model = load_clip(self.cfg, name, key)
             for p in model.parameters():
                 p.requires_grad_(False)
             self.precision.cast_model(model)
-            self.model.teachers[key] = model.to(self.device).eval()
-        return self.model.teachers[key]
+            self.model.teachers[slot] = model.to(self.device).eval()
+        return self.model.teachers[slot]
 
     # -- model -------------------------------------------------------------------------------------------
     def build_model(self):
