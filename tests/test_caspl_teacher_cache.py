@@ -234,6 +234,16 @@ def test_an_unknown_mode_is_one_error_before_anything_is_written(env, tmp_path, 
     assert not out.exists() and not cache.exists()
 
 
+def test_an_unwritable_cache_folder_is_one_error_before_the_teacher_pass(env, spy, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = tmp_path / "out"
+    assert train.main(argv(env, out, "cached", ["KD.TEACHER_CACHE_DIR", str(blocker / "cache")])) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the teacher cache in" in err and "set KD.TEACHER_CACHE_DIR to a writable folder" in err
+    assert spy["teacher_calls"] == 0 and not (out / "result.json").exists()
+
+
 def test_the_online_default_is_the_previous_code_path(env, tmp_path):
     trainer = build(env, tmp_path / "x")  # no KD.TEACHER_MODE given: online
     assert trainer.cfg.KD.TEACHER_MODE == "online" and trainer.teacher_cache is None

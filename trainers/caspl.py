@@ -32,7 +32,9 @@ CUDA, checkpoints of only the boosting prompts (phase 1) or only the adapting pr
 """
 from __future__ import annotations
 
+import os
 import os.path as osp
+import tempfile
 
 import torch
 import torch.nn as nn
@@ -214,6 +216,13 @@ class CasPL(PromptTrainer):
         elif distributed.is_main_process():  # torchrun: rank 0 computes and writes it, the others then read it
             if why != "missing":
                 print(f'Teacher cache "{path}" is {why}: computing it again')
+            try:  # before the teacher pass (hours on ImageNet), not after it: can the file be written there?
+                os.makedirs(osp.dirname(path), exist_ok=True)
+                with tempfile.NamedTemporaryFile(dir=osp.dirname(path), prefix=".write-check-"):
+                    pass
+            except OSError as err:
+                raise UserError(f'cannot write the teacher cache in "{osp.dirname(path)}" ({err}); set '
+                                "KD.TEACHER_CACHE_DIR to a writable folder") from err
             feats = self.compute_teacher_features(info)
             try:
                 save_features(path, key, impaths, feats, info={"teacher": self.cfg.KD.BACKBONE_NAME,
