@@ -150,7 +150,11 @@ def test_dead_rank_then_resume_equals_uninterrupted(setup):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert not (out / "result.json").exists(), "the run finished before rank 1 was killed"
-    assert "error: rank 0 of 2 lost contact with the other processes" in err
+    # rank 0 names the lost peer when it notices first; torchrun's agent also sends SIGTERM to the surviving ranks as
+    # soon as one dies, and when that wins the race (seen once in ~5 suite runs) torchrun's report names the killed
+    # rank instead. Either way the run fails loudly, without result.json.
+    assert ("error: rank 0 of 2 lost contact with the other processes" in err
+            or ("closing signal SIGTERM" in err and "Signal 9 (SIGKILL)" in err)), err[-3000:]
     torch.load(first, map_location="cpu", weights_only=False)  # the checkpoint on disk is whole
 
     rerun = subprocess.run(cmd, cwd=REPO, env=setup["env"], capture_output=True, text=True, timeout=300)
