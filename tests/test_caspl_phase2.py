@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import clip
 import train
@@ -133,8 +134,18 @@ def test_caspl_configs_are_the_scripts_defaults(method, protocol, dataset, expec
     assert cfg_of(method, protocol, dataset, "16") == expected
 
 
+FEW_SHOT_PLAIN = "vit_b16_c2_ep50_batch4_4+4ctx_few_shot"
+
+
 def test_without_caspl_the_usual_configs_stay():
     assert cfg_of("PromptSRC", "fewshot_train", "imagenet", caspl=False) == "vit_b16_c2_ep50_batch4_4+4ctx_few_shot"
+    # plain PromptSRC's few-shot GPA is (45, 5) on the reference script's five datasets, (30, 30) elsewhere
+    for dataset in ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat"):
+        assert cfg_of("PromptSRC", "fewshot_train", dataset, caspl=False) == FEW_SHOT_PLAIN + "_gpa45"
+    for name, gpa in ((FEW_SHOT_PLAIN, (30, 30)), (FEW_SHOT_PLAIN + "_gpa45", (45, 5))):
+        with open(REPO / "configs/trainers/PromptSRC" / f"{name}.yaml") as f:
+            c = yaml.safe_load(f)["TRAINER"]["PROMPTSRC"]
+        assert (c["GPA_MEAN"], c["GPA_STD"]) == gpa
     assert cfg_of("CoOp", "base2new_train", "imagenet", caspl=False) == "vit_b16_ep50_ctxv1"
     assert cfg_of("MaPLe", "base2new_train", "dtd", caspl=False) == "vit_b16_c2_ep5_batch4_2ctx"
 

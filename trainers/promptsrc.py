@@ -123,7 +123,10 @@ class PromptSRC(PromptTrainer):
     CFG_KEY = "PROMPTSRC"
     MODEL_NAME = "VLPromptLearner"
     SCRIPT_CONFIGS = {"base2new": "vit_b16_c2_ep20_batch4_4+4ctx", "crossdataset": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets",
-                      "fewshot": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot"}
+                      "fewshot": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot",
+                      # the reference few-shot script's GPA (45, 5) on five datasets, (30, 30) on the others
+                      **{f"fewshot@{d}": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot_gpa45"
+                         for d in ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat")}}
     #: PromptSRC + CasPL (the fork's configs); few-shot GPA (30, 30) on these datasets, (45, 5) on the others
     CASPL_SCRIPT_CONFIGS = {
         "base2new": "caspl_vit_b16_c2_ep20_batch4_8+8ctx_l12",
