@@ -123,6 +123,13 @@ def test_cached_mode_computes_the_cache_once_and_reuses_it(env, spy, tmp_path):
     assert list(cache.iterdir()) == files
 
 
+def test_the_teacher_is_freed_once_its_features_are_cached(env, tmp_path):
+    trainer = build(env, tmp_path / "x", "cached", ["KD.TEACHER_CACHE_DIR", str(tmp_path / "cache")])
+    assert len(trainer.model.teachers) == 1  # loaded for its text features
+    trainer.prepare_teacher_cache()
+    assert len(trainer.model.teachers) == 0 and trainer.teacher_cache.shape[0] == N_IMAGES
+
+
 def fixed_view(trainer, items):
     """The test pipeline at the teacher's resolution, built independently of the cache code."""
     cfg = trainer.cfg.clone()

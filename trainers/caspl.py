@@ -238,10 +238,7 @@ class CasPL(PromptTrainer):
                 raise RuntimeError(f'teacher cache "{path}" written by rank 0 is {why}')
         self.teacher_cache = feats
         self.teacher_rows = BatchRows(impaths)
-        # the teacher is needed no more (its text features are kept): free its memory
-        key = self.cfg.KD.BACKBONE_NAME.replace("/", "_").replace(".", "_")  # PromptTrainer.teacher()'s key
-        if key in self.model.teachers:
-            del self.model.teachers[key]
+        self.release_teacher(self.cfg.KD.BACKBONE_NAME)  # needed no more (its text features are kept)
 
     @torch.no_grad()
     def compute_teacher_features(self, info) -> torch.Tensor:

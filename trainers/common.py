@@ -760,7 +760,7 @@ class PromptTrainer(TrainerX):
         It lives in ``self.model.teachers`` (moved with the model, never in checkpoints). ``key``: the config key
         that named it (errors name it).
         """
-        slot = name.replace("/", "_").replace(".", "_")
+        slot = self._teacher_slot(name)
         if slot not in self.model.teachers:
             print(f"Loading the frozen teacher CLIP {name!r}")
             model = load_clip(self.cfg, name, key)
@@ -769,6 +769,16 @@ class PromptTrainer(TrainerX):
             self.precision.cast_model(model)
             self.model.teachers[slot] = model.to(self.device).eval()
         return self.model.teachers[slot]
+
+    def release_teacher(self, name: str) -> None:
+        """Free a teacher loaded by :meth:`teacher` once nothing needs it any more (e.g. its outputs are cached)."""
+        slot = self._teacher_slot(name)
+        if slot in self.model.teachers:
+            del self.model.teachers[slot]
+
+    @staticmethod
+    def _teacher_slot(name: str) -> str:
+        return name.replace("/", "_").replace(".", "_")  # a module name: no dots
 
     # -- model -------------------------------------------------------------------------------------------
     def build_model(self):
