@@ -31,7 +31,6 @@ quotes it).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import statistics
 import sys
@@ -49,6 +48,8 @@ from trainers.caspl import ClassNames, distillation_loss  # noqa: E402
 from trainers.common import DeepPrompts, PromptedCLIP  # noqa: E402
 from trainers.zsclip import zeroshot_text_features  # noqa: E402
 
+from bench.common import sync, trim_heap  # noqa: E402
+
 
 def classnames(n: int):
     words = ["annual crop", "forest", "herbaceous vegetation", "highway", "industrial buildings", "pasture",
@@ -56,23 +57,10 @@ def classnames(n: int):
     return [words[i % len(words)] + (f" {i // len(words)}" if i >= len(words) else "") for i in range(n)]
 
 
-try:
-    _LIBC = ctypes.CDLL("libc.so.6")
-    _LIBC.malloc_trim
-except (OSError, AttributeError):  # not glibc
-    _LIBC = None
-
-
 def settle():
     """Free what the previous call left (garbage, heap pages handed back), so no call pays for another's."""
     gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    trim_heap()
 
 
 def measure(fns, device, repeats: int):

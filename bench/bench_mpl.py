@@ -30,7 +30,6 @@ measurements, not tests. The last lines are a one-row summary table (the README 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import statistics
 import sys
@@ -46,6 +45,8 @@ import clip  # noqa: E402
 from clip import MASTER_DTYPE  # noqa: E402
 from trainers.common import PromptedCLIP  # noqa: E402
 from trainers.mpl import MultiModalPromptLearner, mpl_defaults  # noqa: E402
+
+from bench.common import sync, trim_heap  # noqa: E402
 
 #: text modes: (text_truncation, text_prefix_sharing)
 MODES = {"shared": (True, True), "truncated": (True, False), "77-token": (False, False)}
@@ -63,24 +64,12 @@ def classnames(n: int):
     return [" ".join(words[(i + k) % len(words)] for k in range(1 + i % 4)) + f" {i}" for i in range(n)]
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _rss_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise OSError(f"{field} not in /proc/self/status")
-
-
-try:
-    _LIBC = ctypes.CDLL("libc.so.6")
-    _LIBC.malloc_trim
-except (OSError, AttributeError):  # not glibc
-    _LIBC = None
 
 
 class Peak:
@@ -98,8 +87,7 @@ class Peak:
 
     @staticmethod
     def _reset_cpu():
-        if _LIBC is not None:  # hand freed heap pages back, so that the resident set counts live memory only
-            _LIBC.malloc_trim(0)
+        trim_heap()  # hand freed heap pages back, so that the resident set counts live memory only
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
 
