@@ -41,6 +41,11 @@ def find_trainer(name: str):
     raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(sorted(names))}")
 
 
+def script_shots(arg: str, environ) -> str:
+    """The few-shot script's shots: its third argument when that is a number, else ``$SHOTS``, else 16."""
+    return arg if str(arg).isdigit() else environ.get("SHOTS") or "16"
+
+
 def protocol_of(key: str) -> str:
     """The protocol of a config key: ``fewshot:16@dtd`` -> ``fewshot``."""
     return key.split("@", 1)[0].split(":", 1)[0]
@@ -111,7 +116,7 @@ def main(argv=None) -> int:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     try:
-        shots = argv[3] if len(argv) > 3 and argv[3].isdigit() else os.environ.get("SHOTS") or "16"
+        shots = script_shots(argv[3] if len(argv) > 3 else "", os.environ)
         caspl = os.environ.get("CASPL", "") not in ("", "0")
         env = with_environment(defaults(argv[0], argv[1], argv[2] if len(argv) > 2 else "", shots, caspl),
                                os.environ)

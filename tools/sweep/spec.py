@@ -179,12 +179,11 @@ def wrapper_env(script, env, args=(), caspl=False):
     defaults from its trainer class (``tools/method_defaults.py``, what ``scripts/method.sh`` reads: a dataset's
     own config from the first argument, the few-shot one by shots from the third), the given ``env`` and this
     process's environment winning for config names as in the scripts."""
-    from tools.method_defaults import defaults, with_environment
+    from tools.method_defaults import defaults, script_shots, with_environment
 
     script = Path(script)
     dataset = str(args[0]) if len(args) > 0 else ""
-    shots = str(args[2]) if len(args) > 2 and str(args[2]).isdigit() else (env.get("SHOTS") or
-                                                                             os.environ.get("SHOTS") or "16")
+    shots = script_shots(str(args[2]) if len(args) > 2 else "", {**os.environ, **env})
     key = (str(script), tuple(sorted(env.items())), dataset, shots, caspl)
     if key not in _WRAPPERS:
         base = {k: v for k, v in os.environ.items() if k not in ("TRAINER", "CFG_B2N", "CFG_XD", "CFG_DIGITS",
@@ -384,7 +383,8 @@ def expand(spec):
             on = boost.dataset.format(**fields)
             benv = dict(env)
             if spec["checkpoint_every"] > 0:
-                benv["BOOST_OPTS"] = f"{env.get('BOOST_OPTS', '')} TRAIN.CHECKPOINT_FREQ {spec['checkpoint_every']}".strip()
+                every = f"TRAIN.CHECKPOINT_FREQ {spec['checkpoint_every']}"
+                benv["BOOST_OPTS"] = f"{env.get('BOOST_OPTS', '')} {every}".strip()
             jobs[job_key] = Job(key=job_key, method="caspl", trainer="CasPL", phase=boost.name, script=CASPL_RUN,
                                 args=["boost", on, boost.script], opts=[], env=benv,
                                 dirs=[boost_dir(env, boost.script, on)], after=[])
