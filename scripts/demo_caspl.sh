@@ -54,12 +54,14 @@ export -f run_job; export LOGS
 echo "Training and testing 12 runs, and 4 evaluations without labelled training, $JOBS at a time ..."
 jobs_list | xargs -d '\n' -n 1 -P "$JOBS" bash -c 'run_job "$1"' run_job
 
-table() {  # DIR LABEL METHOD [SEEDS...]: the rows of tools.results' Digits table, the method renamed to LABEL
-    local dir=$1 label=$2 method=$3; shift 3
-    "$PYTHON" -m tools.results "$dir" --protocol base2new --datasets digits --methods "$method" --seeds "${@:-1}" \
+digits_table() {  # TABLES_MD: the "Base-to-new: Digits" table of a tools.results markdown file, header included
+    awk '/^## Base-to-new: Digits/ {f = 1; next} /^## / {f = 0} f && /^\|/' "$1"
+}
+table() {  # DIR LABEL METHOD: seed 1's row of METHOD under DIR (with the table's header), renamed to LABEL
+    local dir=$1 label=$2 method=$3
+    "$PYTHON" -m tools.results "$dir" --protocol base2new --datasets digits --methods "$method" --seeds 1 \
         --out "$dir/tables" --quiet > /dev/null
-    awk '/^## Base-to-new: Digits/ {f = 1; next} /^## / {f = 0} f && /^\|/' "$dir/tables/base2new.md" |
-        sed "s/^| $method |/| $label |/"
+    digits_table "$dir/tables/base2new.md" | sed "s/^| $method |/| $label |/"
 }
 echo
 echo "Base to new on Digits, 5-way accuracy within each half (tiny-digits is the student, tiny-digits-large the teacher):"
@@ -69,8 +71,7 @@ table "$OUTPUT/zeroshot/student" "zero-shot student (tiny-digits)" ZeroshotCLIP 
 table "$OUTPUT/zeroshot/boost" "student + boosting prompts alone (phase 1, no labels)" CasPL | tail -n +3
 "$PYTHON" -m tools.results "$OUTPUT" --protocol base2new --datasets digits --quiet \
     --methods MPL "MPL + CasPL" PromptSRC "PromptSRC + CasPL" > /dev/null
-awk '/^## Base-to-new: Digits/ {f = 1; next} /^## / {f = 0} f && /^\|/' "$OUTPUT/tables/base2new.md" | tail -n +3 |
-    sed 's/^| \([^|]*[^ ]\) |/| \1, seeds 1-3 |/'
+digits_table "$OUTPUT/tables/base2new.md" | tail -n +3 | sed 's/^| \([^|]*[^ ]\) |/| \1, seeds 1-3 |/'
 echo
 echo "Every table and the runs' per-seed values: $OUTPUT/tables/base2new.{md,csv,json} (python -m tools.results $OUTPUT --protocol base2new)"
 echo "demo_caspl: $(( (SECONDS - START) / 60 )) min $(( (SECONDS - START) % 60 )) s"
