@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,3 +21,13 @@ def make_spec(folder, data_root, **kw):
 def state(folder, name="test_demo_slurm"):
     """The sweep's state.json under ``folder``."""
     return json.loads((folder / "out" / "sweeps" / name / "state.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """Digits in its real layout (the sweeps' jobs run the real scripts on it)."""
+    from datasets import digits
+
+    root = tmp_path_factory.mktemp("sweep_data")
+    digits.build(str(root / "digits"))
+    return root

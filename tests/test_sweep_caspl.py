@@ -7,17 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sweep_helpers import make_spec, state
+from sweep_helpers import data_root, make_spec, state  # noqa: F401 (data_root: a fixture)
 from tools.sweep import __main__ as cli
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from datasets import digits
-
-    root = tmp_path_factory.mktemp("sweep_data")
-    digits.build(str(root / "digits"))
-    return root
 
 
 @pytest.mark.slow

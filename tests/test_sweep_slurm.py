@@ -15,21 +15,12 @@ import pytest
 import torch
 
 from slurm_cluster import SlurmCluster, missing_reason
-from sweep_helpers import make_spec, state
+from sweep_helpers import data_root, make_spec, state  # noqa: F401 (data_root: a fixture)
 from tools.sweep import __main__ as cli
 
 REPO = Path(__file__).resolve().parents[1]
 NO_SLURM = missing_reason()
 needs_slurm = pytest.mark.skipif(NO_SLURM is not None, reason=f"no Slurm cluster: {NO_SLURM}")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from datasets import digits
-
-    root = tmp_path_factory.mktemp("sweep_data")
-    digits.build(str(root / "digits"))
-    return root
 
 
 @pytest.fixture(scope="module")
