@@ -31,6 +31,9 @@ Differences from the original, all deliberate:
   the full argument, config and environment dump goes to ``log.txt`` as in Dassl (``--print-config`` shows it on
   the terminal too). Tracebacks of crashes are written to the log file as well.
 * ``CPU_HALF True`` (a key of this project) runs fp16 and amp for real on a CPU instead of falling back to fp32.
+* On a CPU, glibc keeps freed activation buffers for reuse (``clip.host_memory``: up to 9% faster for methods
+  whose sequence length changes from layer to layer, such as MPL); ``CPU_REUSE_MEMORY False`` (a key of this
+  project) leaves glibc's defaults, which return freed memory to the system sooner.
 
 It also runs on the real Dassl.pytorch: the project's engine features it lacks (``result.json``, the run lock,
 one-line errors) are then skipped with a one-line notice.
@@ -252,6 +255,9 @@ def setup_cfg(args):
     if "CPU_HALF" not in cfg:
         # run fp16 and amp for real on a CPU instead of falling back to fp32 (clip.precision.set_half_on_cpu)
         cfg.CPU_HALF = False
+    if "CPU_REUSE_MEMORY" not in cfg:
+        # on a CPU, keep freed activation buffers for reuse (clip.host_memory.reuse_freed_memory)
+        cfg.CPU_REUSE_MEMORY = True
     if args.dataset_config_file:
         merge_config_file(cfg, args.dataset_config_file, "--dataset-config-file")
     if args.config_file:
@@ -415,6 +421,7 @@ def run(args):
         print("Setting fixed seed: {}".format(cfg.SEED))
         set_random_seed(cfg.SEED)
     _set_half_on_cpu(cfg)
+    _reuse_cpu_memory(cfg)
 
     out_dir = cfg.OUTPUT_DIR
     created = not osp.isdir(out_dir)
@@ -433,6 +440,16 @@ def _set_half_on_cpu(cfg):
     except ImportError:
         return
     set_half_on_cpu(bool(cfg.get("CPU_HALF", False)))
+
+
+def _reuse_cpu_memory(cfg):
+    if torch.cuda.is_available() and cfg.USE_CUDA or not cfg.get("CPU_REUSE_MEMORY", True):
+        return
+    try:
+        from clip.host_memory import reuse_freed_memory
+    except ImportError:
+        return
+    reuse_freed_memory()
 
 
 def _run_locked(args, cfg, out_dir, created):
