@@ -266,17 +266,23 @@ def test_modular_text_branch(tiny):
 def test_text_features_cached_during_evaluation(tiny):
     learner = MultiModalPromptLearner(mpl_cfg(N_CTX=1, PROMPT_DEPTH=3), CLASSES, tiny)
     net = PromptedCLIP(tiny, learner)
-    calls = []
+    calls, built = [], []
     original = tiny.encode_text_embeddings
     tiny.encode_text_embeddings = lambda *a, **k: calls.append(1) or original(*a, **k)
+    learner.register_forward_hook(lambda *_: built.append(1))  # the prompts (vision ops too) are built once
     try:
         with torch.no_grad(), net.frozen_text_features():
             first = net(images(tiny, seed=1)).logits
             net(images(tiny, seed=2))
             net(images(tiny, seed=3))
-        assert len(calls) == 1
+        assert len(calls) == 1 and len(built) == 1
         with torch.no_grad():
             torch.testing.assert_close(net(images(tiny, seed=1)).logits, first)
+        before = len(built)
+        with net.frozen_text_features():  # with gradients, every call builds its own graph
+            net(images(tiny, seed=1)).logits.sum().backward()
+            net(images(tiny, seed=2)).logits.sum().backward()
+        assert len(built) == before + 3 and learner.ctx.grad is not None
     finally:
         del tiny.encode_text_embeddings
 
