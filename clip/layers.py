@@ -82,20 +82,27 @@ class Attention(nn.Module):
                 all of them, then (under ``causal``) to its own and earlier positions of ``x``: the result equals
                 running the whole sequence and keeping its last ``L`` positions.
             return_kv: also return this call's own ``(k, v)`` (``(B, H, L, D/H)``), for a later continuation.
-            query_at: ``(B,)`` one position per row: only its output is computed (``(B, 1, D)``; every position's
-                key and value still count, under ``causal`` those up to it), which is all a text encoder's last
-                layer needs (the EOT position).
+            query_at: ``(B,)`` one position per row, or an int for the same position in every row: only its
+                output is computed (``(B, 1, D)``; every position's key and value still count, under ``causal``
+                those up to it), which is all an encoder's last layer needs (text: the EOT position; vision: CLS).
         """
         batch, length, width = x.shape
         heads = self.heads
         at_end = False
+        if isinstance(query_at, int) and query_at < 0:
+            query_at += length
         if query_at is not None:  # keys and values of every position, one query per row
             kv = F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:])
             k, v = kv.view(batch, length, 2, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
-            xq = x[torch.arange(batch, device=x.device), query_at].unsqueeze(1)
+            xq = _select(x, query_at)
             q = F.linear(xq, self.in_proj_weight[:width], self.in_proj_bias[:width])
             q = q.view(batch, 1, heads, width // heads).transpose(1, 2)
-            at_end = bool((query_at == length - 1).all())  # then every key is visible: no mask
+            if causal:  # every key visible when the query is the last position: no mask
+                if isinstance(query_at, int):
+                    at_end = query_at == length - 1
+                    query_at = torch.full((batch,), query_at, dtype=torch.long, device=x.device)
+                else:
+                    at_end = bool((query_at == length - 1).all())
         else:
             qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
             qkv = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
@@ -117,6 +124,14 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         out = self.out_proj(out.transpose(1, 2).reshape(batch, q.shape[2], width))
         return (out, own) if return_kv else out
+
+
+def _select(x: torch.Tensor, at) -> torch.Tensor:
+    """``(B, 1, D)``: position ``at`` of every row (an int, or ``(B,)`` positions)."""
+    if isinstance(at, int):
+        at = at + x.shape[1] if at < 0 else at
+        return x[:, at:at + 1]
+    return x[torch.arange(x.shape[0], device=x.device), at].unsqueeze(1)
 
 
 def _continue(prefix: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
@@ -158,7 +173,7 @@ class ResidualAttentionBlock(nn.Module):
         if return_kv:
             attn, kv = attn
         if query_at is not None:
-            x = x[torch.arange(x.shape[0], device=x.device), query_at].unsqueeze(1)
+            x = _select(x, query_at)
         x = x + attn
         x = x + self.mlp(self.ln_2(x))
         return (x, kv) if return_kv else x

@@ -62,8 +62,8 @@ class Transformer(nn.Module):
         A sequence may also run in two pieces (shared-prefix text encoding): ``kv_out``, a list, receives every
         block's keys and values of ``x``; ``prefix_kv[i]`` (those of an earlier piece: batch 1, or the batch of
         ``x`` or a divisor of it, see :meth:`clip.layers.Attention.forward`) are attended to by block i before
-        ``x``'s own positions. ``query_at`` ``(B,)``: the last block computes only that position of every row, so
-        the output is ``(B, 1, D)`` (all a text sequence needs from it is its EOT).
+        ``x``'s own positions. ``query_at`` ``(B,)`` or an int: the last block computes only that position of every
+        row, so the output is ``(B, 1, D)`` (all a text sequence needs from it is its EOT, an image its CLS).
         """
         ops = check_ops(ops, self.layers)
         if segment is None:
@@ -125,7 +125,10 @@ class VisionTransformer(nn.Module):
         x = torch.cat([cls, x], dim=1)
         x = x + self.positional_embedding.to(x.dtype)
         # ops[0] lands here, after the positional embedding and before ln_pre (prompts get no position).
-        x = self.transformer(x, ops=ops, segment=PromptSegment(start=x.shape[1]), entry=self.ln_pre, trace=trace)
+        # Only CLS is read at the end, so the last block computes CLS alone (every token's key and value still
+        # count): exact, and about 7% less work for ViT-B/16 (most of one block in twelve), forward and backward.
+        x = self.transformer(x, ops=ops, segment=PromptSegment(start=x.shape[1]), entry=self.ln_pre, trace=trace,
+                             query_at=0)
         x = self.ln_post(x[:, 0])
         return x @ self.proj
 

@@ -34,6 +34,38 @@ def test_state_dict_and_torchscript_checkpoints_load_identically(tmp_path, kind)
     assert out.shape == (3, 32, 32)
 
 
+def _all_positions_encode_image(model, images, ops):
+    """The image encoder as the references run it: the last block computes every position, then CLS is read."""
+    v = model.visual
+    x = v.conv1(images).flatten(2).transpose(1, 2)
+    x = torch.cat([v.class_embedding.expand(x.shape[0], 1, -1), x], 1) + v.positional_embedding
+    x = v.transformer(x, ops=ops, entry=v.ln_pre)
+    assert x.shape[1] > 1  # every position came out of the last block
+    return v.ln_post(x[:, 0]) @ v.proj
+
+
+def test_last_vision_block_computes_cls_alone_exactly():
+    model = make_tiny_clip("vit", seed=3, vision_layers=3)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    width = model.visual.width
+    prompts = [torch.randn(2, width, requires_grad=True), torch.randn(3, width, requires_grad=True)]
+    ops = [clip.LayerOp(add=prompts[0]), None, clip.LayerOp(remove=1, add=prompts[1])]  # an op before the last
+    lengths = []
+    hook = model.visual.transformer.resblocks[-1].mlp.register_forward_hook(
+        lambda m, i, o: lengths.append(i[0].shape[1]))
+    ours = model.encode_image(images, ops=ops)
+    hook.remove()
+    assert lengths == [1]  # the last block's MLP ran on CLS alone
+    ref = _all_positions_encode_image(model, images, ops)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    weights = torch.randn_like(ref)
+    grads = [torch.autograd.grad((out * weights).sum(), prompts) for out in (ours, ref)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_build_model_does_not_modify_its_argument_and_accepts_fp16():
     sd = make_tiny_clip("vit", seed=2).state_dict()
     half = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
