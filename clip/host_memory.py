@@ -10,8 +10,9 @@ on ViT-B/16 (batch 10, one thread, no grad), that made QuickGELU's elementwise p
 the same products in the plain encoder, about 9% of MPL's image encoding.
 
 :func:`reuse_freed_memory` fixes both thresholds (the mmap threshold at glibc's largest, 32 MiB on 64-bit systems;
-the trim threshold at 2 GiB, the largest ``mallopt`` takes), so that freed blocks stay in the heap and later blocks of any nearby size reuse
-them -- what CUDA's caching allocator does on a GPU. The cost: the process's resident memory stays near its peak
+the trim threshold at 2 GiB, the largest ``mallopt`` takes), so that freed blocks stay in the heap, where later
+blocks are served from them (alone or merged with free neighbours) without new pages -- what CUDA's caching
+allocator does on a GPU. Blocks above 32 MiB are still mapped one by one. The cost: the process's resident memory stays near its peak
 instead of shrinking between steps (memory is returned when the process ends, or by ``malloc_trim``). Nothing
 changes on other C libraries (the call reports ``False``). ``train.py`` calls it for CPU runs unless
 ``CPU_REUSE_MEMORY False``.
