@@ -49,6 +49,7 @@ from trainers.common import DeepPrompts, PromptedCLIP  # noqa: E402
 from trainers.zsclip import zeroshot_text_features  # noqa: E402
 
 from bench.common import sync, trim_heap  # noqa: E402
+from clip.host_memory import reuse_freed_memory  # noqa: E402
 
 
 def classnames(n: int):
@@ -97,6 +98,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=20, help="phase-1 epochs of the projection (the fork's 20)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-reuse-memory", action="store_true",
+                        help="on a CPU, leave glibc's malloc thresholds alone (train.py's CPU_REUSE_MEMORY False)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -104,6 +107,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     start = time.perf_counter()
+    # as train.py does for a CPU run (CPU_REUSE_MEMORY, default True)
+    reuse = device.type == "cpu" and not args.no_reuse_memory and reuse_freed_memory()
 
     student = clip.create_model(args.student)
     teacher = clip.create_model(args.teacher).eval()
@@ -121,8 +126,9 @@ def main(argv=None):
     s_res, t_res = student.visual.input_resolution, teacher.visual.input_resolution
     print(f"student {args.student} ({s_res} px) with {args.n_ctx}+{args.n_ctx} boosting tokens at depth {args.depth}, "
           f"teacher {args.teacher} ({t_res} px), random weights, fp32, device {device}, batch {args.batch}, "
-          f"{args.classes} classes, threads {torch.get_num_threads()}, median of {args.repeats} "
-          f"(built in {time.perf_counter() - start:.0f} s)", flush=True)
+          f"{args.classes} classes, threads {torch.get_num_threads()}, median of {args.repeats}"
+          + (", freed memory reused (clip.host_memory)" if reuse else "")
+          + f" (built in {time.perf_counter() - start:.0f} s)", flush=True)
 
     image = torch.randn(args.batch, 3, s_res, s_res, device=device)  # the augmented training batch
     view = torch.randn(args.batch, 3, t_res, t_res, device=device)  # fixed views at the teacher's resolution
