@@ -443,7 +443,8 @@ def _set_half_on_cpu(cfg):
 
 
 def _reuse_cpu_memory(cfg):
-    if torch.cuda.is_available() and cfg.USE_CUDA or not cfg.get("CPU_REUSE_MEMORY", True):
+    on_gpu = torch.cuda.is_available() and cfg.USE_CUDA
+    if on_gpu or not cfg.get("CPU_REUSE_MEMORY", True):
         return
     try:
         from clip.host_memory import reuse_freed_memory
