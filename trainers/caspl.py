@@ -1,7 +1,7 @@
 """CasPL (Wu et al., ECCV 2024): boosting prompts distilled from a larger frozen CLIP, cascaded with any method.
 
-Phase 1 (``--trainer CasPL``, this module): *boosting prompts* -- IVLP-style deep prompts in both encoders
-(:class:`~trainers.common.DeepPrompts`; ``KD.N_CTX_TEXT/N_CTX_VISION`` tokens, ``KD.PROMPT_DEPTH_*`` layers,
+Phase 1 (``--trainer CasPL``): *boosting prompts* -- IVLP-style deep prompts in both encoders
+(:class:`~trainers.prompts.DeepPrompts`; ``KD.N_CTX_TEXT/N_CTX_VISION`` tokens, ``KD.PROMPT_DEPTH_*`` layers,
 N(0, 0.02); 122,880 parameters at 8+8 tokens, depth 12, ViT-B/16) -- are learned on the run's CLIP (the student)
 by distilling a frozen zero-shot teacher CLIP (``KD.BACKBONE_NAME``, ViT-L/14 by default; any name or checkpoint
 path). Teacher text features: the dataset's hand-written template, computed once. Teacher logits use the
@@ -20,9 +20,9 @@ Data: the fork's default is the whole training split of every class (``DATASET.N
 phase 1 (recorded as ``"caspl": {"transductive": true}`` in ``result.json``). ``SUBSAMPLE_CLASSES base`` gives
 the inductive variant.
 
-Phase 2 is every other method with ``KD.BOOST_DIR`` set to the phase-1 run (folder or checkpoint; the epoch that
-run recorded unless ``KD.BOOST_EPOCH``): the boosting prompts become a frozen prompt set beside the method's own
-(:meth:`~trainers.common.PromptTrainer.build_frozen_sets`), in the method's ``CASCADE_ORDER`` (A7 of
+Phase 2 (:class:`Cascade`, an extension of the method contract) is every other method with ``KD.BOOST_DIR`` set to
+the phase-1 run (folder or checkpoint; the epoch that run recorded unless ``KD.BOOST_EPOCH``): the boosting prompts
+become a frozen prompt set beside the method's own, in the method's registered ``frozen_order`` (A7 of
 ``shared/reference/caspl.md``: text ``[SOS][adapt][boost][words]``, vision ``[CLS][patches][boost][adapt]``; MPL puts
 the boosting tokens first in both). Their sizes must equal phase 1's (one error names both shapes).
 
@@ -39,30 +39,24 @@ import tempfile
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from yacs.config import CfgNode as CN
 
 from clip import MASTER_DTYPE
-from dassl.engine import TRAINER_REGISTRY
 
-from .common import ClassPrompts, DeepPrompts, PromptTrainer, Prompts, UserError
-from .config import register_config
+from .base import LossOutput, PromptTrainer
+from .compat import UserError, distributed
+from .config import check_choice, check_range, register_block
+from .prompts import ClassPrompts, DeepPrompts, Prompts
+from .registry import Count, Extension, register_extension, register_method
 from .teacher_cache import (TEACHER_MODES, BatchRows, cache_filename, cache_key, default_cache_dir, load_features,
                             numerics, save_features, teacher_identity, view_cfg, view_settings)
-from .templates import dataset_template
+from .templates import dataset_template, zeroshot_text_features
 
-try:  # this project's engine (torchrun support)
-    from dassl.engine import distributed
-except ImportError:  # the real Dassl.pytorch: one process
-    class distributed:  # noqa: N801
-        is_main_process = staticmethod(lambda: True)
-        barrier = staticmethod(lambda: None)
-from .zsclip import zeroshot_text_features
+#: the sizes of the boosting prompts (``KD.*``), the same in both phases
+BOOST_SIZES = ("N_CTX_TEXT", "N_CTX_VISION", "PROMPT_DEPTH_TEXT", "PROMPT_DEPTH_VISION")
 
 
-@register_config("KD", top_level=True)
-def kd_defaults() -> CN:
+def kd_keys(c):
     """``cfg.KD``, the fork's block (its key names, so its configs read)."""
-    c = CN()
     c.BACKBONE_NAME = "ViT-L/14"  # the frozen teacher: a model name or a checkpoint path
     c.TEMPERATURE = 1.0
     c.N_CTX_TEXT = 8  # boosting prompt tokens (text), both phases
@@ -82,14 +76,21 @@ def kd_defaults() -> CN:
     # resolution), features kept on disk under TEACHER_CACHE_DIR ("" = <DATASET.ROOT>/.caspl_teacher_cache)
     c.TEACHER_MODE = "online"
     c.TEACHER_CACHE_DIR = ""
-    return c
 
 
-@register_config("CASPL")
-def caspl_defaults() -> CN:
-    c = CN()
-    c.PREC = "fp16"  # fp32, fp16, bf16 or amp
-    return c
+register_block("KD", kd_keys)
+
+
+def check_sizes(cfg) -> None:
+    for key in BOOST_SIZES:
+        check_range(cfg.KD[key], f"KD.{key}", 0, None, integer=True)
+    check_range(cfg.KD.TEMPERATURE, "KD.TEMPERATURE", 1e-12, None, what=" (a positive temperature)")
+
+
+def boosting_prompts(cfg, clip_model) -> DeepPrompts:
+    kd = cfg.KD
+    return DeepPrompts(clip_model, n_text=kd.N_CTX_TEXT, depth_text=kd.PROMPT_DEPTH_TEXT, n_vision=kd.N_CTX_VISION,
+                       depth_vision=kd.PROMPT_DEPTH_VISION, key="KD")
 
 
 class ClassNames(nn.Module):
@@ -112,38 +113,31 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     return F.kl_div(log_s, log_t, reduction="sum", log_target=True) * t * t / student.shape[0]
 
 
-@TRAINER_REGISTRY.register()
+@register_method(
+    keys=lambda c: None,
+    learner="BoostingPrompts",
+    scripts={"base2new": "vit_b16_c2_ep20_batch4_8+8ctx_l12",
+             "base2new@imagenet": "vit_b16_c2_ep20_batch128_lr0025_8+8ctx_l12",  # as scripts/caspl/run.sh
+             "crossdataset": "vit_b16_c2_ep20_batch128_lr0025_4+4ctx_l1"},
+    counts=[Count("vit_b16_c2_ep20_batch4_8+8ctx_l12", 122_880),
+            Count("vit_b16_c2_ep20_batch128_lr0025_8+8ctx_l12", 122_880),
+            Count("vit_b16_c2_ep20_batch128_lr0025_4+4ctx_l1", 5_120)],
+)
 class CasPL(PromptTrainer):
     """``--trainer CasPL``: phase 1, the boosting prompts; config blocks ``TRAINER.CASPL`` and ``KD``."""
 
-    CFG_KEY = "CASPL"
-    MODEL_NAME = "BoostingPrompts"
-    SCRIPT_CONFIGS = {"base2new": "vit_b16_c2_ep20_batch4_8+8ctx_l12",
-                      "base2new@imagenet": "vit_b16_c2_ep20_batch128_lr0025_8+8ctx_l12",  # as scripts/caspl/run.sh
-                      "crossdataset": "vit_b16_c2_ep20_batch128_lr0025_4+4ctx_l1"}
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        check_sizes(cfg)
+        check_choice(cfg.KD, "TEACHER_MODE", "KD.TEACHER_MODE", TEACHER_MODES)
 
     def build_prompt_learner(self, cfg, classnames, clip_model):
-        kd = cfg.KD
-        return DeepPrompts(clip_model, n_text=kd.N_CTX_TEXT, depth_text=kd.PROMPT_DEPTH_TEXT,
-                           n_vision=kd.N_CTX_VISION, depth_vision=kd.PROMPT_DEPTH_VISION, key="KD")
+        return boosting_prompts(cfg, clip_model)
 
     def build_frozen_sets(self, cfg, classnames, clip_model):
-        return {"classes": ClassNames(clip_model, classnames)}  # phase 1 is never cascaded with itself
-
-    def prompt_order(self, names=()):
-        return None, None  # [SOS][boost][class .][EOT] and [CLS][patches][boost]: the learner first
-
-    def check_cfg(self, cfg):
-        super().check_cfg(cfg)
-        mode = cfg.KD.get("TEACHER_MODE", "online")
-        if mode not in TEACHER_MODES:
-            raise UserError(f"KD.TEACHER_MODE is {mode!r}; choose one of {', '.join(TEACHER_MODES)} (online: the "
-                            "teacher on every augmented batch, as the fork; cached: once per training image on a "
-                            "fixed view, kept on disk)")
-
-    @property
-    def teacher_mode(self) -> str:
-        return self.cfg.KD.get("TEACHER_MODE", "online")
+        # the class names as a set of their own: [SOS][boost][class .][EOT]; vision [CLS][patches][boost]
+        return {"classes": ClassNames(clip_model, classnames)}
 
     def build_model(self):
         super().build_model()
@@ -157,8 +151,7 @@ class CasPL(PromptTrainer):
         extras = self.result_extras()["caspl"] = {
             "phase": 1, "teacher": cfg.KD.BACKBONE_NAME, "temperature": float(cfg.KD.TEMPERATURE),
             "transductive": subsample == "all", "subsample": subsample,
-            "boost": {k: int(cfg.KD[k]) for k in ("N_CTX_TEXT", "N_CTX_VISION", "PROMPT_DEPTH_TEXT",
-                                                  "PROMPT_DEPTH_VISION")},
+            "boost": {k: int(cfg.KD[k]) for k in BOOST_SIZES},
             "teacher_mode": self.teacher_mode,
         }
         self.teacher_cache = None  # the cached features (N, D), once prepare_teacher_cache() ran
@@ -171,6 +164,10 @@ class CasPL(PromptTrainer):
         print(f"CasPL phase 1: teacher {cfg.KD.BACKBONE_NAME!r}, template {template!r}, "
               f"{'transductive (all classes, labels unused)' if subsample == 'all' else 'inductive (' + subsample + ' classes)'}"
               f", teacher {how}")
+
+    @property
+    def teacher_mode(self) -> str:
+        return self.cfg.KD.get("TEACHER_MODE", "online")
 
     # -- the teacher ------------------------------------------------------------------------------------------
     def teacher_resolution(self, teacher) -> int:
@@ -273,16 +270,47 @@ class CasPL(PromptTrainer):
             self.prepare_teacher_cache()
         super().before_train()
 
-    def forward_backward(self, batch):
-        if self.teacher_mode == "cached":
-            self._batch_rows = self.teacher_rows(batch)
-        return super().forward_backward(batch)
-
-    def compute_loss(self, image, label):
-        out = self.model(image)
+    def loss(self, batch, out):
         scale = out.logit_scale.detach()
         if self.teacher_mode == "cached":
-            target = self.cached_teacher_logits(self._batch_rows, scale)
+            target = self.cached_teacher_logits(self.teacher_rows(batch), scale)
         else:
-            target = self.teacher_logits(image, scale)
-        return distillation_loss(out.logits, target, self.cfg.KD.TEMPERATURE), out.logits
+            target = self.teacher_logits(batch["img"], scale)
+        return LossOutput(distillation_loss(out.logits, target, self.cfg.KD.TEMPERATURE), out.logits)
+
+
+class Cascade(Extension):
+    """CasPL's phase 2 on any method: with ``KD.BOOST_DIR`` set, the phase-1 run's boosting prompts are a frozen
+    prompt set (``"boost"``) beside the method's own, placed by the method's ``frozen_order``; its origin goes into
+    the checkpoint and ``result.json`` (``"cascade"``, ``"frozen_sets"``)."""
+
+    name = "CasPL"
+
+    def enabled(self, cfg) -> bool:
+        return bool(cfg.get("KD") is not None and cfg.KD.get("BOOST_DIR")) and cfg.TRAINER.NAME != "CasPL"
+
+    def check_config(self, cfg) -> None:
+        check_sizes(cfg)
+
+    def frozen_sets(self, trainer, classnames, clip_model):
+        kd = trainer.cfg.KD
+        boost = boosting_prompts(trainer.cfg, clip_model)
+        epoch = int(kd.BOOST_EPOCH) if int(kd.BOOST_EPOCH) >= 0 else None
+        try:
+            trainer.load_frozen_set("boost", boost, kd.BOOST_DIR, kd.BOOST_MODEL_NAME, epoch, what="KD.BOOST_DIR",
+                                    sizes=lambda state: {f"KD.{k}": v for k, v in DeepPrompts.sizes_of(state).items()})
+        except UserError as err:
+            if "does not match" in str(err):  # sizes or depths other than phase 1's
+                raise UserError(f"{err} (set KD.N_CTX_* and KD.PROMPT_DEPTH_* to the phase-1 run's values; "
+                                "scripts/caspl/run.sh passes them from its result.json)") from None
+            raise UserError(f"{err} (KD.BOOST_DIR names CasPL's phase-1 run; make one with `python train.py "
+                            "--trainer CasPL --config-file configs/trainers/CasPL/<config>.yaml ...` on the same "
+                            "dataset, or give KD.BOOST_DIR the folder or checkpoint file of one)") from None
+        return {"boost": boost}
+
+    def result_extras(self, trainer):
+        origin = trainer.frozen_origins["boost"]
+        return {"cascade": {"phase": 2, "boosting_run": origin["path"], "boosting_sha256": origin["sha256"]}}
+
+
+register_extension(Cascade())

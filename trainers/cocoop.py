@@ -17,38 +17,37 @@ any batch and class count. In evaluation nothing is kept for backward, and the i
 ``PROMPTS_PER_CHUNK`` sequences (images x classes) at a time, at least one image's classes per call. The text
 transformer also runs on the shortest length that holds every EOT (exact).
 
-Text features depend on the image, so they are never cached across batches. On the method contract
-(``trainers/common.py``) CoCoOp is a prompt learner with ``conditioned_on_image = True``: the prompted CLIP
-hands it the image features and runs the chunked text pass.
+Text features depend on the image, so they are never cached across batches. On the method contract CoCoOp is its
+prompt learner plus its own prompted CLIP (:class:`ConditionedCLIP`), which hands the learner the image features
+and runs the chunked text pass; frozen prompt sets (CasPL's boosting prompts) compose with its prompts as with
+any method's.
 """
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from typing import Sequence
 
 import torch
 import torch.nn as nn
-from yacs.config import CfgNode as CN
 
-from dassl.engine import TRAINER_REGISTRY
+import clip
 from dassl.utils import load_pretrained_weights
 
-from .common import ClassPrompts, PromptTrainer, Prompts, encoder_dims, learned_context
-from .config import register_config
+from .base import PromptTrainer
+from .config import check_range, coop_context_keys
+from .prompted_clip import ModelOutput, PromptedCLIP, normalise
+from .prompts import ADAPT, ClassPrompts, Prompts, compose_prompts, context_vectors, encoder_dims, learned_context
+from .registry import Count, register_method
 
 
-@register_config("COCOOP")
-def cocoop_defaults() -> CN:
-    c = CN()
-    c.N_CTX = 16  # learned context vectors (ignored when CTX_INIT is set: its number of words is used)
-    c.CTX_INIT = ""  # initialise the context from this phrase, e.g. "a photo of a"
-    c.PREC = "fp16"  # fp32, fp16, bf16 or amp
+def cocoop_keys(c):
+    coop_context_keys(c, n_ctx=16, ctx_init="", csc=None, position=None)
     # Not in the reference: bounds the text encoder's memory to that of this many prompts (images x classes).
     # Evaluation: sequences per call (at least one image's classes). Training: one call for the whole batch, whose
     # rows beyond this budget are recomputed in backward (checkpointing). 0 = unbounded. The result does not
     # depend on it.
     c.PROMPTS_PER_CHUNK = 4096
-    return c
 
 
 class PromptLearner(nn.Module):
@@ -62,20 +61,14 @@ class PromptLearner(nn.Module):
     (B, C, L, Dt).
     """
 
-    #: the prompted CLIP passes the image features to forward() (see trainers/common.py)
-    conditioned_on_image = True
-
     def __init__(self, mcfg, classnames: Sequence[str], clip_model: nn.Module):
         super().__init__()
         width = encoder_dims(clip_model).text_width
         vis_dim = clip_model.embed_dim
-        prefix, n_ctx, from_phrase = learned_context(mcfg.CTX_INIT, mcfg.N_CTX, "COCOOP", rule="phrase")
+        prefix, n_ctx, from_phrase = learned_context(mcfg.CTX_INIT, mcfg.N_CTX, "TRAINER.COCOOP", rule="phrase")
         self.prompts_per_chunk = int(mcfg.PROMPTS_PER_CHUNK)
         self.class_prompts = ClassPrompts(clip_model, classnames, prefix, n_ctx)
-        if from_phrase:
-            ctx = self.class_prompts.init_ctx.clone()
-        else:
-            ctx = torch.empty(n_ctx, width).normal_(std=0.02)
+        ctx = context_vectors(self.class_prompts, from_phrase, width)
         print(f'Initial context: "{prefix}"')
         print(f"Number of context words (tokens): {n_ctx}")
         self.ctx = nn.Parameter(ctx)
@@ -107,17 +100,94 @@ class PromptLearner(nn.Module):
         return Prompts(text_ids=cp.token_ids, text_embeddings=emb, n_text_prompt=cp.n_ctx)
 
 
-@TRAINER_REGISTRY.register()
+class ConditionedCLIP(PromptedCLIP):
+    """The prompted CLIP of prompts conditioned on the image: the learner receives the image features.
+
+    Memory is bounded by the learner's ``prompts_per_chunk`` (0: no bound): a budget of that many whole prompts
+    (:meth:`clip.model.CLIP.text_memory_bytes`). In training, the prompts of all images go through the text
+    encoder in one call (the shared-prefix encoding runs each image's context once), and the budget bounds what it
+    keeps for backward: beyond it, rows run in checkpointed chunks. In evaluation nothing is kept, so the images go
+    in calls of ``prompts_per_chunk`` sequences (images x classes), at least one image's classes per call, each
+    under the same budget. Text features depend on the image, so nothing is cached."""
+
+    def prompts(self, image_features=None, length: int = 0) -> Prompts:
+        """The composed prompts for ``image_features`` (B, E): text embeddings (B, C, L, D)."""
+        own = self.prompt_learner(image_features, length=length)
+        if not len(self.frozen_sets):
+            return own
+        model = self.clip_model
+        return compose_prompts({ADAPT: own, **self.frozen_prompts()}, self.text_order, self.vision_order,
+                               model.token_embedding, model.context_length)
+
+    def vision_ops(self):
+        """Vision ops of the frozen sets (the learner prompts the text only)."""
+        if not len(self.frozen_sets):
+            return None
+        sets = self.frozen_prompts()
+        return clip.compose([sets[n].vision_ops for n in self.vision_order if n != ADAPT])
+
+    def refresh_text_dependency(self) -> bool:
+        self.text_is_fixed = False
+        return False
+
+    def forward(self, image: torch.Tensor) -> ModelOutput:
+        model, learner = self.clip_model, self.prompt_learner
+        scale = model.logit_scale.exp()
+        image_raw = model.encode_image(image, ops=self.vision_ops())
+        image_features = normalise(image_raw)
+        ids = learner.class_prompts.token_ids
+        length = 0
+        if model.text_truncation and ids.device.type != "meta":
+            # exact under the causal mask: nothing after the last EOT reaches any EOT feature
+            length = int(ids.argmax(dim=-1).max()) + 1
+        n_cls = ids.shape[0]
+        per_chunk = int(getattr(learner, "prompts_per_chunk", 0))
+        grad = torch.is_grad_enabled()
+        budget = model.text_memory_bytes(per_chunk, length or ids.shape[1], grad=grad) if per_chunk > 0 else None
+        step = max(image_features.shape[0], 1) if per_chunk <= 0 or grad else max(1, per_chunk // n_cls)
+        logits, texts, raws = [], [], []
+        for start in range(0, image_features.shape[0], step):
+            f = image_features[start:start + step]
+            prompts = self.prompts(f, length=length)  # text_embeddings (b, C, L, D), with any frozen sets' tokens
+            emb = prompts.text_embeddings
+            b, width = emb.shape[0], emb.shape[-1]
+            seq_ids = prompts.text_ids[:, :emb.shape[-2]]
+            raw = model.encode_text_embeddings(emb.reshape(b * n_cls, -1, width), seq_ids.repeat(b, 1),
+                                               ops=prompts.text_ops, n_prompt=prompts.n_text_prompt,
+                                               memory_budget=budget)
+            text = normalise(raw).view(b, n_cls, -1)
+            raws.append(raw.view(b, n_cls, -1))
+            texts.append(text)
+            logits.append(scale * torch.einsum("be,bce->bc", f, text))
+        return ModelOutput(torch.cat(logits), image_features, torch.cat(texts), scale, None,
+                           image_embeds=image_raw, text_embeds=torch.cat(raws))
+
+    def frozen_text_features(self):
+        return contextlib.nullcontext()  # text features depend on each image: nothing to cache
+
+
+@register_method(
+    keys=cocoop_keys,
+    scripts={"base2new": "vit_b16_c4_ep10_batch1_ctxv1"},
+    variants={"caspl": {"base2new": "caspl_vit_b16_c8_ep10_batch1"}},  # CoCoOp + CasPL (the fork's)
+    counts=[Count("vit_b16_c4_ep10_batch1_ctxv1", 35_360), Count("caspl_vit_b16_c8_ep10_batch1", 37_408)],
+)
 class CoCoOp(PromptTrainer):
     """``--trainer CoCoOp``, config block ``TRAINER.COCOOP``."""
 
-    CFG_KEY = "COCOOP"
-    MODEL_NAME = "prompt_learner"
-    SCRIPT_CONFIGS = {"base2new": "vit_b16_c4_ep10_batch1_ctxv1"}
-    CASPL_SCRIPT_CONFIGS = {"base2new": "caspl_vit_b16_c8_ep10_batch1"}  # CoCoOp + CasPL (the fork's)
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        check_range(cfg.TRAINER.COCOOP.PROMPTS_PER_CHUNK, "TRAINER.COCOOP.PROMPTS_PER_CHUNK", 0, None, integer=True,
+                    what=" (0: unbounded)")
 
     def build_prompt_learner(self, cfg, classnames, clip_model):
         return PromptLearner(self.method_cfg, classnames, clip_model)
+
+    def build_clip_model(self, cfg, classnames, clip_model):
+        learner = self.build_prompt_learner(cfg, classnames, clip_model)
+        sets, text_order, vision_order = self.frozen_sets(cfg, classnames, clip_model)
+        return ConditionedCLIP(clip_model, learner, sets, text_order=text_order, vision_order=vision_order)
 
     def build_model(self):
         super().build_model()

@@ -9,7 +9,8 @@ Reference behaviour (``TRAINER.COOP`` defaults, KaiyangZhou/CoOp ``trainers/coop
 * ``CLASS_TOKEN_POSITION``: ``end`` (``[ctx][class].``), ``middle`` (``[ctx/2][class][ctx/2].``) or ``front``;
 * only the context is learned; the text encoder is CLIP's, so text features are computed once per evaluation.
 
-The registered model is ``prompt_learner`` and its checkpoint holds ``ctx`` only, so the reference's
+The registered model is ``prompt_learner`` and its checkpoint holds ``ctx`` only (and the class names, which
+matter with ``CSC``: a class-specific context loads only onto the classes it was trained on), so the reference's
 checkpoints (``ctx`` plus the class-dependent ``token_prefix``/``token_suffix``, which are dropped) load, and
 CoOp's ``interpret_prompt.py`` reads ours (``state_dict["ctx"]``).
 """
@@ -17,54 +18,38 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 import torch.nn as nn
-from yacs.config import CfgNode as CN
 
-from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import load_pretrained_weights
 
-from .common import CLASS_TOKEN_POSITIONS, ClassPrompts, PromptTrainer, Prompts, encoder_dims, learned_context
-from .config import register_config
-
-
-@register_config("COOP")
-def coop_defaults() -> CN:
-    c = CN()
-    c.N_CTX = 16  # learned context vectors (ignored when CTX_INIT is set: its number of words is used)
-    c.CSC = False  # class-specific context (one set of N_CTX vectors per class)
-    c.CTX_INIT = ""  # initialise the context from this phrase, e.g. "a photo of a"
-    c.PREC = "fp16"  # fp32, fp16, bf16 or amp
-    c.CLASS_TOKEN_POSITION = "end"  # end, middle or front
-    return c
+from .base import PromptTrainer
+from .config import check_choice, coop_context_keys
+from .prompts import CLASS_TOKEN_POSITIONS, ClassPrompts, Prompts, context_vectors, encoder_dims, learned_context
+from .registry import Count, register_method
 
 
 class PromptLearner(nn.Module):
     """CoOp's context vectors and the class prompts they enter.
 
     Parameters:
-        ctx: (n_ctx, Dt) unified context, or (C, n_ctx, Dt) class-specific context.
+        ctx: (n_ctx, Dt) unified context, or (C, n_ctx, Dt) class-specific context (``CSC``; class-dependent).
 
-    ``forward()`` returns :class:`~trainers.common.Prompts` whose text embeddings are (C, L, Dt).
+    ``forward()`` returns :class:`~trainers.prompts.Prompts` whose text embeddings are (C, L, Dt).
     """
 
-    def __init__(self, mcfg, classnames: Sequence[str], clip_model: nn.Module, key: str = "COOP"):
+    def __init__(self, mcfg, classnames: Sequence[str], clip_model: nn.Module, key: str = "TRAINER.COOP"):
         super().__init__()
         width = encoder_dims(clip_model).text_width
         prefix, n_ctx, from_phrase = learned_context(mcfg.CTX_INIT, mcfg.N_CTX, key, rule="phrase")
         self.class_prompts = ClassPrompts(clip_model, classnames, prefix, n_ctx,
                                           class_token_position=mcfg.CLASS_TOKEN_POSITION)
-        if from_phrase:
-            ctx = self.class_prompts.init_ctx.clone()
-        elif mcfg.CSC:
-            print("Initializing class-specific contexts")
-            ctx = torch.empty(len(classnames), n_ctx, width).normal_(std=0.02)
-        else:
-            print("Initializing a generic context")
-            ctx = torch.empty(n_ctx, width).normal_(std=0.02)
+        self.ctx = nn.Parameter(context_vectors(self.class_prompts, from_phrase, width, bool(mcfg.CSC)))
         print(f'Initial context: "{prefix}"')
         print(f"Number of context words (tokens): {n_ctx}")
-        self.ctx = nn.Parameter(ctx)
+
+    @property
+    def class_dependent(self):
+        return ("ctx",) if self.ctx.dim() == 3 else ()
 
     def forward(self) -> Prompts:
         cp = self.class_prompts
@@ -74,22 +59,25 @@ class PromptLearner(nn.Module):
         return Prompts(text_ids=cp.token_ids, text_embeddings=cp.assemble(self.ctx), n_text_prompt=n_segment)
 
 
-@TRAINER_REGISTRY.register()
+def coop_keys(c):
+    coop_context_keys(c, n_ctx=16, ctx_init="")
+
+
+@register_method(
+    keys=coop_keys,
+    scripts={"base2new": "vit_b16_ctxv1", "crossdataset": "vit_b16_ep50_ctxv1", "fewshot": "vit_b16",
+             "base2new@imagenet": "vit_b16_ep50_ctxv1", "fewshot@imagenet": "vit_b16_ep50"},
+    variants={"caspl": {"base2new": "caspl_vit_b16_ep50"}},  # CoOp + CasPL (the fork's; ImageNet too)
+    counts=[Count("vit_b16_ctxv1", 2_048), Count("vit_b16", 8_192), Count("caspl_vit_b16_ep50", 4_096)],
+)
 class CoOp(PromptTrainer):
     """``--trainer CoOp``, config block ``TRAINER.COOP``."""
 
-    CFG_KEY = "COOP"
-    MODEL_NAME = "prompt_learner"
-    SCRIPT_CONFIGS = {"base2new": "vit_b16_ctxv1", "crossdataset": "vit_b16_ep50_ctxv1", "fewshot": "vit_b16",
-                      "base2new@imagenet": "vit_b16_ep50_ctxv1", "fewshot@imagenet": "vit_b16_ep50"}
-    CASPL_SCRIPT_CONFIGS = {"base2new": "caspl_vit_b16_ep50"}  # CoOp + CasPL (the fork's; ImageNet too)
-
-    def check_cfg(self, cfg):
-        super().check_cfg(cfg)
-        position = cfg.TRAINER.COOP.CLASS_TOKEN_POSITION
-        if position not in CLASS_TOKEN_POSITIONS:
-            raise ValueError(f"TRAINER.COOP.CLASS_TOKEN_POSITION is {position!r}; choose one of "
-                             f"{', '.join(CLASS_TOKEN_POSITIONS)}")
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        check_choice(cfg.TRAINER.COOP, "CLASS_TOKEN_POSITION", "TRAINER.COOP.CLASS_TOKEN_POSITION",
+                     CLASS_TOKEN_POSITIONS)
 
     def build_prompt_learner(self, cfg, classnames, clip_model):
         return PromptLearner(self.method_cfg, classnames, clip_model)

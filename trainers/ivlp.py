@@ -12,113 +12,18 @@ Reference behaviour (``TRAINER.IVLP``, muzairkhattak/multimodal-prompt-learning 
   variant is ``N_CTX_VISION 0, PROMPT_DEPTH_VISION 0``.
 
 As LayerOp schedules: text ``[None, replace(t_1), .., replace(t_{J-1})]``; vision ``[add(v_0), remove n + add(v_1),
-..]``. The reference keeps these prompts inside its copies of CLIP's blocks (``image_encoder.VPT``,
-``*.transformer.resblocks.<i>.VPT_shallow``); :func:`from_reference_keys` maps them so its checkpoints load.
+..]``: the deep prompts of :class:`~trainers.prompts.DeepPrompts` holding the class prompts. The reference keeps
+these prompts inside its copies of CLIP's blocks (``image_encoder.VPT``, ``*.transformer.resblocks.<i>.VPT_shallow``);
+:func:`from_reference_keys` maps them so its checkpoints load.
 """
 from __future__ import annotations
 
 import re
-from typing import List, Optional, Sequence
 
-import torch
-import torch.nn as nn
-from yacs.config import CfgNode as CN
-
-from clip import LayerOp
-from dassl.engine import TRAINER_REGISTRY
-
-from .common import (ClassPrompts, PromptTrainer, Prompts, encoder_dims, learned_context, replaced_text_ops,
-                     replaced_vision_ops)
-from .config import register_config
-
-
-@register_config("IVLP")
-def ivlp_defaults() -> CN:
-    c = CN()
-    c.N_CTX_VISION = 2  # vision prompt tokens per layer
-    c.N_CTX_TEXT = 2  # text context tokens per layer
-    c.CTX_INIT = "a photo of a"  # text prompt; its first N_CTX_TEXT words are learned (if N_CTX_TEXT <= 4)
-    c.PREC = "fp16"  # fp32, fp16, bf16 or amp
-    c.PROMPT_DEPTH_VISION = 9  # vision layers 0 .. depth-1 get prompts (0: none)
-    c.PROMPT_DEPTH_TEXT = 9  # text layers 0 .. depth-1 get prompts
-    return c
-
-
-def _check_depth(depth: int, n_layers: int, what: str) -> int:
-    if not 0 <= depth <= n_layers:
-        raise ValueError(f"{what} must be between 0 and the encoder's {n_layers} layers, got {depth}")
-    return depth
-
-
-class VLPromptLearner(nn.Module):
-    """Independent text and vision prompts for every prompted layer.
-
-    Parameters:
-        ctx: (n_ctx_text, Dt) layer-0 text context (absent when ``n_ctx_text == 0``).
-        text_prompts: per text layer 1 .. depth_text-1, (n_ctx_text, Dt).
-        vision_prompts: per vision layer 0 .. depth_vision-1, (n_ctx_vision, Dv).
-
-    With no text context the class prompts are the fixed ``"{ctx_init} {class}."`` (VPT).
-    ``forward()`` returns :class:`~trainers.common.Prompts` for ``C`` classes.
-    """
-
-    def __init__(self, clip_model: nn.Module, classnames: Sequence[str], *, n_ctx_text: int, depth_text: int,
-                 n_ctx_vision: int, depth_vision: int, ctx_init: str = "a photo of a", key: str = "IVLP"):
-        super().__init__()
-        n_ctx_vision_, depth_vision_ = int(n_ctx_vision), int(depth_vision)
-        dims = encoder_dims(clip_model, need_vit=key if n_ctx_vision_ and depth_vision_ else "")
-        text_width = dims.text_width
-        depth_text = _check_depth(int(depth_text), dims.text_layers, f"TRAINER.{key}.PROMPT_DEPTH_TEXT")
-        depth_vision = int(depth_vision)
-        n_ctx_text, n_ctx_vision = int(n_ctx_text), int(n_ctx_vision)
-        if n_ctx_text < 0 or n_ctx_vision < 0:
-            raise ValueError(f"TRAINER.{key}: the numbers of prompt tokens must not be negative")
-        self.n_ctx_text, self.n_ctx_vision = n_ctx_text, n_ctx_vision
-
-        if n_ctx_text == 0:  # fixed hand-written prompt (VPT)
-            prefix, use_init = " ".join(ctx_init.replace("_", " ").split()), False
-        else:
-            prefix, _, use_init = learned_context(ctx_init, n_ctx_text, key, rule="first_tokens")
-        self.class_prompts = ClassPrompts(clip_model, classnames, prefix, n_ctx_text)
-        if n_ctx_text:
-            if use_init:
-                self.ctx = nn.Parameter(self.class_prompts.init_ctx.clone())
-            else:
-                self.ctx = nn.Parameter(torch.empty(n_ctx_text, text_width).normal_(std=0.02))
-            n_deep = max(depth_text - 1, 0)
-            self.text_prompts = nn.ParameterList(
-                [nn.Parameter(torch.empty(n_ctx_text, text_width).normal_(std=0.02)) for _ in range(n_deep)]
-            )
-        else:
-            self.text_prompts = nn.ParameterList()
-
-        vision_prompts = []
-        if n_ctx_vision and depth_vision:
-            _check_depth(depth_vision, dims.vision_layers, f"TRAINER.{key}.PROMPT_DEPTH_VISION")
-            width = dims.vision_width
-            vision_prompts = [nn.Parameter(torch.empty(n_ctx_vision, width).normal_(std=0.02))
-                              for _ in range(depth_vision)]
-        self.vision_prompts = nn.ParameterList(vision_prompts)
-        print(f'Text prompt: "{self.class_prompts.texts[0]}" ({n_ctx_text} learned context token(s), '
-              f"{len(self.text_prompts) + bool(n_ctx_text)} text layer(s) prompted); "
-              f"{n_ctx_vision if vision_prompts else 0} vision prompt token(s) at {len(vision_prompts)} layer(s)")
-
-    def text_ops(self) -> Optional[List[Optional[LayerOp]]]:
-        return replaced_text_ops(self.text_prompts)
-
-    def vision_ops(self) -> Optional[List[Optional[LayerOp]]]:
-        return replaced_vision_ops(self.vision_prompts, self.n_ctx_vision)
-
-    def forward(self) -> Prompts:
-        cp = self.class_prompts
-        return Prompts(
-            text_ids=cp.token_ids,
-            text_embeddings=cp.assemble(self.ctx) if self.n_ctx_text else None,
-            text_ops=self.text_ops(),
-            vision_ops=self.vision_ops(),
-            n_text_prompt=self.n_ctx_text,
-        )
-
+from .base import PromptTrainer
+from .config import ivlp_keys
+from .prompts import DeepPrompts
+from .registry import Count, register_method
 
 _VISION_SHALLOW = "image_encoder.VPT"
 _DEEP = re.compile(r"^(image|text)_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow$")
@@ -148,24 +53,22 @@ def from_reference_keys(state_dict: dict) -> dict:
     return out
 
 
-def ivlp_learner(mcfg, classnames, clip_model, key: str) -> VLPromptLearner:
+def ivlp_learner(mcfg, classnames, clip_model, key: str) -> DeepPrompts:
     """The prompt learner of an ``N_CTX_TEXT/N_CTX_VISION/PROMPT_DEPTH_*`` config block (IVLP, PromptSRC)."""
-    return VLPromptLearner(
-        clip_model, classnames, n_ctx_text=mcfg.N_CTX_TEXT, depth_text=mcfg.PROMPT_DEPTH_TEXT,
-        n_ctx_vision=mcfg.N_CTX_VISION, depth_vision=mcfg.PROMPT_DEPTH_VISION, ctx_init=mcfg.CTX_INIT, key=key,
-    )
+    return DeepPrompts(clip_model, n_text=mcfg.N_CTX_TEXT, depth_text=mcfg.PROMPT_DEPTH_TEXT,
+                       n_vision=mcfg.N_CTX_VISION, depth_vision=mcfg.PROMPT_DEPTH_VISION, key=key,
+                       classnames=classnames, ctx_init=mcfg.CTX_INIT)
 
 
-@TRAINER_REGISTRY.register()
+@register_method(
+    keys=ivlp_keys, learner="VLPromptLearner", scripts={"base2new": "vit_b16_c2_ep5_batch4_2+2ctx"},
+    counts=[Count("vit_b16_c2_ep5_batch4_2+2ctx", 30_720), Count("vit_b16_c2_ep20_batch4_4+4ctx", 46_080)],
+)
 class IVLP(PromptTrainer):
     """``--trainer IVLP``, config block ``TRAINER.IVLP``."""
 
-    CFG_KEY = "IVLP"
-    MODEL_NAME = "VLPromptLearner"
-    SCRIPT_CONFIGS = {"base2new": "vit_b16_c2_ep5_batch4_2+2ctx"}
-
     def build_prompt_learner(self, cfg, classnames, clip_model):
-        return ivlp_learner(self.method_cfg, classnames, clip_model, self.CFG_KEY)
+        return ivlp_learner(self.method_cfg, classnames, clip_model, "TRAINER.IVLP")
 
     @staticmethod
     def convert_reference_state(state_dict: dict) -> dict:

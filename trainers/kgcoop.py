@@ -1,8 +1,8 @@
 """KgCoOp (Yao et al., CVPR 2023): CoOp's context, kept close to hand-written prompts by a knowledge-guided loss.
 
-This module is the README's worked example of the method contract (``trainers/common.py``): a method is its
-config block, a prompt learner (here CoOp's, reused as it is), and a loss; the contract does the rest (freezing,
-the optimiser, checkpoints with only ``ctx``, text features once per evaluation, scripts).
+This module is the README's smallest example of the method contract (``trainers/base.py``): a method is its
+registration, a prompt learner (here CoOp's, reused as it is) and a loss; the contract does the rest (freezing,
+the optimiser, checkpoints with only ``ctx``, text features once per evaluation, scripts, tests).
 
 Reference behaviour (htyao89/KgCoOp ``trainers/kgcoop.py``; facts in ``shared/reference/methods-more.md``):
 
@@ -21,32 +21,14 @@ always uses "a photo of a", which is the default here).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from yacs.config import CfgNode as CN
 
 from clip import MASTER_DTYPE
-from dassl.engine import TRAINER_REGISTRY
 
-from .common import PromptTrainer
-from .config import register_config
+from .base import LossOutput, PromptTrainer, cross_entropy
+from .config import coop_context_keys
 from .coop import PromptLearner
-from .templates import dataset_template
-from .zsclip import zeroshot_text_features
-
-#: KgCoOp's per-dataset templates are CoOp's except this one
-TEMPLATE_OVERRIDES = {"DescribableTextures": "a photo of a {}, a type of texture."}
-
-
-@register_config("KGCOOP")
-def kgcoop_defaults() -> CN:
-    c = CN()
-    c.N_CTX = 4  # learned context vectors (ignored when CTX_INIT is set: its number of words is used)
-    c.CSC = False  # class-specific context
-    c.CTX_INIT = "a photo of a"  # the reference always starts from this phrase
-    c.PREC = "fp16"  # fp32, fp16, bf16 or amp
-    c.CLASS_TOKEN_POSITION = "end"
-    c.W = 8.0  # weight of the knowledge-guided term (the reference scripts' value; its train.py default is 1.0)
-    return c
+from .registry import Count, register_method
+from .templates import KGCOOP_TEMPLATES, dataset_template, zeroshot_text_features
 
 
 def knowledge_guided_loss(text_features: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
@@ -54,26 +36,27 @@ def knowledge_guided_loss(text_features: torch.Tensor, anchor: torch.Tensor) -> 
     return 1.0 - (text_features.to(MASTER_DTYPE) * anchor.to(MASTER_DTYPE)).sum(dim=-1).mean()
 
 
-@TRAINER_REGISTRY.register()
+def kgcoop_keys(c):
+    coop_context_keys(c, n_ctx=4, ctx_init="a photo of a")  # the reference always starts from this phrase
+    c.W = 8.0  # weight of the knowledge-guided term (the reference scripts' value; its train.py default is 1.0)
+
+
+@register_method(keys=kgcoop_keys, scripts={"base2new": "vit_b16_ep100_ctxv1", "fewshot": "vit_b16_ep100_ctxv1"},
+                 counts=[Count("vit_b16_ep100_ctxv1", 2_048)])
 class KgCoOp(PromptTrainer):
     """``--trainer KgCoOp``, config block ``TRAINER.KGCOOP``."""
 
-    CFG_KEY = "KGCOOP"
-    MODEL_NAME = "prompt_learner"
-    SCRIPT_CONFIGS = {"base2new": "vit_b16_ep100_ctxv1", "fewshot": "vit_b16_ep100_ctxv1"}
-
     def build_prompt_learner(self, cfg, classnames, clip_model):
-        return PromptLearner(self.method_cfg, classnames, clip_model, key=self.CFG_KEY)
+        return PromptLearner(self.method_cfg, classnames, clip_model, key="TRAINER.KGCOOP")
 
     def build_clip_model(self, cfg, classnames, clip_model):
         model = super().build_clip_model(cfg, classnames, clip_model)
-        name = cfg.DATASET.NAME
-        template = TEMPLATE_OVERRIDES.get(name, dataset_template(name))
+        template = dataset_template(cfg.DATASET.NAME, KGCOOP_TEMPLATES)
         # the anchor, from the fp32 frozen CLIP before the run's precision is applied; not saved in checkpoints
         model.register_buffer("anchor", zeroshot_text_features(clip_model, classnames, [template]), persistent=False)
         return model
 
-    def compute_loss(self, image, label):
-        out = self.model(image)
-        ce = F.cross_entropy(out.logits.to(MASTER_DTYPE), label)
-        return ce + self.method_cfg.W * knowledge_guided_loss(out.text_features, self.model.anchor), out.logits
+    def loss(self, batch, out):
+        ce = cross_entropy(out.logits, batch["label"])
+        kg = self.method_cfg.W * knowledge_guided_loss(out.text_features, self.model.anchor)
+        return LossOutput(ce + kg, out.logits, terms={"kg": kg}, ce=ce)

@@ -6,7 +6,7 @@ replaces its ``N_CTX`` prompt tokens with ``F_l(t_l)`` (one affine map per layer
 MPL's prompt learner with ``N_ADD_OP = 1`` and ``N_RM_OP = N_CTX``. What differs from MPL is the text prompt:
 MaPLe learns the first ``N_CTX`` tokens of ``CTX_INIT`` ("a photo" of "a photo of a {class}.") instead of extra
 placeholder words, and falls back to ``"X X ..."`` with random context when ``CTX_INIT`` is empty or ``N_CTX``
-is above 4, as the reference does (:func:`~trainers.common.learned_context`, rule ``first_tokens``); a phrase
+is above 4, as the reference does (:func:`~trainers.prompts.learned_context`, rule ``first_tokens``); a phrase
 with fewer tokens than ``N_CTX`` is an error (the reference learned over the class name).
 
 Reference checkpoints (whole model, maps under ``prompt_learner.compound_prompt_projections.<l>``) load
@@ -18,21 +18,16 @@ import re
 
 from yacs.config import CfgNode as CN
 
-from dassl.engine import TRAINER_REGISTRY
+from .base import PromptTrainer
+from .mpl import MultiModalPromptLearner, build_schedule
+from .prompts import learned_context
+from .registry import Count, register_method
 
-from .common import PromptTrainer, learned_context
-from .config import register_config
-from .mpl import MultiModalPromptLearner
 
-
-@register_config("MAPLE")
-def maple_defaults() -> CN:
-    c = CN()
+def maple_keys(c):
     c.N_CTX = 2  # learned context tokens per layer, in each branch
     c.CTX_INIT = "a photo of a"  # its first N_CTX words initialise (and are replaced by) the context
-    c.PREC = "fp16"  # fp32, fp16, bf16 or amp
     c.PROMPT_DEPTH = 9  # layers 0 .. PROMPT_DEPTH-1 receive prompts (max 12 for ViT-B)
-    return c
 
 
 def maple_as_mpl(mcfg) -> CN:
@@ -54,20 +49,25 @@ def from_reference_keys(state: dict) -> dict:
     return {_REFERENCE_KEY.sub(r"txt2img_proj.0.\1.", k): v for k, v in state.items()}
 
 
-@TRAINER_REGISTRY.register()
+@register_method(
+    keys=maple_keys, learner="MultiModalPromptLearner",
+    scripts={"base2new": "vit_b16_c2_ep5_batch4_2ctx", "crossdataset": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
+    variants={"caspl": {"base2new": "caspl_vit_b16_c8_ep5_batch4_8ctx_l12"}},  # MaPLe + CasPL (the fork's)
+    counts=[Count("vit_b16_c2_ep5_batch4_2ctx", 3_555_072), Count("caspl_vit_b16_c8_ep5_batch4_8ctx_l12", 4_776_960)],
+)
 class MaPLe(PromptTrainer):
     """``--trainer MaPLe``, config block ``TRAINER.MAPLE``."""
 
-    CFG_KEY = "MAPLE"
-    MODEL_NAME = "MultiModalPromptLearner"
-    SCRIPT_CONFIGS = {"base2new": "vit_b16_c2_ep5_batch4_2ctx", "crossdataset": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"}
-    CASPL_SCRIPT_CONFIGS = {"base2new": "caspl_vit_b16_c8_ep5_batch4_8ctx_l12"}  # MaPLe + CasPL (the fork's)
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        build_schedule(maple_as_mpl(cfg.TRAINER.MAPLE), None, "TRAINER.MAPLE")
 
     def build_prompt_learner(self, cfg, classnames, clip_model):
         mcfg = self.method_cfg
-        prefix, _, use_init = learned_context(mcfg.CTX_INIT, mcfg.N_CTX, self.CFG_KEY, rule="first_tokens")
+        prefix, _, use_init = learned_context(mcfg.CTX_INIT, mcfg.N_CTX, "TRAINER.MAPLE", rule="first_tokens")
         return MultiModalPromptLearner(maple_as_mpl(mcfg), classnames, clip_model, prefix=prefix,
-                                       ctx_from_prefix=use_init, key=self.CFG_KEY)
+                                       ctx_from_prefix=use_init, key="TRAINER.MAPLE")
 
     @staticmethod
     def convert_state(state: dict) -> dict:

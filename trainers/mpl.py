@@ -25,26 +25,23 @@ from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from yacs.config import CfgNode as CN
 
 from clip import LayerOp
-from dassl.engine import TRAINER_REGISTRY
 
-from .common import ClassPrompts, PromptTrainer, Prompts, encoder_dims
-from .config import register_config
+from .base import PromptTrainer
+from .compat import UserError
+from .prompts import ClassPrompts, Prompts, encoder_dims
+from .registry import Count, register_method
 
 COUPLINGS = ("affine", "shared", "independent")
 TEXT_MODES = ("replace", "modular")
 
 
-@register_config("MPL")
-def mpl_defaults() -> CN:
-    c = CN()
+def mpl_keys(c):
     c.N_CTX = 2  # learned context tokens (text), and text tokens per deep layer
     c.N_ADD_OP = 2  # coupling maps per deep layer; each adds N_CTX vision tokens
     c.N_RM_OP = 1  # vision prompt tokens removed per deep layer, most recently added first
     c.CTX_INIT = "a photo of a"  # fixed words after the learned context ("X ... a photo of a {class}.")
-    c.PREC = "fp16"  # fp32, fp16, bf16 or amp
     c.PROMPT_DEPTH = 9  # layers 0 .. PROMPT_DEPTH-1 receive prompts
     # Generalisations; empty lists mean "the uniform value above at every deep layer".
     c.VISION_ADD = []  # per deep layer 1..PROMPT_DEPTH-1: coupling maps (vision tokens = maps x text tokens)
@@ -54,7 +51,6 @@ def mpl_defaults() -> CN:
     c.TEXT_RM = []  # modular text only, per deep layer: text tokens removed; default N_RM_OP
     c.COUPLING = "affine"  # affine (one map per added token and layer), shared (per token, all layers), independent
     c.INDEPENDENT_INIT = False  # initialise every map on its own (the reference copies one map)
-    return c
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -98,40 +94,44 @@ class Schedule:
 def _per_layer(values, default: int, n: int, key: str) -> List[int]:
     values = list(values)
     if not values:
+        if default < 0:
+            raise UserError(f"{key}'s default count is {default}; counts must not be negative")
         return [default] * n
     if len(values) != n:
-        raise ValueError(
-            f"TRAINER.MPL.{key} has {len(values)} entries but PROMPT_DEPTH - 1 = {n} deep layers take "
-            f"operations; give one count per deep layer (layers 1..{n}) or leave it empty"
+        raise UserError(
+            f"{key} has {len(values)} entries but PROMPT_DEPTH - 1 = {n} deep layers take operations; give one "
+            f"count per deep layer (layers 1..{n}) or leave it empty"
         )
     if any(int(v) != v or v < 0 for v in values):
-        raise ValueError(f"TRAINER.MPL.{key} must hold non-negative integers, got {values}")
+        raise UserError(f"{key} must hold non-negative integers, got {values}")
     return [int(v) for v in values]
 
 
-def build_schedule(mcfg, n_layers: int) -> Schedule:
-    """Read and check the schedule of a ``TRAINER.MPL``-style config node against an encoder depth."""
+def build_schedule(mcfg, n_layers: Optional[int], key: str = "TRAINER.MPL") -> Schedule:
+    """Read and check the schedule of a ``TRAINER.MPL``-style config node (``key``) against an encoder depth
+    (None: the config alone, before any model is loaded)."""
     n_ctx, depth = int(mcfg.N_CTX), int(mcfg.PROMPT_DEPTH)
     if n_ctx < 1:
-        raise ValueError(f"TRAINER.MPL.N_CTX must be at least 1, got {n_ctx}")
-    if not 1 <= depth <= n_layers:
-        raise ValueError(f"TRAINER.MPL.PROMPT_DEPTH must be between 1 and the encoder's {n_layers} layers, got {depth}")
+        raise UserError(f"{key}.N_CTX must be at least 1, got {n_ctx}")
+    if depth < 1 or (n_layers is not None and depth > n_layers):
+        raise UserError(f"{key}.PROMPT_DEPTH must be between 1 and the encoder's "
+                        f"{n_layers if n_layers is not None else 'number of'} layers, got {depth}")
     if mcfg.TEXT_MODE not in TEXT_MODES:
-        raise ValueError(f"TRAINER.MPL.TEXT_MODE is {mcfg.TEXT_MODE!r}; choose one of {', '.join(TEXT_MODES)}")
+        raise UserError(f"{key}.TEXT_MODE is {mcfg.TEXT_MODE!r}; choose one of {', '.join(TEXT_MODES)}")
     if mcfg.COUPLING not in COUPLINGS:
-        raise ValueError(f"TRAINER.MPL.COUPLING is {mcfg.COUPLING!r}; choose one of {', '.join(COUPLINGS)}")
+        raise UserError(f"{key}.COUPLING is {mcfg.COUPLING!r}; choose one of {', '.join(COUPLINGS)}")
     n = depth - 1
-    text_add = _per_layer(mcfg.TEXT_ADD, n_ctx, n, "TEXT_ADD")
+    text_add = _per_layer(mcfg.TEXT_ADD, n_ctx, n, f"{key}.TEXT_ADD")
     if mcfg.TEXT_MODE == "replace" and any(t != n_ctx for t in text_add):
-        raise ValueError(
-            f"TRAINER.MPL.TEXT_ADD {text_add} differs from N_CTX={n_ctx}: in TEXT_MODE replace each deep text "
-            "prompt overwrites the N_CTX context tokens; set TEXT_MODE modular to add and remove text tokens"
+        raise UserError(
+            f"{key}.TEXT_ADD {text_add} differs from N_CTX={n_ctx}: in TEXT_MODE replace each deep text prompt "
+            "overwrites the N_CTX context tokens; set TEXT_MODE modular to add and remove text tokens"
         )
     schedule = Schedule(
         n_ctx=n_ctx, depth=depth, text_mode=mcfg.TEXT_MODE, text_add=text_add,
-        text_rm=_per_layer(mcfg.TEXT_RM, int(mcfg.N_RM_OP), n, "TEXT_RM"),
-        vision_maps=_per_layer(mcfg.VISION_ADD, int(mcfg.N_ADD_OP), n, "VISION_ADD"),
-        vision_rm=_per_layer(mcfg.VISION_RM, int(mcfg.N_RM_OP), n, "VISION_RM"),
+        text_rm=_per_layer(mcfg.TEXT_RM, int(mcfg.N_RM_OP), n, f"{key}.TEXT_RM"),
+        vision_maps=_per_layer(mcfg.VISION_ADD, int(mcfg.N_ADD_OP), n, f"{key}.VISION_ADD"),
+        vision_rm=_per_layer(mcfg.VISION_RM, int(mcfg.N_RM_OP), n, f"{key}.VISION_RM"),
     )
     branches = ["vision"] + (["text"] if schedule.text_mode == "modular" else [])
     for branch in branches:
@@ -140,7 +140,7 @@ def build_schedule(mcfg, n_layers: int) -> Schedule:
         p = n_ctx
         for k, (a, r) in enumerate(zip(adds, rms)):
             if r > p:
-                raise ValueError(
+                raise UserError(
                     f"impossible MPL schedule: {branch} layer {k + 1} removes {r} prompt tokens but only {p} exist "
                     f"(the reference would silently delete {'image patch' if branch == 'vision' else 'word'} "
                     f"tokens); lower N_RM_OP / {branch.upper()}_RM or add more tokens at earlier layers"
@@ -163,16 +163,16 @@ class MultiModalPromptLearner(nn.Module):
             txt2img_proj[j] shared by all layers (``shared``); absent for ``independent``.
         vision_prompts: (``independent`` only) layer-0 (N_CTX, Dv) then per deep layer (tokens, Dv).
 
-    ``forward()`` returns :class:`~trainers.common.Prompts` for ``C`` classes.
+    ``forward()`` returns :class:`~trainers.prompts.Prompts` for ``C`` classes.
     """
 
     def __init__(self, mcfg, classnames: Sequence[str], clip_model: nn.Module, prefix: Optional[str] = None,
-                 ctx_from_prefix: bool = True, key: str = "MPL"):
+                 ctx_from_prefix: bool = True, key: str = "TRAINER.MPL"):
         super().__init__()
         dims = encoder_dims(clip_model, need_vit=key)
         text_width, vision_width = dims.text_width, dims.vision_width
         n_layers = min(dims.text_layers, dims.vision_layers)
-        self.schedule = schedule = build_schedule(mcfg, n_layers)
+        self.schedule = schedule = build_schedule(mcfg, n_layers, key)
         self.coupling = mcfg.COUPLING
         n_ctx = schedule.n_ctx
 
@@ -255,16 +255,22 @@ class MultiModalPromptLearner(nn.Module):
         )
 
 
-@TRAINER_REGISTRY.register()
+@register_method(
+    keys=mpl_keys, learner="MultiModalPromptLearner",
+    scripts={"base2new": "vit_b4_c1_add2_rm1", "crossdataset": "vit_b4_c1_add2_rm1_cross_datasets"},
+    # beside frozen sets (CasPL's boosting prompts): theirs first in both encoders; MPL's add/remove/carry acts on
+    # its own tokens after them (text: [SOS][boost][ctx][a photo of a][class .][EOT]; vision: [CLS][patches][boost]
+    # [MPL's tokens])
+    frozen_order=(("frozen", "adapt"), ("frozen", "adapt")),
+    counts=[Count("vit_b4_c1_add2_rm1", 6_702_336), Count("vit_b4_c1_add2_rm1_cross_datasets", 1_971_456)],
+)
 class MPL(PromptTrainer):
     """Modular Prompt Learning (Huang et al.); ``--trainer MPL``, config block ``TRAINER.MPL``."""
 
-    CFG_KEY = "MPL"
-    MODEL_NAME = "MultiModalPromptLearner"
-    SCRIPT_CONFIGS = {"base2new": "vit_b4_c1_add2_rm1", "crossdataset": "vit_b4_c1_add2_rm1_cross_datasets"}
-    #: MPL + CasPL: the boosting tokens first in both encoders; MPL's add/remove/carry acts on its own tokens after
-    #: them (text: [SOS][boost][ctx][a photo of a][class .][EOT]; vision: [CLS][patches][boost][MPL's tokens])
-    CASCADE_ORDER = (("boost", "adapt"), ("boost", "adapt"))
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        build_schedule(cfg.TRAINER.MPL, None)
 
     def build_prompt_learner(self, cfg, classnames, clip_model):
         return MultiModalPromptLearner(self.method_cfg, classnames, clip_model)

@@ -46,12 +46,13 @@ Differences, and why results do not change:
 * **CLASS_TOKEN_POSITION middle works.** The reference's ``middle`` branch names an undefined variable and raises;
   here it is CoOp's middle layout.
 * The reference runs two backward passes (KD, then CE); here the KD gradient is taken with ``torch.autograd.grad``
-  (it does not touch ``.grad``, so DDP reduces the CE gradient as usual and the KD one is summed over processes
-  explicitly), then CE runs the ordinary backward. Same two gradients.
+  in the loss hook (it does not touch ``.grad``, so DDP reduces the CE gradient as usual and the KD one is summed
+  over processes explicitly) and handed to the gradient hook in the step's ``LossOutput.aux``; then CE runs the
+  ordinary backward. Same two gradients.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -59,68 +60,47 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from clip import MASTER_DTYPE
-from dassl.engine import TRAINER_REGISTRY
 
-from .common import CLASS_TOKEN_POSITIONS, PromptTrainer, UserError
-from .config import register_config
+from .base import LossOutput, PromptTrainer, cross_entropy
+from .compat import UserError
+from .config import check_choice, check_range, coop_context_keys, register_block
 from .coop import PromptLearner
-from .templates import dataset_template
-from .zsclip import zeroshot_text_features
-
-#: ProGrad's zero-shot templates (its teacher and its ``CTX_INIT``); other datasets use the project's template
-#: (:func:`~trainers.templates.dataset_template`: "a photo of a {}." for the ImageNet variants, as the reference)
-PROGRAD_TEMPLATES = {
-    "OxfordPets": "a type of pet, a photo of a {}.",
-    "OxfordFlowers": "a type of flower, a photo of a {}.",
-    "FGVCAircraft": "a type of aircraft, a photo of a {}.",
-    "DescribableTextures": "a texture of {}.",
-    "EuroSAT": "a centered satellite photo of {}.",
-    "StanfordCars": "a photo of a {}.",
-    "Food101": "a type of food, a photo of {}.",
-    "SUN397": "a photo of a {}.",
-    "Caltech101": "a photo of a {}.",
-    "UCF101": "a photo of a person doing {}.",
-    "ImageNet": "a photo of a {}.",
-}
+from .prompts import CLASS_TOKEN_POSITIONS
+from .registry import Count, register_method
+from .templates import PROGRAD_TEMPLATES, dataset_template, zeroshot_text_features
 
 #: the loss the reference's ``LOSS.NAME`` must name
 LOSS_NAME = "prograd"
 
 
-@register_config("PROGRAD")
-def prograd_defaults() -> CN:
-    c = CN()
-    c.N_CTX = 16  # learned context vectors (every reference script: 16)
-    c.CSC = False  # class-specific context (random init only, as CoOp)
+def prograd_keys(c):
+    coop_context_keys(c, n_ctx=16)  # every reference script: 16 context vectors
     c.CTX_INIT = True  # True: zero-padded init from the dataset's ProGrad template; False: N(0, 0.02)
-    c.PREC = "fp16"  # fp32, fp16, bf16 or amp
-    c.CLASS_TOKEN_POSITION = "end"  # end, middle or front
-    return c
 
 
-@register_config("LOSS", top_level=True)
-def prograd_loss_defaults() -> CN:
+def loss_keys(c):
     """``cfg.LOSS``, top level as in ProGrad's Dassl fork."""
-    c = CN()
     c.NAME = LOSS_NAME  # the only loss ProGrad's trainer accepts
     c.T = 1.0  # distillation temperature
     c.LAMBDA = 1.0  # share of the conflicting component removed (1: the whole projection; reference 0.8 on
     # Flowers102, DTD and EuroSAT at 8 and 16 shots)
-    return c
+
+
+register_block("LOSS", loss_keys)
 
 
 def prograd_template(dataset_name: str) -> str:
-    return PROGRAD_TEMPLATES.get(dataset_name, dataset_template(dataset_name))
+    return dataset_template(dataset_name, PROGRAD_TEMPLATES)
 
 
-def init_phrase(template: str, n_ctx: int, key: str = "PROGRAD") -> str:
+def init_phrase(template: str, n_ctx: int, key: str = "TRAINER.PROGRAD") -> str:
     """The template without its ``" {}."`` ending, refused when it has more words than ``n_ctx``."""
     if not template.endswith(" {}."):
-        raise UserError(f'the ProGrad template "{template}" does not end with " {{}}.", so TRAINER.{key}.CTX_INIT '
-                        "True cannot take an init phrase from it; set CTX_INIT False for random context")
+        raise UserError(f'the ProGrad template "{template}" does not end with " {{}}.", so {key}.CTX_INIT True '
+                        "cannot take an init phrase from it; set CTX_INIT False for random context")
     phrase = template[:-len(" {}.")]
     if len(phrase.split(" ")) > n_ctx:
-        raise UserError(f'TRAINER.{key}.CTX_INIT True starts the context from "{phrase}", which has '
+        raise UserError(f'{key}.CTX_INIT True starts the context from "{phrase}", which has '
                         f"{len(phrase.split(' '))} words, more than N_CTX={n_ctx}: raise N_CTX or set CTX_INIT False")
     return phrase
 
@@ -128,7 +108,7 @@ def init_phrase(template: str, n_ctx: int, key: str = "PROGRAD") -> str:
 class ProGradPromptLearner(PromptLearner):
     """CoOp's learner (``ctx`` (N_CTX, D), or (C, N_CTX, D) with CSC), with ProGrad's zero-padded template init."""
 
-    def __init__(self, mcfg, classnames: Sequence[str], clip_model, dataset_name: str, key: str = "PROGRAD"):
+    def __init__(self, mcfg, classnames: Sequence[str], clip_model, dataset_name: str, key: str = "TRAINER.PROGRAD"):
         n_ctx = int(mcfg.N_CTX)
         coop = CN({"N_CTX": n_ctx, "CSC": bool(mcfg.CSC), "CTX_INIT": "",
                    "CLASS_TOKEN_POSITION": mcfg.CLASS_TOKEN_POSITION})
@@ -169,34 +149,34 @@ def project_conflicting(grad: torch.Tensor, reference: Optional[torch.Tensor], l
     return (g - (float(lam) * dot / rr) * r).to(grad.dtype)
 
 
-@TRAINER_REGISTRY.register()
-class ProGrad(PromptTrainer):
-    """``--trainer ProGrad``, config blocks ``TRAINER.PROGRAD`` and ``LOSS``."""
-
-    CFG_KEY = "PROGRAD"
-    MODEL_NAME = "prompt_learner"
+@register_method(
+    keys=prograd_keys,
     #: ViT-B/16 recipes are this project's (the reference ships RN50 only); few-shot by shots as its README, with
     #: LAMBDA 0.8 at 8 and 16 shots on Flowers102, DTD and EuroSAT
-    SCRIPT_CONFIGS = {
+    scripts={
         "base2new": "vit_b16_ep100", "base2new@imagenet": "vit_b16_ep50", "crossdataset": "vit_b16_ep50",
         "fewshot": "vit_b16", "fewshot:1": "vit_b16_ep50", "fewshot:2": "vit_b16_ep100", "fewshot:4": "vit_b16_ep100",
         **{f"fewshot:{k}@{d}": "vit_b16_lambda0.8" for k in (8, 16) for d in ("oxford_flowers", "dtd", "eurosat")},
-    }
+    },
+    counts=[Count("vit_b16_ep100", 8_192), Count("vit_b16_ep100", 2_048, ("TRAINER.PROGRAD.N_CTX", "4"))],
+)
+class ProGrad(PromptTrainer):
+    """``--trainer ProGrad``, config blocks ``TRAINER.PROGRAD`` and ``LOSS``."""
 
-    def check_cfg(self, cfg):
-        super().check_cfg(cfg)
-        position = cfg.TRAINER.PROGRAD.CLASS_TOKEN_POSITION
-        if position not in CLASS_TOKEN_POSITIONS:
-            raise UserError(f"TRAINER.PROGRAD.CLASS_TOKEN_POSITION is {position!r}; choose one of "
-                            f"{', '.join(CLASS_TOKEN_POSITIONS)}")
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        check_choice(cfg.TRAINER.PROGRAD, "CLASS_TOKEN_POSITION", "TRAINER.PROGRAD.CLASS_TOKEN_POSITION",
+                     CLASS_TOKEN_POSITIONS)
         if cfg.LOSS.NAME != LOSS_NAME:
             raise UserError(f'LOSS.NAME is "{cfg.LOSS.NAME}", but the ProGrad trainer trains with its own loss '
                             f'pair only: set LOSS.NAME {LOSS_NAME} (as the reference requires)')
         if not float(cfg.LOSS.T) > 0:
             raise UserError(f"LOSS.T must be a positive temperature, got {cfg.LOSS.T}")
+        check_range(cfg.LOSS.LAMBDA, "LOSS.LAMBDA", 0, 1)
 
     def build_prompt_learner(self, cfg, classnames, clip_model):
-        return ProGradPromptLearner(self.method_cfg, classnames, clip_model, cfg.DATASET.NAME, key=self.CFG_KEY)
+        return ProGradPromptLearner(self.method_cfg, classnames, clip_model, cfg.DATASET.NAME)
 
     def build_clip_model(self, cfg, classnames, clip_model):
         model = super().build_clip_model(cfg, classnames, clip_model)
@@ -206,11 +186,6 @@ class ProGrad(PromptTrainer):
         model.register_buffer("zs_text", zeroshot_text_features(clip_model, classnames, [template]), persistent=False)
         return model
 
-    def build_model(self):
-        self._reference_grads: Optional[List[Tuple[torch.nn.Parameter, Optional[torch.Tensor]]]] = None
-        self._reference_loss: Optional[float] = None
-        super().build_model()
-
     # -- losses and the projection ------------------------------------------------------------------------
     def teacher_logits(self, out) -> torch.Tensor:
         """Zero-shot CLIP's logits for the batch: the frozen image features times the template features."""
@@ -218,14 +193,13 @@ class ProGrad(PromptTrainer):
             image = out.image_features.to(MASTER_DTYPE)
             return out.logit_scale.to(MASTER_DTYPE) * image @ self.model.zs_text.to(MASTER_DTYPE).t()
 
-    def compute_loss(self, image, label):
-        out = self.model(image)
-        ce = F.cross_entropy(out.logits.to(MASTER_DTYPE), label)
+    def loss(self, batch, out):
+        ce = cross_entropy(out.logits, batch["label"])
+        kd = soft_target_cross_entropy(out.logits, self.teacher_logits(out), self.cfg.LOSS.T)
+        aux = {}
         if torch.is_grad_enabled() and out.logits.requires_grad:
-            kd = soft_target_cross_entropy(out.logits, self.teacher_logits(out), self.cfg.LOSS.T)
-            self._reference_grads = self._gradients_of(kd, batch=image.shape[0])
-            self._reference_loss = kd.item()
-        return ce, out.logits
+            aux["reference_gradients"] = self._gradients_of(kd, batch=out.logits.shape[0])
+        return LossOutput(ce, out.logits, terms={"kd": kd.detach()}, ce=ce, aux=aux)
 
     def _gradients_of(self, loss: torch.Tensor, batch: int):
         """(parameter, gradient of ``loss``) for every learned tensor; ``.grad`` is left alone. With a GradScaler
@@ -241,9 +215,8 @@ class ProGrad(PromptTrainer):
                 dist.all_reduce(g, op=dist.ReduceOp.SUM)
         return list(zip(params, grads))
 
-    def before_optimizer_step(self, names=None):
-        super().before_optimizer_step(names)
-        reference, self._reference_grads = self._reference_grads, None
+    def adjust_gradients(self, result):
+        reference = result.aux.get("reference_gradients")
         if reference is None:
             return
         lam = float(self.cfg.LOSS.LAMBDA)
@@ -251,10 +224,3 @@ class ProGrad(PromptTrainer):
             for param, ref in reference:
                 if param.grad is not None:
                     param.grad.copy_(project_conflicting(param.grad, ref, lam))
-
-    def forward_backward(self, batch):
-        self._reference_loss = None
-        summary = super().forward_backward(batch)
-        if self._reference_loss is not None:
-            summary["kd"] = self._reference_loss
-        return summary

@@ -6,7 +6,7 @@ Two phases (``shared/reference/methods-more.md`` section 3, zhengli97/PromptKD `
    base classes (``configs/trainers/PromptSRC/vit_l14_c2_ep20_batch8_4+4ctx.yaml``). ``TRAINER.PROMPTKD.TEACHER_DIR``
    names that run (folder or checkpoint file); ``scripts/promptkd_teacher.sh`` makes it when it is missing and the
    protocol scripts pass it (``scripts/promptkd/*.sh``). The teacher is rebuilt with the backbone, prompt sizes and
-   depths its own run used (read from its ``result.json``, its checkpoint and its logged config), and the
+   depths its own run used (read from its ``result.json``, its checkpoint and its ``config.yaml``), and the
    reference keys that describe it (``N_CTX_TEXT``, ``PROMPT_DEPTH_TEXT``, ``CTX_INIT``, ``TEACHER_NAME``) must
    agree with that run: a difference is one error naming both values (the reference hard-codes depth 9 and 4
    tokens and, with ``strict=False``, silently keeps random prompts for a teacher of another depth).
@@ -46,34 +46,30 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from yacs.config import CfgNode as CN
 
 import clip
 from clip import MASTER_DTYPE
 from dassl.data import DataManager
-from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import load_checkpoint
 
-from .common import (ADAPT, ModelOutput, PromptedCLIP, Prompts, PromptTrainer, UserError, encoder_dims,
-                     extract_prompt_state, load_clip, load_prompt_set, replaced_vision_ops, resolve_run_checkpoint)
-from .config import register_config
-from .ivlp import VLPromptLearner, from_reference_keys
+from .base import LossOutput, PromptTrainer, load_clip
+from .checkpoints import extract_prompt_state, load_prompt_set, read_run_config, resolve_checkpoint
+from .compat import UserError
+from .config import check_choice, check_range, ivlp_keys, register_block
+from .ivlp import from_reference_keys
+from .prompted_clip import ModelOutput, PromptedCLIP, normalise
+from .prompts import DeepPrompts, Prompts, encoder_dims, replaced_vision_ops
+from .registry import METHODS, Count, EarlierRun, register_method
 
 #: trainers whose runs can serve as the teacher (IVLP prompt learners, ``VLPromptLearner``)
 TEACHER_METHODS = ("PromptSRC", "IVLP")
 MODALS = ("base2novel", "cross")
 
 
-@register_config("PROMPTKD")
-def promptkd_defaults() -> CN:
+def promptkd_keys(c):
     """``cfg.TRAINER.PROMPTKD``: the reference's keys (values of its base-to-new scripts), then ours."""
-    c = CN()
-    c.N_CTX_VISION = 4  # student vision prompt tokens per layer
-    c.N_CTX_TEXT = 4  # the teacher's text context tokens (checked against the teacher run)
-    c.CTX_INIT = "a photo of a"  # the teacher's text prompt (checked against the teacher run)
-    c.PREC = "fp16"  # fp32, fp16, bf16 or amp
-    c.PROMPT_DEPTH_VISION = 9  # student vision layers 0 .. depth-1 get prompts
-    c.PROMPT_DEPTH_TEXT = 9  # the teacher's text prompt depth (checked against the teacher run)
+    # the student's vision prompts, and the description of the teacher (checked against the teacher run)
+    ivlp_keys(c, n_text=4, n_vision=4, depth_text=9, depth_vision=9)
     c.PROJECT_LAYER = -1  # unused, as in the reference
     c.CE_WEIGHT = 0.0  # unused, as in the reference (no cross-entropy: labels are not used)
     c.KD_WEIGHT = 1000.0  # weight of the KL term (the reference scripts' value)
@@ -85,13 +81,10 @@ def promptkd_defaults() -> CN:
     c.TEACHER_EPOCH = -1  # -1: the epoch the teacher run recorded
     c.TRANSDUCTIVE = True  # train on the training split of every class (labels unused); False: the run's classes
     c.SELECT_ON_TEST = False  # with TEST.FINAL_MODEL best_val: select on the half's test images (the reference)
-    return c
 
 
-@register_config("MODAL")
-def modal_default() -> str:
-    """``cfg.TRAINER.MODAL`` (the reference's key, a plain value): ``base2novel`` or ``cross``."""
-    return "base2novel"
+# ``cfg.TRAINER.MODAL`` (the reference's key, a plain value): ``base2novel`` or ``cross``
+register_block("TRAINER.MODAL", lambda c: "base2novel")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -166,17 +159,18 @@ class StudentPrompts(nn.Module):
     """The student's learned parts: IVLP vision prompts (no text prompts) and the projector.
 
     Parameters: ``vision_prompts[l]`` (n_ctx, Dv), l = 0..depth-1, N(0, 0.02); ``projector`` (:class:`Projector`,
-    student embedding -> teacher embedding). ``forward()`` returns the vision :class:`~trainers.common.Prompts`.
+    student embedding -> teacher embedding). ``forward()`` returns the vision :class:`~trainers.prompts.Prompts`.
 
     >>> StudentPrompts(vit_b16, teacher_dim=768, n_ctx=4, depth=9)   # 27,648 + 986,112 = 1,013,760 parameters
     """
 
-    def __init__(self, clip_model: nn.Module, teacher_dim: int, n_ctx: int, depth: int, key: str = "PROMPTKD"):
+    def __init__(self, clip_model: nn.Module, teacher_dim: int, n_ctx: int, depth: int,
+                 key: str = "TRAINER.PROMPTKD"):
         super().__init__()
         dims = encoder_dims(clip_model, need_vit=key)
         n_ctx, depth = int(n_ctx), int(depth)
         if n_ctx < 1 or not 1 <= depth <= dims.vision_layers:
-            raise UserError(f"TRAINER.{key}: N_CTX_VISION must be at least 1 and PROMPT_DEPTH_VISION between 1 and "
+            raise UserError(f"{key}: N_CTX_VISION must be at least 1 and PROMPT_DEPTH_VISION between 1 and "
                             f"the image encoder's {dims.vision_layers} layers, got {n_ctx} and {depth}")
         self.n_ctx = n_ctx
         self.vision_prompts = nn.ParameterList(
@@ -204,11 +198,11 @@ class DistilledCLIP(PromptedCLIP):
         self.register_buffer("class_features", class_features, persistent=False)
         self._active: Optional[torch.Tensor] = None
 
-    def prompts(self, image_features=None, length: int = 0) -> Prompts:
+    def prompts(self) -> Prompts:
         own = self.prompt_learner()
         if not len(self.frozen_sets):
             return own
-        sets = {ADAPT: own, **{name: m() for name, m in self.frozen_sets.items()}}
+        sets = {"adapt": own, **self.frozen_prompts()}
         return Prompts(vision_ops=clip.compose([sets[n].vision_ops for n in self.vision_order]))
 
     @contextlib.contextmanager
@@ -250,15 +244,12 @@ def teacher_shapes(state: Dict[str, torch.Tensor]) -> Dict[str, int]:
             "n_ctx_vision": int(state[vision[0]].shape[0]) if vision else 0, "depth_vision": len(vision)}
 
 
-def _logged_ctx_init(run_dir: str, cfg_key: str) -> Optional[str]:
-    """``TRAINER.<cfg_key>.CTX_INIT`` from the config dump of the run's newest finished log (None without one)."""
-    from tools.dassl_log import newest_complete_log  # the project's log reader (the run's config as it ran)
-
-    log, _ = newest_complete_log(run_dir)
-    if log is None:
+def _recorded_ctx_init(run_dir: str, block: str) -> Optional[str]:
+    """``TRAINER.<block>.CTX_INIT`` from the run's ``config.yaml`` (None for a run that predates it)."""
+    cfg = read_run_config(run_dir)
+    if cfg is None:
         return None
-    value = log.cfg.get(f"TRAINER.{cfg_key}.CTX_INIT")
-    return None if value is None else value.strip().strip("'\"")
+    return str(cfg.TRAINER[block].CTX_INIT)
 
 
 def read_teacher(mcfg) -> dict:
@@ -280,9 +271,9 @@ def read_teacher(mcfg) -> dict:
         if method not in TEACHER_METHODS:
             raise UserError(f'TRAINER.PROMPTKD.TEACHER_DIR "{source}" is a {method} run; the teacher must be a '
                             f"{' or '.join(TEACHER_METHODS)} run: {how}")
-        cls = TRAINER_REGISTRY.get(method)
-        info = {"source": osp.abspath(source), "method": method, "model_name": cls.MODEL_NAME,
-                "backbone": str(record.get("backbone")), "ctx_init": _logged_ctx_init(source, cls.CFG_KEY)}
+        teacher = METHODS[method]
+        info = {"source": osp.abspath(source), "method": method, "model_name": teacher.learner_name,
+                "backbone": str(record.get("backbone")), "ctx_init": _recorded_ctx_init(source, teacher.block)}
         named = str(mcfg.TEACHER_NAME)
         if named and named != info["backbone"]:
             raise UserError(f"TRAINER.PROMPTKD.TEACHER_NAME is {named!r} but the teacher run \"{source}\" used "
@@ -297,10 +288,11 @@ def read_teacher(mcfg) -> dict:
     else:
         raise UserError(f'TRAINER.PROMPTKD.TEACHER_DIR "{source}": no such folder or file. PromptKD distils a '
                         f"PromptSRC teacher: {how}")
-    info["checkpoint"], info["epoch"] = resolve_run_checkpoint(source, info["model_name"], epoch)
+    info["checkpoint"], info["epoch"] = resolve_checkpoint(source, info["model_name"], epoch,
+                                                           what="TRAINER.PROMPTKD.TEACHER_DIR")
     state = load_checkpoint(info["checkpoint"])["state_dict"]
     info.update(teacher_shapes(extract_prompt_state(from_reference_keys(state))))
-    if info["ctx_init"] is None:
+    if info["ctx_init"] is None:  # a checkpoint file, or a run from before config.yaml: the key describes it
         info["ctx_init"] = str(mcfg.CTX_INIT)
     for key, name in (("N_CTX_TEXT", "n_ctx_text"), ("PROMPT_DEPTH_TEXT", "depth_text")):
         if int(mcfg[key]) != info[name]:
@@ -316,33 +308,29 @@ def read_teacher(mcfg) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # The trainer
 # ----------------------------------------------------------------------------------------------------------
-@TRAINER_REGISTRY.register()
+@register_method(
+    keys=promptkd_keys, learner="PromptKDStudent",
+    scripts={"base2new": "vit_b16_c2_ep20_batch8_4+4ctx", "crossdataset": "vit_b16_c2_ep20_batch8_4+4ctx_cross_datasets"},
+    # the teacher: a PromptSRC run, which scripts/method.sh makes first with scripts/promptkd_teacher.sh
+    earlier_run=EarlierRun("PromptSRC", "TRAINER.PROMPTKD.TEACHER_DIR", "TRAINER.PROMPTKD.TEACHER_NAME",
+                           script="scripts/promptkd_teacher.sh"),
+    counts=[Count("vit_b16_c2_ep20_batch8_4+4ctx", 1_013_760),
+            Count("vit_b16_c2_ep20_batch8_4+4ctx_cross_datasets", 995_328)],
+)
 class PromptKD(PromptTrainer):
     """``--trainer PromptKD``, config blocks ``TRAINER.PROMPTKD`` and ``TRAINER.MODAL``."""
 
-    CFG_KEY = "PROMPTKD"
-    MODEL_NAME = "PromptKDStudent"
-    SCRIPT_CONFIGS = {"base2new": "vit_b16_c2_ep20_batch8_4+4ctx",
-                      "crossdataset": "vit_b16_c2_ep20_batch8_4+4ctx_cross_datasets"}
-    #: run by scripts/method.sh before every protocol script: trains the teacher when it is missing and prints the
-    #: options that point the student at it (see scripts/promptkd_teacher.sh)
-    SCRIPT_SETUP = "scripts/promptkd_teacher.sh"
-    #: the earlier run this method reads, for code that builds every method generically on a throwaway model (the
-    #: contract and precision tests): the trainer that makes it, the key naming the run, the key naming its CLIP
-    EARLIER_RUN = ("PromptSRC", "TRAINER.PROMPTKD.TEACHER_DIR", "TRAINER.PROMPTKD.TEACHER_NAME")
-
-    def check_cfg(self, cfg):
-        super().check_cfg(cfg)
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
         m = cfg.TRAINER.PROMPTKD
-        modal = cfg.TRAINER.get("MODAL", "base2novel")
+        check_choice(cfg.TRAINER, "MODAL", "TRAINER.MODAL", MODALS)
         subsample = cfg.DATASET.get("SUBSAMPLE_CLASSES", "all")
-        if modal not in MODALS:
-            raise UserError(f"TRAINER.MODAL is {modal!r}; choose one of {', '.join(MODALS)}")
-        if modal == "cross" and subsample != "all":
+        if cfg.TRAINER.MODAL == "cross" and subsample != "all":
             raise UserError(f"TRAINER.MODAL cross distils and evaluates every class of the target dataset, but "
                             f"DATASET.SUBSAMPLE_CLASSES is {subsample!r}: set it to all, or use MODAL base2novel")
-        if float(m.TEMPERATURE) <= 0:
-            raise UserError(f"TRAINER.PROMPTKD.TEMPERATURE must be positive, got {m.TEMPERATURE}")
+        check_range(m.TEMPERATURE, "TRAINER.PROMPTKD.TEMPERATURE", 1e-12, None, what=" (a positive temperature)")
+        check_range(m.KD_WEIGHT, "TRAINER.PROMPTKD.KD_WEIGHT", 0, None)
         parse_weights(m.KD_WEIGHT_BY_DATASET)
         if m.SELECT_ON_TEST and cfg.TEST.FINAL_MODEL != "best_val":
             raise UserError("TRAINER.PROMPTKD.SELECT_ON_TEST True selects the epoch on test images, which only "
@@ -351,7 +339,11 @@ class PromptKD(PromptTrainer):
             raise UserError("TRAINER.PROMPTKD.TEACHER_DIR is empty: PromptKD distils a PromptSRC teacher run. The "
                             "scripts (scripts/promptkd/*.sh) train and find it by themselves; with train.py, train "
                             "it with `bash scripts/promptkd_teacher.sh DATASET` and pass its folder")
-        self.teacher_info = read_teacher(m)  # before any data is read: a wrong teacher is one error at once
+        read_teacher(m)  # a wrong teacher is one error before anything is built
+
+    def check_cfg(self, cfg):
+        super().check_cfg(cfg)
+        self.teacher_info = read_teacher(cfg.TRAINER.PROMPTKD)
 
     # -- data ---------------------------------------------------------------------------------------------
     @property
@@ -395,9 +387,10 @@ class PromptKD(PromptTrainer):
               f"{info['depth_vision']})")
         teacher_clip = load_clip(cfg, info["backbone"])
         with torch.random.fork_rng(devices=[]):  # the teacher's throwaway init leaves the student's draws alone
-            learner = VLPromptLearner(teacher_clip, self.class_names, n_ctx_text=info["n_ctx_text"],
-                                      depth_text=info["depth_text"], n_ctx_vision=info["n_ctx_vision"],
-                                      depth_vision=info["depth_vision"], ctx_init=info["ctx_init"], key="PROMPTKD")
+            learner = DeepPrompts(teacher_clip, n_text=info["n_ctx_text"], depth_text=info["depth_text"],
+                                  n_vision=info["n_ctx_vision"], depth_vision=info["depth_vision"],
+                                  key="TRAINER.PROMPTKD (its teacher)", classnames=self.class_names,
+                                  ctx_init=info["ctx_init"])
         origin = load_prompt_set(learner, info["checkpoint"], info["model_name"], info["epoch"],
                                  what="PromptKD teacher prompts", convert=from_reference_keys)
         print(f'Teacher prompts from "{origin["path"]}" (epoch {origin["epoch"]}, sha256 {origin["sha256"][:12]}...)')
@@ -407,7 +400,7 @@ class PromptKD(PromptTrainer):
             p.requires_grad_(False)
         print(f"Computing the teacher's text features of {len(self.class_names)} classes")
         with torch.no_grad():  # once, in fp32, before the teacher takes the run's precision
-            self.class_features = teacher.encode_text(learner()).to(MASTER_DTYPE)
+            self.class_features = normalise(teacher.encode_text(learner())).to(MASTER_DTYPE)
         self.precision.cast_model(teacher_clip)
         return teacher.eval()
 
@@ -419,14 +412,13 @@ class PromptKD(PromptTrainer):
                 teacher_dim = clip.model_config(str(m.TEACHER_NAME))["embed_dim"]
             except ValueError as err:
                 raise UserError(f"TRAINER.PROMPTKD.TEACHER_NAME: {err}") from err
-        return StudentPrompts(clip_model, teacher_dim, m.N_CTX_VISION, m.PROMPT_DEPTH_VISION, key=self.CFG_KEY)
+        return StudentPrompts(clip_model, teacher_dim, m.N_CTX_VISION, m.PROMPT_DEPTH_VISION)
 
     def build_clip_model(self, cfg, classnames, clip_model):
         teacher = self.build_teacher(cfg)
         self.teacher_dim = int(teacher.clip_model.embed_dim)
         learner = self.build_prompt_learner(cfg, self.class_names, clip_model)
-        frozen = self.build_frozen_sets(cfg, self.class_names, clip_model)
-        text_order, vision_order = self.prompt_order(list(frozen))
+        frozen, text_order, vision_order = self.frozen_sets(cfg, self.class_names, clip_model)
         model = DistilledCLIP(clip_model, learner, frozen, text_order=text_order, vision_order=vision_order,
                               class_features=self.class_features)
         model.teachers["teacher"] = teacher
@@ -465,14 +457,14 @@ class PromptKD(PromptTrainer):
         size = getattr(teacher.clip_model.visual, "input_resolution", image.shape[-1])
         if image.shape[-1] != size or image.shape[-2] != size:
             image = F.interpolate(image, size=(size, size), mode="bicubic", align_corners=False)
-        feats = teacher.encode_image(image, Prompts(vision_ops=teacher.prompt_learner.vision_ops()))
+        feats = normalise(teacher.clip_model.encode_image(image, ops=teacher.prompt_learner.vision_ops()))
         scale = teacher.clip_model.logit_scale.exp().to(MASTER_DTYPE)
         return scale * feats.to(MASTER_DTYPE) @ self.model.class_features.t()
 
-    def compute_loss(self, image, label):
-        out = self.model(image)
-        target = self.teacher_logits(image)
-        return promptkd_loss(out.logits, target, self.cfg.TRAINER.PROMPTKD.TEMPERATURE, self.kd_weight), out.logits
+    def loss(self, batch, out):
+        target = self.teacher_logits(batch["img"])
+        return LossOutput(promptkd_loss(out.logits, target, self.cfg.TRAINER.PROMPTKD.TEMPERATURE, self.kd_weight),
+                          out.logits)
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def test(self, split=None):

@@ -23,43 +23,38 @@ available under ``amp`` (the reference's amp branch is broken).
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from yacs.config import CfgNode as CN
 
-import clip
 from clip import MASTER_DTYPE
-from dassl.engine import TRAINER_REGISTRY
 
-from .common import PromptTrainer
-from .config import register_config
-from .ivlp import from_reference_keys, ivlp_defaults, ivlp_learner
-from .templates import PROMPTSRC_TEMPLATES
+from .base import LossOutput, PromptTrainer
+from .compat import UserError
+from .config import ivlp_keys
+from .ivlp import from_reference_keys, ivlp_learner
+from .registry import Count, register_method
+from .templates import PROMPTSRC_TEMPLATES, zeroshot_text_features
 
 
-@register_config("PROMPTSRC")
-def promptsrc_defaults() -> CN:
-    c = ivlp_defaults()  # the IVLP keys (N_CTX_*, CTX_INIT, PREC, PROMPT_DEPTH_*), with PromptSRC's values
-    c.N_CTX_VISION = 4
-    c.N_CTX_TEXT = 4
+def promptsrc_keys(c):
+    ivlp_keys(c, n_text=4, n_vision=4)  # the IVLP keys with PromptSRC's values
     c.TEXT_LOSS_WEIGHT = 25  # weight of L1(prompted text features, template-ensemble text features)
     c.IMAGE_LOSS_WEIGHT = 10  # weight of L1(prompted image features, zero-shot image features)
     c.GPA_MEAN = 15  # Gaussian prompt aggregation: mean epoch (1-based)
     c.GPA_STD = 1  # Gaussian prompt aggregation: standard deviation in epochs
-    return c
 
 
 def gpa_weights(mean: float, std: float, epochs: int) -> List[float]:
     """Aggregation weight of each epoch 1..epochs: N(e; mean, std), normalised to sum to 1."""
     if std <= 0:
-        raise ValueError(f"TRAINER.PROMPTSRC.GPA_STD must be positive, got {std}")
+        raise UserError(f"TRAINER.PROMPTSRC.GPA_STD must be positive, got {std}")
     dens = [math.exp(-0.5 * ((e - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi)) for e in range(1, epochs + 1)]
     total = math.fsum(dens)
     if total == 0:
-        raise ValueError(f"GPA weights N(e; {mean}, {std}) vanish on every epoch 1..{epochs}; move GPA_MEAN into "
+        raise UserError(f"TRAINER.PROMPTSRC: GPA weights N(e; {mean}, {std}) vanish on every epoch 1..{epochs}; move GPA_MEAN into "
                          "the training epochs or widen GPA_STD")
     return [d / total for d in dens]
 
@@ -84,21 +79,6 @@ def self_consistency_losses(logits: torch.Tensor, text: torch.Tensor, image: tor
     return {"ce": ce, "text": l_text, "image": l_image, "kl": kl, "loss": ce + kl + l_text + l_image}
 
 
-@torch.no_grad()
-def template_text_features(clip_model: nn.Module, classnames: Sequence[str], templates: Sequence[str],
-                           chunk: int = 1024) -> torch.Tensor:
-    """(C, E) per-class mean of the (unnormalised) text features over ``templates``, in the model's dtype."""
-    names = [name.replace("_", " ") for name in classnames]
-    texts = [t.replace("{}", name) for t in templates for name in names]  # template-major, as the reference
-    device = clip_model.token_embedding.weight.device
-    feats = []
-    for start in range(0, len(texts), chunk):
-        ids = clip.tokenize(texts[start:start + chunk], context_length=clip_model.context_length).to(device)
-        feats.append(clip_model.encode_text(ids))
-    feats = torch.cat(feats).view(len(templates), len(names), -1)
-    return feats.mean(dim=0)
-
-
 class GPAState(nn.Module):
     """The running sum of Gaussian prompt aggregation, kept inside the prompt learner's state dict
     (``gpa._extra_state``) so that both this engine and the real Dassl save it in every checkpoint and restore it
@@ -116,35 +96,38 @@ class GPAState(nn.Module):
         self.sum = dict(total) if total else None
 
 
-@TRAINER_REGISTRY.register()
-class PromptSRC(PromptTrainer):
-    """``--trainer PromptSRC``, config block ``TRAINER.PROMPTSRC``."""
-
-    CFG_KEY = "PROMPTSRC"
-    MODEL_NAME = "VLPromptLearner"
-    SCRIPT_CONFIGS = {"base2new": "vit_b16_c2_ep20_batch4_4+4ctx", "crossdataset": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets",
-                      "fewshot": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot",
-                      # the reference few-shot script's GPA (45, 5) on five datasets, (30, 30) on the others
-                      **{f"fewshot@{d}": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot_gpa45"
-                         for d in ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat")}}
+@register_method(
+    keys=promptsrc_keys, learner="VLPromptLearner",
+    scripts={"base2new": "vit_b16_c2_ep20_batch4_4+4ctx", "crossdataset": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets",
+             "fewshot": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot",
+             # the reference few-shot script's GPA (45, 5) on five datasets, (30, 30) on the others
+             **{f"fewshot@{d}": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot_gpa45"
+                for d in ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat")}},
     #: PromptSRC + CasPL (the fork's configs); few-shot GPA (30, 30) on these datasets, (45, 5) on the others
-    CASPL_SCRIPT_CONFIGS = {
+    variants={"caspl": {
         "base2new": "caspl_vit_b16_c2_ep20_batch4_8+8ctx_l12",
         "crossdataset": "caspl_vit_b16_c2_ep20_batch4_8+8ctx_cross_datasets_l3",
         "fewshot": "caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12",
         **{f"fewshot@{d}": "caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12_gpa30"
            for d in ("imagenet", "caltech101", "oxford_pets", "food101", "ucf101", "sun397")},
-    }
+    }},
+    counts=[Count("vit_b16_c2_ep20_batch4_4+4ctx", 46_080), Count("caspl_vit_b16_c2_ep20_batch4_8+8ctx_l12", 122_880),
+            Count("caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12", 122_880),
+            Count("caspl_vit_b16_c2_ep20_batch4_8+8ctx_cross_datasets_l3", 30_720)],
+)
+class PromptSRC(PromptTrainer):
+    """``--trainer PromptSRC``, config block ``TRAINER.PROMPTSRC``."""
 
-    def check_cfg(self, cfg):
-        super().check_cfg(cfg)
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
         mcfg = cfg.TRAINER.PROMPTSRC
         if mcfg.PROMPT_DEPTH_TEXT < 1:
-            raise ValueError("TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT must be at least 1 (as in the reference)")
+            raise UserError("TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT must be at least 1 (as in the reference)")
         gpa_weights(mcfg.GPA_MEAN, mcfg.GPA_STD, cfg.OPTIM.MAX_EPOCH)
 
     def build_prompt_learner(self, cfg, classnames, clip_model):
-        return ivlp_learner(self.method_cfg, classnames, clip_model, self.CFG_KEY)
+        return ivlp_learner(self.method_cfg, classnames, clip_model, "TRAINER.PROMPTSRC")
 
     def build_clip_model(self, cfg, classnames, clip_model):
         model = super().build_clip_model(cfg, classnames, clip_model)
@@ -153,8 +136,8 @@ class PromptSRC(PromptTrainer):
         print(f"Computing the frozen text features of {len(classnames)} classes over {len(PROMPTSRC_TEMPLATES)} "
               "templates")
         clip_model.to(self.device)
-        fixed = template_text_features(clip_model, classnames, PROMPTSRC_TEMPLATES).to(MASTER_DTYPE)
-        model.register_buffer("fixed_embeddings", fixed, persistent=False)  # (C, E), unnormalised
+        fixed = zeroshot_text_features(clip_model, classnames, PROMPTSRC_TEMPLATES, normalise_each=False)
+        model.register_buffer("fixed_embeddings", fixed.to(MASTER_DTYPE), persistent=False)  # (C, E), unnormalised
         return model
 
     def build_model(self):
@@ -173,13 +156,13 @@ class PromptSRC(PromptTrainer):
         zs_logits = scale.to(MASTER_DTYPE) * zs_image.to(MASTER_DTYPE) @ zs_text.t()
         return zs_logits, zs_text, zs_image
 
-    def compute_loss(self, image, label):
+    def loss(self, batch, out):
         mcfg = self.method_cfg
-        out = self.model(image)
-        zs_logits, zs_text, zs_image = self.zero_shot(image, out.logit_scale)
-        terms = self_consistency_losses(out.logits, out.text_features, out.image_features, label, zs_logits,
+        zs_logits, zs_text, zs_image = self.zero_shot(batch["img"], out.logit_scale)
+        terms = self_consistency_losses(out.logits, out.text_features, out.image_features, batch["label"], zs_logits,
                                         zs_text, zs_image, mcfg.TEXT_LOSS_WEIGHT, mcfg.IMAGE_LOSS_WEIGHT)
-        return terms["loss"], out.logits
+        return LossOutput(terms["loss"], out.logits, terms={k: terms[k] for k in ("text", "image", "kl")},
+                          ce=terms["ce"])
 
     # -- Gaussian prompt aggregation ----------------------------------------------------------------------
     def after_epoch(self):

@@ -30,8 +30,7 @@ Differences: no second CLIP (the anchor comes from this run's frozen CLIP, in fp
 applied); the learned tensors are fp32 master weights (the reference's are fp16). Its Adam needed ``eps`` 1e-3
 because fp16 parameters and moments underflow; with fp32 masters 1e-8 would be stable, but ``eps`` also sets the
 step size for small gradients (it dominates ``sqrt(v)`` when gradients are below about 1e-3), so the configs keep
-the authors' ``OPTIM.EPS 0.001`` to train as they did. The trainer sets it on the optimizer itself, so it applies
-on the real Dassl too, whose ``build_optimizer`` has no such key.
+the authors' ``OPTIM.EPS 0.001`` to train as they did (the trainer base applies ``OPTIM.EPS`` on either engine).
 """
 from __future__ import annotations
 
@@ -40,64 +39,26 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from yacs.config import CfgNode as CN
 
 from clip import MASTER_DTYPE, LayerOp
 from clip.layers import QuickGELU
-from dassl.engine import TRAINER_REGISTRY
 
-from .common import ClassPrompts, PromptTrainer, Prompts, UserError, encoder_dims, learned_context
-from .config import register_config
+from .base import LossOutput, PromptTrainer, cross_entropy
+from .compat import UserError
+from .config import check_range, coop_context_keys
 from .kgcoop import knowledge_guided_loss
-from .templates import dataset_template
-from .zsclip import zeroshot_text_features
-
-#: the text after TCP's context slots, per dataset ("{}": the class name); others: "{}."
-TCP_TEMPLATES = {
-    "OxfordPets": "{}, a type of pet.",
-    "OxfordFlowers": "{}, a type of flower.",
-    "FGVCAircraft": "{}, a type of aircraft.",
-    "DescribableTextures": "{} texture.",
-    "EuroSAT": "{}.",
-    "StanfordCars": "{}, a type of car",  # no period, as the reference
-    "Food101": "{}, a type of food.",
-    "SUN397": "{}.",
-    "Caltech101": "{}.",
-    "UCF101": "person doing {}.",  # the context takes the place of "a photo of a"
-    "ImageNet": "{}.",  # likewise
-}
-DEFAULT_TCP_TEMPLATE = "{}."
-
-#: the hand-written templates of TCP's anchor (and the meta-network's input); others: the dataset's zero-shot one
-ANCHOR_TEMPLATES = {
-    "OxfordPets": "a photo of a {}, a type of pet.",
-    "OxfordFlowers": "a photo of a {}, a type of flower.",
-    "FGVCAircraft": "a photo of an aircraft {}.",
-    "DescribableTextures": "a photo of a {}, a type of texture.",
-    "EuroSAT": "a centered satellite photo of {}.",
-    "StanfordCars": "a photo of a {}.",
-    "Food101": "a photo of a {}, a type of food.",
-    "SUN397": "a photo of a {}.",
-    "Caltech101": "a photo of a {}.",
-    "UCF101": "a photo of a person doing {}.",
-    "ImageNet": "a photo of a {}.",
-}
+from .prompts import ClassPrompts, Prompts, context_vectors, encoder_dims, learned_context
+from .registry import Count, register_method
+from .templates import TCP_ANCHOR_TEMPLATES, TCP_SUFFIXES, dataset_template, zeroshot_text_features
 
 
-@register_config("TCP")
-def tcp_defaults() -> CN:
-    c = CN()
-    c.N_CTX = 4  # learned context vectors at layer 0 (ignored when CTX_INIT is set: its number of words is used)
-    c.CSC = False  # class-specific context
-    c.CTX_INIT = ""  # a phrase to start the context from (the reference's True means "a photo of a")
-    c.PREC = "fp16"  # fp32, fp16, bf16 or amp
+def tcp_keys(c):
+    coop_context_keys(c, n_ctx=4, ctx_init="", position=None)  # the reference's True CTX_INIT: "a photo of a"
     c.CLASS_TOKEN_LAYER = 8  # text block at whose input the class-aware tokens are written
     c.N_CLASS_TOKENS = 4  # class-aware tokens per class (they take the first positions after SOS)
     c.W = 1.0  # mix weight: tokens <- W * class tokens + (1 - W) * tokens
     c.KG_WEIGHT = 8.0  # weight of the consistency term 1 - mean_c cos(t_c, anchor_c)
     c.META_HIDDEN = 128  # hidden width of the meta-network
-    return c
 
 
 def split_template(template: str):
@@ -112,7 +73,7 @@ class TCPPromptLearner(nn.Module):
     """CoOp's context in the dataset's TCP template, plus the meta-network that makes class-aware tokens.
 
     Parameters:
-        ctx: (n_ctx, Dt), or (C, n_ctx, Dt) with CSC.
+        ctx: (n_ctx, Dt), or (C, n_ctx, Dt) with CSC (class-dependent).
         meta_net: linear1 (E -> META_HIDDEN), relu (QuickGELU), linear2 (META_HIDDEN -> N_CLASS_TOKENS * Dt).
     Buffer (not saved): anchor (C, E), the L2-normalised hand-written class features.
 
@@ -120,28 +81,22 @@ class TCPPromptLearner(nn.Module):
     the first ``N_CLASS_TOKENS`` context positions by per-class tokens (C, N_CLASS_TOKENS, Dt).
     """
 
-    def __init__(self, mcfg, classnames: Sequence[str], clip_model: nn.Module, dataset_name: str, key: str = "TCP"):
+    def __init__(self, mcfg, classnames: Sequence[str], clip_model: nn.Module, dataset_name: str,
+                 key: str = "TRAINER.TCP"):
         super().__init__()
         dims = encoder_dims(clip_model)
         width, embed = dims.text_width, clip_model.text_projection.shape[1]
         prefix, n_ctx, from_phrase = learned_context(mcfg.CTX_INIT, mcfg.N_CTX, key, rule="phrase")
-        before, after = split_template(TCP_TEMPLATES.get(dataset_name, DEFAULT_TCP_TEMPLATE))
+        before, after = split_template(TCP_SUFFIXES.get(dataset_name, "{}."))
         self.n_tokens, self.layer, self.weight = int(mcfg.N_CLASS_TOKENS), int(mcfg.CLASS_TOKEN_LAYER), float(mcfg.W)
         if not 1 <= self.n_tokens <= n_ctx:
-            raise UserError(f"TRAINER.{key}.N_CLASS_TOKENS={self.n_tokens}: the class-aware tokens replace learned "
-                            f"context positions, so it must be between 1 and the {n_ctx} context vectors")
+            raise UserError(f"{key}.N_CLASS_TOKENS={self.n_tokens}: the class-aware tokens replace learned context "
+                            f"positions, so it must be between 1 and the {n_ctx} context vectors")
         if not 0 <= self.layer < dims.text_layers:
-            raise UserError(f"TRAINER.{key}.CLASS_TOKEN_LAYER={self.layer} is not a text block of this CLIP "
+            raise UserError(f"{key}.CLASS_TOKEN_LAYER={self.layer} is not a text block of this CLIP "
                             f"(0 to {dims.text_layers - 1})")
         self.class_prompts = ClassPrompts(clip_model, classnames, f"{prefix} {before}".strip(), n_ctx, suffix=after)
-        if from_phrase:
-            ctx = self.class_prompts.init_ctx.clone()
-        elif mcfg.CSC:
-            print("Initializing class-specific contexts")
-            ctx = torch.empty(len(classnames), n_ctx, width).normal_(std=0.02)
-        else:
-            print("Initializing a generic context")
-            ctx = torch.empty(n_ctx, width).normal_(std=0.02)
+        ctx = context_vectors(self.class_prompts, from_phrase, width, bool(mcfg.CSC))
         print(f'Initial context: "{prefix}"; prompts like "{self.class_prompts.texts[0]}"')
         print(f"Number of context words (tokens): {n_ctx}")
         self.ctx = nn.Parameter(ctx)
@@ -151,10 +106,14 @@ class TCPPromptLearner(nn.Module):
             ("relu", QuickGELU()),
             ("linear2", nn.Linear(hidden, self.n_tokens * width)),
         ]))
-        template = ANCHOR_TEMPLATES.get(dataset_name, dataset_template(dataset_name))
+        template = dataset_template(dataset_name, TCP_ANCHOR_TEMPLATES)
         print(f'Class-aware tokens: {self.n_tokens} per class at text block {self.layer}, from "{template}"')
         # fp32, from the frozen CLIP before the run's precision is applied; recomputed for every class list
         self.register_buffer("anchor", zeroshot_text_features(clip_model, classnames, [template]), persistent=False)
+
+    @property
+    def class_dependent(self):
+        return ("ctx",) if self.ctx.dim() == 3 else ()
 
     def class_tokens(self) -> torch.Tensor:
         """(C, N_CLASS_TOKENS, Dt) class-aware tokens of the current classes."""
@@ -168,27 +127,28 @@ class TCPPromptLearner(nn.Module):
                        n_text_prompt=cp.n_ctx)
 
 
-@TRAINER_REGISTRY.register()
+@register_method(
+    keys=tcp_keys,
+    scripts={"base2new": "vit_b16_ep100_ctxv1", "fewshot": "vit_b16_ep100_ctxv1",
+             "base2new@imagenet": "vit_b16_ep25_ctxv1", "base2new@sun397": "vit_b16_ep25_ctxv1"},
+    counts=[Count("vit_b16_ep100_ctxv1", 331_904)],
+)
 class TCP(PromptTrainer):
     """``--trainer TCP``, config block ``TRAINER.TCP``."""
 
-    CFG_KEY = "TCP"
-    MODEL_NAME = "prompt_learner"
-    SCRIPT_CONFIGS = {"base2new": "vit_b16_ep100_ctxv1", "fewshot": "vit_b16_ep100_ctxv1",
-                      "base2new@imagenet": "vit_b16_ep25_ctxv1", "base2new@sun397": "vit_b16_ep25_ctxv1"}
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        m = cfg.TRAINER.TCP
+        check_range(m.N_CLASS_TOKENS, "TRAINER.TCP.N_CLASS_TOKENS", 1, None, integer=True)
+        check_range(m.CLASS_TOKEN_LAYER, "TRAINER.TCP.CLASS_TOKEN_LAYER", 0, None, integer=True)
+        check_range(m.META_HIDDEN, "TRAINER.TCP.META_HIDDEN", 1, None, integer=True)
+        check_range(m.W, "TRAINER.TCP.W", 0, 1)
 
     def build_prompt_learner(self, cfg, classnames, clip_model):
-        return TCPPromptLearner(self.method_cfg, classnames, clip_model, cfg.DATASET.NAME, key=self.CFG_KEY)
+        return TCPPromptLearner(self.method_cfg, classnames, clip_model, cfg.DATASET.NAME)
 
-    def build_model(self):
-        super().build_model()
-        eps = float(self.cfg.OPTIM.get("EPS", 1e-8))
-        for group in self.optim.param_groups:  # also on the real Dassl, whose build_optimizer has no EPS key
-            if "eps" in group:
-                group["eps"] = eps
-
-    def compute_loss(self, image, label):
-        out = self.model(image)
-        ce = F.cross_entropy(out.logits.to(MASTER_DTYPE), label)
-        kg = knowledge_guided_loss(out.text_features, self.model.prompt_learner.anchor)
-        return ce + self.method_cfg.KG_WEIGHT * kg, out.logits
+    def loss(self, batch, out):
+        ce = cross_entropy(out.logits, batch["label"])
+        kg = self.method_cfg.KG_WEIGHT * knowledge_guided_loss(out.text_features, self.model.prompt_learner.anchor)
+        return LossOutput(ce + kg, out.logits, terms={"kg": kg}, ce=ce)

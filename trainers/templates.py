@@ -1,14 +1,23 @@
-"""Hand-written prompt templates, as data: CLIP's ImageNet ensemble, its 7-template selection, PromptSRC's 60, and
-one template per dataset (CoOp's ``CUSTOM_TEMPLATES``). ``{}`` is the class name (underscores already replaced).
+"""Hand-written prompt templates, as data, and the text features of class names in them.
+
+``{}`` is the class name (underscores already replaced).
 
 - :data:`IMAGENET_TEMPLATES`: CLIP's 80 ImageNet templates, in the CoOp repository's order.
 - :data:`IMAGENET_TEMPLATES_SELECT`: the 7 that ``ZeroshotCLIP2`` ensembles (with the dataset's own template).
 - :data:`PROMPTSRC_TEMPLATES`: the 60 PromptSRC averages for its frozen text features: the first 60 of its copy
   of the list, with "a photo of a {}." moved to the front (this is PromptSRC's ``IMAGENET_TEMPLATES``).
-- :data:`CUSTOM_TEMPLATES`: ``cfg.DATASET.NAME`` -> the zero-shot template of that dataset (CoOp's table, plus the
-  project's Digits and Caltech256). :func:`dataset_template` falls back to "a photo of a {}." for other datasets.
+- Per-dataset tables (``cfg.DATASET.NAME`` -> template), each method's where it differs: :data:`CUSTOM_TEMPLATES`
+  (CoOp's zero-shot templates, plus the project's Digits and Caltech256), :data:`KGCOOP_TEMPLATES`,
+  :data:`PROGRAD_TEMPLATES`, TCP's :data:`TCP_SUFFIXES` and :data:`TCP_ANCHOR_TEMPLATES`. :func:`dataset_template`
+  looks a dataset up in a table, falling back to "a photo of a {}.".
+- :func:`zeroshot_text_features`: CLIP's features of the class names in one or more templates.
 """
-from typing import Dict, List
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+import clip
 
 #: CLIP's 80 ImageNet templates (CoOp's order).
 IMAGENET_TEMPLATES: List[str] = [
@@ -136,6 +145,77 @@ CUSTOM_TEMPLATES: Dict[str, str] = {
 DEFAULT_TEMPLATE = "a photo of a {}."
 
 
-def dataset_template(dataset_name: str) -> str:
-    """The zero-shot template of ``cfg.DATASET.NAME`` (``DEFAULT_TEMPLATE`` for datasets not in the table)."""
-    return CUSTOM_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
+#: KgCoOp's templates: CoOp's, except DTD's
+KGCOOP_TEMPLATES: Dict[str, str] = {**CUSTOM_TEMPLATES, "DescribableTextures": "a photo of a {}, a type of texture."}
+
+#: ProGrad's zero-shot templates (its teacher and its ``CTX_INIT``); other datasets: CoOp's
+PROGRAD_TEMPLATES: Dict[str, str] = {
+    **CUSTOM_TEMPLATES,
+    "OxfordPets": "a type of pet, a photo of a {}.",
+    "OxfordFlowers": "a type of flower, a photo of a {}.",
+    "FGVCAircraft": "a type of aircraft, a photo of a {}.",
+    "DescribableTextures": "a texture of {}.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "Food101": "a type of food, a photo of {}.",
+}
+
+#: TCP: the text after its context slots, per dataset ("{}": the class name); others: "{}."
+TCP_SUFFIXES: Dict[str, str] = {
+    "OxfordPets": "{}, a type of pet.",
+    "OxfordFlowers": "{}, a type of flower.",
+    "FGVCAircraft": "{}, a type of aircraft.",
+    "DescribableTextures": "{} texture.",
+    "EuroSAT": "{}.",
+    "StanfordCars": "{}, a type of car",  # no period, as the reference
+    "Food101": "{}, a type of food.",
+    "SUN397": "{}.",
+    "Caltech101": "{}.",
+    "UCF101": "person doing {}.",  # the context takes the place of "a photo of a"
+    "ImageNet": "{}.",  # likewise
+}
+
+#: TCP: the hand-written templates of its anchor (and the meta-network's input); others: CoOp's
+TCP_ANCHOR_TEMPLATES: Dict[str, str] = {
+    **CUSTOM_TEMPLATES,
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of an aircraft {}.",
+    "DescribableTextures": "a photo of a {}, a type of texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a photo of a {}, a type of food.",
+    "SUN397": "a photo of a {}.",
+    "Caltech101": "a photo of a {}.",
+    "UCF101": "a photo of a person doing {}.",
+    "ImageNet": "a photo of a {}.",
+}
+
+
+def dataset_template(dataset_name: str, table: Optional[Mapping[str, str]] = None,
+                     default: str = DEFAULT_TEMPLATE) -> str:
+    """The template of ``cfg.DATASET.NAME`` in ``table`` (default :data:`CUSTOM_TEMPLATES`), else ``default``."""
+    return (CUSTOM_TEMPLATES if table is None else table).get(dataset_name, default)
+
+
+@torch.no_grad()
+def zeroshot_text_features(clip_model: nn.Module, classnames: Sequence[str], templates: Sequence[str],
+                           chunk: int = 1024, normalise_each: bool = True) -> torch.Tensor:
+    """(C, E) features of the class names in ``templates``, in the model's dtype.
+
+    ``normalise_each`` (zero-shot CLIP): each template's features L2-normalised, averaged over the templates, and
+    normalised again (with one template: that template's normalised features). False (PromptSRC's frozen text
+    features): the plain mean of the unnormalised features.
+    """
+    names = [name.replace("_", " ") for name in classnames]
+    device = clip_model.token_embedding.weight.device
+    total = 0
+    for template in templates:
+        texts = [template.replace("{}", name) for name in names]
+        feats = []
+        for start in range(0, len(texts), chunk):
+            ids = clip.tokenize(texts[start:start + chunk], context_length=clip_model.context_length).to(device)
+            feats.append(clip_model.encode_text(ids))
+        feats = torch.cat(feats)
+        total = total + (feats / feats.norm(dim=-1, keepdim=True) if normalise_each else feats)
+    mean = total / len(templates)
+    return mean / mean.norm(dim=-1, keepdim=True) if normalise_each else mean

@@ -13,37 +13,28 @@ gradient) and computes them once, reused for every batch, in training too.
 """
 from __future__ import annotations
 
-from yacs.config import CfgNode as CN
-
-from dassl.engine import TRAINER_REGISTRY
-
-from .common import PromptTrainer
-from .config import register_config
-from .ivlp import VLPromptLearner, from_reference_keys
+from .base import PromptTrainer
+from .ivlp import from_reference_keys
+from .prompts import DeepPrompts
+from .registry import Count, register_method
 
 
-@register_config("VPT")
-def vpt_defaults() -> CN:
-    c = CN()
+def vpt_keys(c):
     c.N_CTX_VISION = 2  # vision prompt tokens per layer
     c.CTX_INIT = "a photo of a"  # fixed text prompt: "{CTX_INIT} {class}."
-    c.PREC = "fp16"  # fp32, fp16, bf16 or amp
     c.PROMPT_DEPTH_VISION = 1  # vision layers 0 .. depth-1 get prompts (1: VPT-shallow)
-    return c
 
 
-@TRAINER_REGISTRY.register()
+@register_method(keys=vpt_keys, scripts={"base2new": "vit_b16_c2_ep5_batch4_4"},
+                 counts=[Count("vit_b16_c2_ep5_batch4_4", 73_728)])
 class VPT(PromptTrainer):
     """``--trainer VPT``, config block ``TRAINER.VPT``."""
 
-    CFG_KEY = "VPT"
-    MODEL_NAME = "prompt_learner"
-    SCRIPT_CONFIGS = {"base2new": "vit_b16_c2_ep5_batch4_4"}
-
     def build_prompt_learner(self, cfg, classnames, clip_model):
         mcfg = self.method_cfg
-        return VLPromptLearner(clip_model, classnames, n_ctx_text=0, depth_text=0, n_ctx_vision=mcfg.N_CTX_VISION,
-                               depth_vision=mcfg.PROMPT_DEPTH_VISION, ctx_init=mcfg.CTX_INIT, key=self.CFG_KEY)
+        return DeepPrompts(clip_model, n_text=0, depth_text=0, n_vision=mcfg.N_CTX_VISION,
+                           depth_vision=mcfg.PROMPT_DEPTH_VISION, key="TRAINER.VPT", classnames=classnames,
+                           ctx_init=mcfg.CTX_INIT)
 
     @staticmethod
     def convert_reference_state(state_dict: dict) -> dict:

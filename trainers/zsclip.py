@@ -13,52 +13,29 @@ on every build), and a dataset without a template of its own uses "a photo of a 
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List
 
 import torch
-import torch.nn as nn
 
 import clip
 from clip import MASTER_DTYPE
-from dassl.engine import TRAINER_REGISTRY, TrainerX
+from dassl.engine import TrainerX
 
-from .common import UserError, load_clip
-from .templates import IMAGENET_TEMPLATES_SELECT, dataset_template
-
-
-@torch.no_grad()
-def zeroshot_text_features(clip_model: nn.Module, classnames: Sequence[str], templates: Sequence[str],
-                           chunk: int = 1024) -> torch.Tensor:
-    """(C, E) class features: per template L2-normalised, averaged over templates, normalised again.
-
-    With one template this is that template's normalised features.
-    """
-    names = [name.replace("_", " ") for name in classnames]
-    device = clip_model.token_embedding.weight.device
-    total = 0
-    for template in templates:
-        texts = [template.format(name) for name in names]
-        feats = []
-        for start in range(0, len(texts), chunk):
-            ids = clip.tokenize(texts[start:start + chunk], context_length=clip_model.context_length).to(device)
-            feats.append(clip_model.encode_text(ids))
-        feats = torch.cat(feats)
-        total = total + feats / feats.norm(dim=-1, keepdim=True)
-    mean = total / len(templates)
-    return mean / mean.norm(dim=-1, keepdim=True)
+from .base import load_clip
+from .compat import UserError
+from .config import check_precision
+from .registry import register_method
+from .templates import IMAGENET_TEMPLATES_SELECT, dataset_template, zeroshot_text_features
 
 
-@TRAINER_REGISTRY.register()
+@register_method(block="COOP", config_dir="CoOp", scripts={"base2new": "vit_b16"}, aliases=("zsclip",),
+                 trains=False)
 class ZeroshotCLIP(TrainerX):
     """``--trainer ZeroshotCLIP --eval-only``: CLIP with the dataset's hand-written template."""
 
-    #: the config block whose PREC applies (zero-shot runs use the CoOp configs, as in the reference)
-    PREC_KEY = "COOP"
-    #: for the protocol scripts (scripts/zsclip/): evaluation only, with configs/trainers/CoOp/<CFG>.yaml
-    TRAINS = False
-    SCRIPT_ALIASES = ("zsclip",)
-    CONFIG_DIR = "CoOp"
-    SCRIPT_CONFIGS = {"base2new": "vit_b16"}
+    @classmethod
+    def check_config(cls, cfg):
+        check_precision(cfg, cls.METHOD.block)
 
     def templates(self) -> List[str]:
         return [dataset_template(self.cfg.DATASET.NAME)]
@@ -66,7 +43,8 @@ class ZeroshotCLIP(TrainerX):
     def build_model(self):
         cfg = self.cfg
         classnames = self.dm.dataset.classnames
-        self.precision = clip.resolve_precision(cfg.TRAINER[self.PREC_KEY].PREC, self.device)
+        self.precision = clip.resolve_precision(cfg.TRAINER[self.METHOD.block].PREC, self.device,
+                                                half_on_cpu=bool(cfg.get("CPU_HALF", False)))
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         clip_model = load_clip(cfg)
         self.precision.cast_model(clip_model)
@@ -89,7 +67,7 @@ class ZeroshotCLIP(TrainerX):
         raise UserError(f"{type(self).__name__} does not train: run train.py with --eval-only")
 
 
-@TRAINER_REGISTRY.register()
+@register_method(block="COOP", config_dir="CoOp", scripts={"base2new": "vit_b16"}, trains=False)
 class ZeroshotCLIP2(ZeroshotCLIP):
     """``--trainer ZeroshotCLIP2 --eval-only``: the 7-template ensemble plus the dataset's template."""
 

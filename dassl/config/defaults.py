@@ -144,9 +144,6 @@ _C.OPTIM.RMSPROP_ALPHA = 0.99
 # The following also apply to other adaptive optimizers like adamw
 _C.OPTIM.ADAM_BETA1 = 0.9
 _C.OPTIM.ADAM_BETA2 = 0.999
-# Term added to the denominator of adam, amsgrad, adamw, radam and rmsprop (not in Dassl; torch's default).
-# TCP's reference needed 1e-3 for its fp16 parameters (here prompts are fp32 master weights; see its config)
-_C.OPTIM.EPS = 1e-8
 # STAGED_LR allows different layers to have different lr, e.g. pre-trained base layers can be assigned a
 # smaller lr than the new classification layer
 _C.OPTIM.STAGED_LR = False
