@@ -45,8 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import clip  # noqa: E402
 from clip import MASTER_DTYPE  # noqa: E402
 from trainers.caspl import ClassNames, distillation_loss  # noqa: E402
-from trainers.common import DeepPrompts, PromptedCLIP  # noqa: E402
-from trainers.zsclip import zeroshot_text_features  # noqa: E402
+from trainers.prompted_clip import PromptedCLIP  # noqa: E402
+from trainers.prompts import DeepPrompts  # noqa: E402
+from trainers.templates import zeroshot_text_features  # noqa: E402
 
 from bench.common import sync, trim_heap  # noqa: E402
 from clip.host_memory import reuse_freed_memory  # noqa: E402

@@ -48,8 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import clip  # noqa: E402
 from clip import MASTER_DTYPE  # noqa: E402
-from trainers.common import PromptedCLIP  # noqa: E402
-from trainers.mpl import MultiModalPromptLearner, mpl_defaults  # noqa: E402
+from trainers.config import make_block  # noqa: E402
+from trainers.mpl import MultiModalPromptLearner  # noqa: E402
+from trainers.prompted_clip import PromptedCLIP, normalise  # noqa: E402
 
 from bench.common import sync, trim_heap  # noqa: E402
 from clip.host_memory import reuse_freed_memory  # noqa: E402
@@ -59,7 +60,7 @@ MODES = {"shared": (True, True), "truncated": (True, False), "77-token": (False,
 
 
 def reference_cfg():
-    c = mpl_defaults()
+    c = make_block("TRAINER.MPL")
     c.N_CTX, c.N_ADD_OP, c.N_RM_OP, c.PROMPT_DEPTH = 1, 2, 1, 9
     return c
 
@@ -310,7 +311,7 @@ def main(argv=None):
 
             def text_pass():
                 with torch.no_grad(), precision.autocast(device):
-                    return net.encode_text(net.prompt_learner()).to(MASTER_DTYPE)
+                    return normalise(net.encode_text(net.prompt_learner())).to(MASTER_DTYPE)
 
             t, mib, feats[mode] = measure(text_pass, device, args.repeats, args.once_above)
             evals[mode] = t

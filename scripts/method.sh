@@ -6,10 +6,11 @@
 # scripts/<method>/<protocol>.sh are this command with METHOD and PROTOCOL taken from the folder and file name:
 # every folder there is a link to scripts/_method, so a new method gets its scripts with
 # `ln -s _method scripts/<name>` (or none at all: call this file).
-# The method's default config names come from its trainer class (SCRIPT_CONFIGS; per dataset, and for few-shot per
-# number of shots); CFG, CFG_B2N, CFG_XD, CFG_FS and CFG_DIGITS in the environment override them.
-# A method whose trainer declares SCRIPT_SETUP (a script path, e.g. PromptKD's scripts/promptkd_teacher.sh) needs an
-# earlier phase: that script runs first with PROTOCOL ARGS..., makes what is missing, and prints shell assignments:
+# The method's default config names come from its registration (trainers.register_method's scripts; per dataset, and
+# for few-shot per number of shots); CFG, CFG_B2N, CFG_XD, CFG_FS and CFG_DIGITS in the environment override them.
+# A method that reads an earlier run (its registration's earlier_run, e.g. PromptKD's teacher, made by
+# scripts/promptkd_teacher.sh) needs an earlier phase: that script runs first with PROTOCOL ARGS..., makes what is
+# missing, and prints shell assignments:
 # SETUP_OPTS=(KEY VALUE ...) go first after "--" (so the caller's own pairs still win), exports reach protocol.sh.
 set -euo pipefail
 [ $# -ge 2 ] || { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }

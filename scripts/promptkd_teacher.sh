@@ -2,7 +2,7 @@
 # PromptKD's first phase, the teacher: PromptSRC on a larger CLIP, in PromptSRC's usual protocol folders.
 #   bash scripts/promptkd_teacher.sh DATASET                 train the base-to-new teacher of DATASET (if missing)
 #   bash scripts/promptkd_teacher.sh PROTOCOL ARGS...        what scripts/method.sh runs before every PromptKD protocol
-#                                                            script (PromptKD's SCRIPT_SETUP): makes the teacher when
+#                                                            script (the earlier_run of PromptKD's registration): makes the teacher when
 #                                                            missing, prints the options that point the student at it
 # base2new_*: PromptSRC with TEACHER_CFG (default vit_l14_c2_ep20_batch8_4+4ctx: ViT-L/14, batch 8, lr 0.005; for
 #   digits tiny_digits_large) on the labelled SHOTS-shot base classes, seed TEACHER_SEED (default 1), one teacher per

@@ -105,7 +105,7 @@ run() {  # $1: output dir; rest: train.py arguments
 common_args() {  # $1 dataset, $2 seed, $3 cfg -> sets the array COMMON
     COMMON=(--root "$DATA" --seed "$2" --trainer "$TRAINER"
         --dataset-config-file "configs/datasets/$1.yaml"
-        --config-file "configs/trainers/$TRAINER/$3.yaml")
+        --config-file "configs/trainers/${CFG_DIR:-$TRAINER}/$3.yaml")
 }
 
 case "$PROTO" in

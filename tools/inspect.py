@@ -77,28 +77,27 @@ def load_run(run_dir: Path, device: str | None = None):
     if not result_path.is_file():
         raise RunError(f"{run_dir} has no result.json: the run did not finish (or this is not a run folder); "
                        "finish it (run the same command again: it resumes) before inspecting it")
-    if not log_path.is_file():
-        raise RunError(f"{run_dir} has no log.txt, whose recorded arguments rebuild the run's config")
     result = json.loads(result_path.read_text())
-    recorded = recorded_arguments(log_path)
-
     sys.path.insert(0, str(REPO))
-    import train  # registers trainers and datasets, and builds the config as the run did
+    from trainers.api import build_trainer, cfg_from_args, parse_args, run_cfg
 
-    args = train.build_parser().parse_args([])
-    for key, value in recorded.items():
-        if hasattr(args, key):
-            setattr(args, key, value)
-    for key in ("root", "config_file", "dataset_config_file"):
-        setattr(args, key, _resolve(getattr(args, key) or ""))
-    args.opts = list(args.opts or [])
-    if device == "cpu":
-        args.opts += ["USE_CUDA", "False"]
-    args.output_dir = str(run_dir)
-    cfg = train.setup_cfg(args)
+    opts = ["OUTPUT_DIR", str(run_dir)] + (["USE_CUDA", "False"] if device == "cpu" else [])
+    if (run_dir / "config.yaml").is_file():  # the config the run resolved and recorded
+        from trainers.checkpoints import read_run_config
 
-    from dassl.engine import build_trainer
-
+        root = _resolve(str(read_run_config(str(run_dir)).DATASET.ROOT))  # relative to where the run started
+        cfg = run_cfg(str(run_dir), opts + ["DATASET.ROOT", root])
+    else:  # a run from before config.yaml: rebuild it from the arguments its log recorded
+        if not log_path.is_file():
+            raise RunError(f"{run_dir} has neither config.yaml nor log.txt to rebuild the run's config from")
+        args = parse_args([])
+        for key, value in recorded_arguments(log_path).items():
+            if hasattr(args, key):
+                setattr(args, key, value)
+        for key in ("root", "config_file", "dataset_config_file"):
+            setattr(args, key, _resolve(getattr(args, key) or ""))
+        args.opts = list(args.opts or []) + opts
+        cfg = cfg_from_args(args)
     trainer = build_trainer(cfg)
     trainer.set_model_mode("eval")
     names = trainer.get_model_names()

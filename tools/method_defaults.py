@@ -3,18 +3,19 @@
     python -m tools.method_defaults METHOD PROTOCOL [DATASET [SHOTS]]
 
 prints shell assignments (``TRAINER=... CFG_B2N=...``) for ``scripts/method.sh``. ``METHOD`` is a registered
-trainer name in any letter case (``mpl``, ``MaPLe``) or a script alias (``zsclip``). The config names come from
-the trainer's ``SCRIPT_CONFIGS`` (keys ``base2new``, ``crossdataset``, ``fewshot``, ``digits``; ``<key>@<dataset>``
-for a dataset of its own, e.g. CoOp's ``base2new@imagenet``; for few-shot also ``fewshot:<shots>`` and
-``fewshot:<shots>@<dataset>``, e.g. ProGrad's epochs by shots and its LAMBDA exceptions; the most specific key
-wins); a method that declares none uses ``configs/trainers/<TRAINER>/vit_b16.yaml`` for every protocol.
+method in any letter case (``mpl``, ``MaPLe``) or an alias (``zsclip``). The config names come from the method's
+registration (``scripts`` of :func:`trainers.register_method`: keys ``base2new``, ``crossdataset``, ``fewshot``,
+``digits``; ``<key>@<dataset>`` for a dataset of its own, e.g. CoOp's ``base2new@imagenet``; for few-shot also
+``fewshot:<shots>`` and ``fewshot:<shots>@<dataset>``, e.g. ProGrad's epochs by shots and its LAMBDA exceptions;
+the most specific key wins); a method that names none uses ``configs/trainers/<TRAINER>/vit_b16.yaml``.
 ``SHOTS`` is the few-shot script's third argument (``scripts/method.sh`` passes it; default ``$SHOTS``, else 16).
-With ``CASPL=1`` in the environment (``scripts/caspl/run.sh`` sets it) the trainer's ``CASPL_SCRIPT_CONFIGS``
-(CasPL's phase-2 configs, same keys) take the place of its ``SCRIPT_CONFIGS`` for each protocol they name: all of
-that protocol's ordinary keys are set aside (an ordinary ``base2new@imagenet`` does not win over a CasPL
-``base2new``); the protocols they do not name keep the ordinary configs. ``CFG``, ``CFG_B2N``, ... still win.
-``METHOD_SETUP`` is the trainer's ``SCRIPT_SETUP`` (empty for most): a script that ``scripts/method.sh`` runs
-before the protocol (see there). Unknown names exit with status 2 and the list.
+With ``VARIANT=<extension>`` in the environment (``scripts/caspl/run.sh`` sets ``VARIANT=caspl``; ``CASPL=1`` is the
+same) the method's configs for that extension (its registration's ``variants``, same keys) take the place of the
+ordinary ones for each protocol they name: all of that protocol's ordinary keys are set aside (an ordinary
+``base2new@imagenet`` does not win over a CasPL ``base2new``); the protocols they do not name keep the ordinary
+configs. ``CFG``, ``CFG_B2N``, ... still win. ``METHOD_SETUP`` is the script of the method's earlier run (empty for
+most; PromptKD's teacher) that ``scripts/method.sh`` runs before the protocol (see there). Unknown names exit with
+status 2 and the list.
 """
 from __future__ import annotations
 
@@ -27,18 +28,11 @@ ZERO_SHOT_PROTOCOLS = {"base2new_test": "zeroshot", "xd_test": "zeroshot_xd", "d
 PROTOCOLS = ("base2new_train", "base2new_test", "xd_train", "xd_test", "dg_test", "fewshot_train")
 
 
-def find_trainer(name: str):
-    import trainers  # noqa: F401  (registers every method)
-    from dassl.engine import TRAINER_REGISTRY
+def find_method(name: str):
+    """The registered method named ``name`` (any letter case, or an alias)."""
+    import trainers
 
-    names = TRAINER_REGISTRY.registered_names()
-    wanted = name.lower()
-    for registered in names:
-        cls = TRAINER_REGISTRY.get(registered)
-        aliases = {registered.lower(), *(a.lower() for a in getattr(cls, "SCRIPT_ALIASES", ()))}
-        if wanted in aliases:
-            return registered, cls
-    raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(sorted(names))}")
+    return trainers.method_of(name)
 
 
 def script_shots(arg: str, environ) -> str:
@@ -51,11 +45,12 @@ def protocol_of(key: str) -> str:
     return key.split("@", 1)[0].split(":", 1)[0]
 
 
-def script_configs(cls, caspl: bool = False) -> dict:
-    """The trainer's config names by key; with ``caspl``, its ``CASPL_SCRIPT_CONFIGS`` replace the keys of each
-    protocol they name (the ordinary defaults of the other protocols are kept, made explicit first)."""
-    configs = dict(getattr(cls, "SCRIPT_CONFIGS", {}) or {})
-    own = dict(getattr(cls, "CASPL_SCRIPT_CONFIGS", {}) or {}) if caspl else {}
+def script_configs(method, variant: str = "") -> dict:
+    """The method's config names by key; with a ``variant`` (an extension, ``caspl``), its configs for it replace
+    the keys of each protocol they name (the ordinary defaults of the other protocols are kept, made explicit
+    first)."""
+    configs = dict(method.scripts)
+    own = dict(method.variants.get(variant, {})) if variant else {}
     if own:
         b2n = configs.get("base2new", "vit_b16")
         configs.setdefault("crossdataset", b2n)  # the ordinary fallbacks, before a CasPL base2new replaces b2n
@@ -66,11 +61,12 @@ def script_configs(cls, caspl: bool = False) -> dict:
     return configs
 
 
-def defaults(name: str, protocol: str, dataset: str = "", shots: str = "", caspl: bool = False) -> dict:
-    trainer, cls = find_trainer(name)
+def defaults(name: str, protocol: str, dataset: str = "", shots: str = "", variant: str = "") -> dict:
+    method = find_method(name)
+    trainer = method.name
     if protocol not in PROTOCOLS:
         raise KeyError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    configs = script_configs(cls, caspl)
+    configs = script_configs(method, variant)
     b2n = configs.get("base2new", "vit_b16")
     env = {
         "TRAINER": trainer,
@@ -80,13 +76,13 @@ def defaults(name: str, protocol: str, dataset: str = "", shots: str = "", caspl
         "CFG_DIGITS": configs.get("digits", "tiny_digits"),
         "PROTO": protocol,
         # a script scripts/method.sh runs first (an earlier phase the method needs, e.g. PromptKD's teacher)
-        "METHOD_SETUP": getattr(cls, "SCRIPT_SETUP", "") or "",
+        "METHOD_SETUP": method.earlier_run.script if method.earlier_run else "",
+        "CFG_DIR": method.config_dir,
     }
-    if getattr(cls, "TRAINS", True) is False:  # zero-shot CLIP: evaluation only, on another method's configs
+    if not method.trains:  # zero-shot CLIP: evaluation only, on another method's configs
         if protocol not in ZERO_SHOT_PROTOCOLS:
             raise KeyError(f"{trainer} does not train: use {', '.join(ZERO_SHOT_PROTOCOLS)}")
         env["PROTO"] = ZERO_SHOT_PROTOCOLS[protocol]
-        env["CFG_DIR"] = getattr(cls, "CONFIG_DIR", "CoOp")
     key = {"base2new_train": "base2new", "base2new_test": "base2new", "fewshot_train": "fewshot"}.get(protocol)
     by_shots = key == "fewshot" and str(shots).isdigit()
     if by_shots and f"{key}:{int(shots)}" in configs:  # the few-shot default for this many shots (not Digits')
@@ -105,8 +101,8 @@ def with_environment(env: dict, environ) -> dict:
     for key in ("CFG", "CFG_B2N", "CFG_XD", "CFG_FS", "CFG_DIGITS", "CFG_DIR"):
         if environ.get(key):
             out[key] = environ[key]
-    if "CFG_DIR" in env and environ.get("TRAINER"):
-        out["TRAINER"] = find_trainer(environ["TRAINER"])[0]
+    if env.get("PROTO", "").startswith("zeroshot") and environ.get("TRAINER"):
+        out["TRAINER"] = find_method(environ["TRAINER"]).name
     return out
 
 
@@ -117,8 +113,8 @@ def main(argv=None) -> int:
         return 2
     try:
         shots = script_shots(argv[3] if len(argv) > 3 else "", os.environ)
-        caspl = os.environ.get("CASPL", "") not in ("", "0")
-        env = with_environment(defaults(argv[0], argv[1], argv[2] if len(argv) > 2 else "", shots, caspl),
+        variant = os.environ.get("VARIANT", "") or ("caspl" if os.environ.get("CASPL", "") not in ("", "0") else "")
+        env = with_environment(defaults(argv[0], argv[1], argv[2] if len(argv) > 2 else "", shots, variant),
                                os.environ)
     except KeyError as err:
         print(f"error: {err.args[0]}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Self-check of every method in every precision, in one line: ``python -m tools.selfcheck``.
 
 For each registered method and each precision (fp32, bf16, fp16, amp) it builds the trainer through
-``train.py``'s own config path (the method's reference config, a generated EuroSAT in the real layout), runs a few
+the library's config path (``trainers.api``) (the method's reference config, a generated EuroSAT in the real layout), runs a few
 training steps and one evaluation, and prints one table: status, loss, training and evaluation speed, peak memory
 and the largest logit difference against fp32 on the same prompts. Meant for a GPU machine, where the references'
 users run fp16; it needs no network and no dataset:
@@ -31,16 +31,6 @@ import torch
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PRECISIONS = ("fp32", "bf16", "fp16", "amp")
 
-#: config block -> (configs/trainers folder, reference config used with a full-size backbone)
-REFERENCE_CONFIGS = {
-    "MPL": ("MPL", "vit_b4_c1_add2_rm1"),
-    "MAPLE": ("MaPLe", "vit_b16_c2_ep5_batch4_2ctx"),
-    "COOP": ("CoOp", "vit_b16_ctxv1"),
-    "COCOOP": ("CoCoOp", "vit_b16_c4_ep10_batch1_ctxv1"),
-    "IVLP": ("IVLP", "vit_b16_c2_ep5_batch4_2+2ctx"),
-    "VPT": ("VPT", "vit_b16_c2_ep5_batch4_4"),
-    "PROMPTSRC": ("PromptSRC", "vit_b16_c2_ep20_batch4_4+4ctx"),
-}
 #: the 3-layer CLIP of ``--backbone tiny`` (OpenAI's architecture, small widths)
 TINY = dict(embed_dim=32, image_resolution=32, vision_layers=3, vision_width=64, vision_patch_size=8,
             context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=2)
@@ -76,37 +66,29 @@ def make_backbone(spec, workdir):
     return spec, model.visual.input_resolution, False
 
 
-def _config_file(cls, tiny):
-    key = getattr(cls, "CFG_KEY", None) or getattr(cls, "PREC_KEY", None)
-    folder, reference = REFERENCE_CONFIGS.get(key, (None, None))
-    if folder is None:  # a method added later: its folder is the one whose upper-case name is the key
-        folders = [f for f in os.listdir(osp.join(REPO, "configs", "trainers")) if f.upper() == key]
-        folder = folders[0] if folders else key
-    name = "tiny_digits" if tiny or reference is None else reference
-    return key, osp.join(REPO, "configs", "trainers", folder, name + ".yaml")
+def _config_file(method, tiny):
+    """The method's demo config on the tiny backbone, else its base-to-new reference config (by its registration)."""
+    name = "tiny_digits" if tiny else method.scripts.get("base2new", "tiny_digits")
+    return method.config_path(name)
 
 
 def build(method, prec, backbone, resolution, tiny, data_root, out_dir, args):
-    import train
-    from dassl.engine import TRAINER_REGISTRY, build_trainer
-    from dassl.utils import set_random_seed
+    import trainers
+    from trainers.api import build_cfg, build_trainer
 
     from tools.earlier_runs import earlier_run_opts
 
-    key, config = _config_file(TRAINER_REGISTRY.get(method), tiny)
+    registered = trainers.method_of(method)
     head = ["--root", data_root, "--seed", "1", "--dataset-config-file",
             osp.join(REPO, "configs", "datasets", "eurosat.yaml")]
     data = ["INPUT.SIZE", "({0}, {0})".format(resolution), "DATALOADER.NUM_WORKERS", "0", "DATASET.NUM_SHOTS", "2",
             "DATALOADER.TRAIN_X.BATCH_SIZE", str(args.batch_size), "DATALOADER.TEST.BATCH_SIZE", "10",
             "USE_CUDA", str(args.device.startswith("cuda"))]
     earlier = earlier_run_opts(method, (head, data), backbone, osp.dirname(out_dir))  # e.g. PromptKD's teacher
-    argv = [*head, "--trainer", method, "--config-file", config, "--output-dir", out_dir,
-            "MODEL.BACKBONE.NAME", backbone, *data, *earlier, f"TRAINER.{key}.PREC", prec,
+    argv = [*head, "--trainer", method, "--config-file", _config_file(registered, tiny), "--output-dir", out_dir,
+            "MODEL.BACKBONE.NAME", backbone, *data, *earlier, f"TRAINER.{registered.block}.PREC", prec,
             "CPU_HALF", str(bool(args.cpu_half)), "VERBOSE", "False"]
-    cfg = train.setup_cfg(train.build_parser().parse_args(argv))
-    train._set_half_on_cpu(cfg)
-    set_random_seed(cfg.SEED)
-    return build_trainer(cfg)
+    return build_trainer(build_cfg(argv))
 
 
 def _sync(device):
@@ -197,16 +179,14 @@ def table(rows):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     sys.path.insert(0, REPO)
-    import train  # noqa: F401  (registers the methods and datasets)
-    from dassl.engine import TRAINER_REGISTRY
+    import trainers
     from datasets.fixtures import make_fixture
 
-    methods = args.methods or [n for n in TRAINER_REGISTRY.registered_names()
-                               if TRAINER_REGISTRY.get(n).__module__.startswith("trainers.")]
-    unknown = [m for m in methods if m not in TRAINER_REGISTRY.registered_names()]
+    registered = [m.name for m in trainers.list_methods()]
+    methods = args.methods or registered
+    unknown = [m for m in methods if m not in registered]
     if unknown:
-        print("error: unknown methods {}; registered: {}".format(unknown, TRAINER_REGISTRY.registered_names()),
-              file=sys.stderr)
+        print("error: unknown methods {}; registered: {}".format(unknown, registered), file=sys.stderr)
         return 2
     precisions = ["fp32"] + [p for p in args.precisions if p != "fp32"]  # fp32 first: the logits reference
     with tempfile.TemporaryDirectory() as tmp:

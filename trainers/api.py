@@ -107,6 +107,27 @@ def check_cfg(cfg, training: bool = True) -> None:
         check(cfg)
 
 
+def run_cfg(run_dir: str, opts: Sequence[str] = ()) -> CN:
+    """The config of an earlier run, from the ``config.yaml`` it wrote (merged into today's defaults, so a key that
+    no longer exists is one error), with ``opts`` (``KEY VALUE`` pairs, e.g. ``USE_CUDA False``) on top."""
+    from .checkpoints import CONFIG_FILE, read_run_config
+
+    saved = read_run_config(run_dir)
+    if saved is None:
+        raise UserError(f'"{run_dir}" holds no {CONFIG_FILE}: it is not a run folder, or a run from before runs '
+                        "recorded their config")
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    try:
+        cfg.merge_from_other_cfg(saved)
+    except (KeyError, AssertionError, ValueError, TypeError) as err:
+        raise _config_error(cfg, f"{run_dir}/{CONFIG_FILE}", err) from err
+    merge_config_opts(cfg, [str(o) for o in opts])
+    check_cfg(cfg, training=False)
+    cfg.freeze()
+    return cfg
+
+
 def build_trainer(cfg, seed: bool = True):
     """The trainer ``cfg.TRAINER.NAME`` on ``cfg`` (random state seeded from ``cfg.SEED`` first, when >= 0)."""
     from dassl.engine import build_trainer as dassl_build_trainer
@@ -255,5 +276,5 @@ def method_precision(cfg) -> Optional[str]:
     return cfg.TRAINER[method.block].get("PREC")
 
 
-__all__ = ["build_cfg", "build_trainer", "build_parser", "parse_args", "cfg_from_args", "check_cfg",
+__all__ = ["build_cfg", "build_trainer", "run_cfg", "build_parser", "parse_args", "cfg_from_args", "check_cfg",
            "method_precision"]

@@ -108,6 +108,10 @@ class PromptedCLIP(nn.Module):
         return model.encode_text_embeddings(emb, prompts.text_ids, ops=prompts.text_ops,
                                             n_prompt=prompts.n_text_prompt)
 
+    def encode_image(self, image: torch.Tensor, prompts: Optional[Prompts] = None) -> torch.Tensor:
+        """(B, E) image features before normalisation, with the prompts' vision ops."""
+        return self.clip_model.encode_image(image, ops=prompts.vision_ops if prompts is not None else None)
+
     def text_features(self, prompts: Prompts) -> Tuple[torch.Tensor, torch.Tensor]:
         """(raw, L2-normalised) class features, from the one cache when it is valid (evaluation, or a text side
         fixed for good)."""
@@ -140,7 +144,7 @@ class PromptedCLIP(nn.Module):
         if prompts is None or torch.is_grad_enabled():  # a graph is never reused across batches
             prompts = self.prompts()
         text_raw, text = self.text_features(prompts)
-        image_raw = self.clip_model.encode_image(image, ops=prompts.vision_ops)
+        image_raw = self.encode_image(image, prompts)
         image_features = normalise(image_raw)
         return ModelOutput(scale * image_features @ text.t(), image_features, text, scale, prompts,
                            image_embeds=image_raw, text_embeds=text_raw)

@@ -3,7 +3,7 @@
 #   bash scripts/caspl/run.sh METHOD PROTOCOL ARGS... [-- KEY VALUE ...]
 #       phase 2: METHOD's protocol script beside the boosting prompts (base2new_train DATASET SEED, base2new_test,
 #       xd_train [DATASET] SEED, xd_test DATASET SEED, dg_test DATASET SEED, fewshot_train DATASET SEED [SHOTS]);
-#       the method's CasPL config is its default (CASPL=1: the trainer's CASPL_SCRIPT_CONFIGS), else its usual one
+#       the method's CasPL config is its default (VARIANT=caspl: its registration's caspl variant), else its usual one
 #   bash scripts/caspl/run.sh boost DATASET [PROTOCOL]   phase 1 only (seed 1, as the fork)
 #   bash scripts/caspl/run.sh where PROTOCOL ARGS...     print the phase-1 folder a phase-2 run would use
 # A training protocol runs phase 1 first when its run is missing; the test protocols need it. Phase 1's config
@@ -68,11 +68,11 @@ fi
 [ "$WHAT" = boost ] && exit 0
 
 # phase 2: the boosting sizes and depths of the phase-1 run, then the method's own protocol script with its CasPL
-# configs (CASPL=1); the caller's "KEY VALUE" pairs come last
+# configs (VARIANT=caspl); the caller's "KEY VALUE" pairs come last
 KD=$("$PYTHON" -c 'import json, sys; b = json.load(open(sys.argv[1]))["caspl"]["boost"]; print(" ".join(f"KD.{k} {v}" for k, v in b.items()))' "$BOOST_DIR/result.json")
 ARGS=(); EXTRA=()
 while [ $# -gt 0 ]; do if [ "$1" = "--" ]; then shift; EXTRA=("$@"); break; fi; ARGS+=("$1"); shift; done
-export CASPL=1
+export VARIANT=caspl
 if [[ "$PROTOCOL" == xd_test || "$PROTOCOL" == dg_test ]]; then export SOURCE=$SOURCE_DATASET; fi
 # shellcheck disable=SC2086
 OUTPUT="$OUTPUT/caspl/$TAG" exec bash "$ROOT_DIR/scripts/method.sh" "$WHAT" "${ARGS[@]}" -- KD.BOOST_DIR "$BOOST_DIR" $KD "${EXTRA[@]}"
