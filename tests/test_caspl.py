@@ -90,23 +90,23 @@ def test_phase2_keeps_the_boosting_prompts_frozen_and_records_them(env, phase1, 
     assert sum(v.numel() for v in tensors.values()) == result["learnable_params"]  # the adapting prompts only
 
     # a rebuilt phase-2 model holds the phase-1 tensors bit for bit
-    cfg = train.setup_cfg(train.build_parser().parse_args(argv(root, student, method, tmp_path / "again", kd)))
+    cfg = build_cfg(argv(root, student, method, tmp_path / "again", kd))
     trainer = TRAINER_REGISTRY.get(method)(cfg)
     boost = torch.load(boost_file, map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.equal(boost[k], v) for k, v in trainer.model.frozen_sets["boost"].state_dict().items())
 
     # a phase-2 size that differs from phase 1 is one error naming both shapes
     bad = [*kd[:2], "KD.N_CTX_TEXT", "4", *kd[4:]]
-    cfg = train.setup_cfg(train.build_parser().parse_args(argv(root, student, method, tmp_path / "bad", bad)))
+    cfg = build_cfg(argv(root, student, method, tmp_path / "bad", bad))
     with pytest.raises(UserError, match=r"ctx has shape \(2, 64\) there but \(4, 64\) here"):
         TRAINER_REGISTRY.get(method)(cfg)
 
 
 def test_phase2_without_a_phase1_run_names_the_command(env, tmp_path):
     root, student, _ = env
-    cfg = train.setup_cfg(train.build_parser().parse_args(
+    cfg = build_cfg(
         argv(root, student, "CoOp", tmp_path / "x", ["KD.BOOST_DIR", str(tmp_path / "none"), "KD.PROMPT_DEPTH_TEXT",
-                                                      "2", "KD.PROMPT_DEPTH_VISION", "3"])))
+                                                      "2", "KD.PROMPT_DEPTH_VISION", "3"]))
     with pytest.raises(UserError, match="--trainer CasPL"):
         TRAINER_REGISTRY.get("CoOp")(cfg)
 
@@ -128,7 +128,7 @@ def test_token_order_per_layer(env, phase1, method, tmp_path):
     text_order, vision_order, opts = ORDERS[method]
     kd = ["KD.BOOST_DIR", str(phase1), "KD.N_CTX_TEXT", "2", "KD.N_CTX_VISION", "2", "KD.PROMPT_DEPTH_TEXT", "2",
           "KD.PROMPT_DEPTH_VISION", "3"]
-    cfg = train.setup_cfg(train.build_parser().parse_args(argv(root, student, method, tmp_path, [*kd, *opts])))
+    cfg = build_cfg(argv(root, student, method, tmp_path, [*kd, *opts]))
     model = TRAINER_REGISTRY.get(method)(cfg).model
     assert (model.text_order, model.vision_order) == (text_order, vision_order)
     prompts = model.prompts()

@@ -26,9 +26,9 @@ BOOSTING_8_8_L12 = 12 * 8 * 768 + 12 * 8 * 512  # 122,880 (A4)
 
 
 def setup_cfg(trainer, config, out, opts=()):
-    return train.setup_cfg(train.build_parser().parse_args(
+    return build_cfg(
         ["--trainer", trainer, "--config-file", str(REPO / "configs/trainers" / trainer / f"{config}.yaml"),
-         "--output-dir", str(out), *opts]))
+         "--output-dir", str(out), *opts])
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def argv(env, out, mode=None, opts=(), epochs=2):
 
 
 def build(env, out, mode=None, opts=()):
-    cfg = train.setup_cfg(train.build_parser().parse_args(argv(env, out, mode, opts)))
+    cfg = build_cfg(argv(env, out, mode, opts))
     return TRAINER_REGISTRY.get("CasPL")(cfg)
 
 

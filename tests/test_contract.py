@@ -1,241 +1,422 @@
-"""The method contract, checked for every registered trainer (present and future) on a tiny CLIP.
+"""The method contract, checked for every registered method (present and future) on the tiny CLIP.
 
-For each trainer of ``trainers/``: it builds from its ``tiny_digits.yaml``; with a frozen prompt set composed
-beside its own prompts it trains a step with a finite loss, the frozen set stays bit-identical and is neither
-learnable nor saved; it evaluates; a checkpoint round trip gives bit-identical logits. Learnable counts at
-ViT-B/16 on the meta device equal the README's table (read from README.md, not copied here). Plus the
-contract's pieces: frozen sets from an earlier run with their origin recorded, the deployed best model, the one
-``CTX_INIT`` rule and a clear error for a ResNet backbone.
+Each method is built from its registration and its ``tiny_digits.yaml`` for fixed class names, without a dataset
+(``Method(cfg, classnames=...)``), and must:
+
+- give finite logits of the right shape in training and evaluation;
+- compute on a fixed batch exactly the loss (and logged terms) of its hand-written reference (tests/method_losses.py),
+  and, with its regularisers switched off, exactly its base method's loss;
+- send a non-zero gradient to every learned tensor and none anywhere else, and a training step must change its
+  learner and nothing else;
+- round-trip through a checkpoint bit for bit (the checkpoint holds its learner and the class names only);
+- compose with a frozen prompt set (CasPL's boosting prompts, through the extension): the set stays frozen, is
+  neither learned nor saved, and its origin is recorded;
+- have learnable counts at ViT-B/16 (``meta`` device) equal to its registration, which the README's table renders.
+
+Plus the contract's pieces: class-aware checkpoints, the registration checks, and that no shared module names a
+method.
 """
+import ast
+import io
 import json
-import math
 import re
+import tokenize
 from pathlib import Path
 
 import pytest
 import torch
 
 import clip
-import train
-from dassl.engine import TRAINER_REGISTRY
-from dassl.utils import save_checkpoint
-from datasets.fixtures import make_fixture
-from tools.earlier_runs import earlier_run_opts
-from trainers.common import (DeepPrompts, PromptTrainer, UserError, learned_context, load_prompt_set,
-                             resolve_run_checkpoint)
+import trainers
+from trainers.base import PromptTrainer
+from trainers.checkpoints import CLASS_RECORD, load_prompt_set, resolve_checkpoint
+from trainers.compat import UserError
+from trainers.prompts import DeepPrompts, learned_context
+from trainers.registry import EXTENSIONS, METHODS, Count, register_method
 
-from tiny_clip import write_tiny_checkpoint
+from method_losses import REFERENCE_LOSSES, WITHOUT_REGULARISERS
+from tiny_runs import CLASSNAMES, REPO, build_for_classes, earlier_opts, fixed_batch, tiny_cfg
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def project_trainers():
-    return sorted(n for n in TRAINER_REGISTRY.registered_names()
-                  if TRAINER_REGISTRY.get(n).__module__.startswith("trainers."))
-
-
-PROMPT_TRAINERS = [n for n in project_trainers() if issubclass(TRAINER_REGISTRY.get(n), PromptTrainer)]
-OTHER_TRAINERS = [n for n in project_trainers() if n not in PROMPT_TRAINERS]
+PROMPT_METHODS = [m.name for m in trainers.list_methods() if issubclass(m.cls, PromptTrainer)]
+OTHER_METHODS = [m.name for m in trainers.list_methods() if m.name not in PROMPT_METHODS]
+OTHER_NAMES = ["Pasture Land", "Permanent Crop Land", "Residential Buildings", "River", "Sea or Lake"]
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, tiny_ckpt, tiny_teacher_ckpt):
     root = tmp_path_factory.mktemp("contract")
-    make_fixture("eurosat", root / "data", n_per_class=3, image_size=32)
-    ckpt = write_tiny_checkpoint(root / "tiny.pt", kind="vit", vision_layers=4)  # the depth of tiny-digits
-    mp = pytest.MonkeyPatch()
-    mp.setattr(train, "collect_env_info", lambda: "(environment report skipped in tests)")
-    yield root, ckpt
-    mp.undo()
+    return root, tiny_ckpt, tiny_teacher_ckpt
 
 
-def make_cfg(root, ckpt, name, out, opts=()):
-    cls = TRAINER_REGISTRY.get(name)
-    folder = getattr(cls, "CONFIG_DIR", name)
-    cfg_file = REPO / "configs" / "trainers" / folder / "tiny_digits.yaml"
-    assert cfg_file.is_file(), f"every method needs {cfg_file.relative_to(REPO)} (the demo and these tests use it)"
-    head = ["--root", str(root / "data"), "--seed", "1", "--dataset-config-file",
-            str(REPO / "configs/datasets/eurosat.yaml")]
-    data = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
-            "DATALOADER.TEST.BATCH_SIZE", "16", "DATASET.NUM_SHOTS", "2"]
-    earlier = earlier_run_opts(name, (head, data), ckpt, root)  # e.g. PromptKD's teacher, a real PromptSRC run
-    argv = [*head, "--trainer", name, "--config-file", str(cfg_file), "--output-dir", str(out),
-            "MODEL.BACKBONE.NAME", str(ckpt), *data, "DATASET.SUBSAMPLE_CLASSES", "base", *earlier, *opts]
-    return train.setup_cfg(train.build_parser().parse_args(argv))
+def method_cfg(env, name, out="run", opts=()):
+    root, ckpt, teacher = env
+    extra = earlier_opts(name, ckpt, root)
+    if name == "CasPL":  # the teacher of phase 1: a wider CLIP
+        extra += ["KD.BACKBONE_NAME", str(teacher)]
+    return tiny_cfg(root, ckpt, name, root / out, [*extra, *opts])
 
 
-def with_frozen_set(cls):
-    """The trainer with a frozen deep-prompt set composed beside its own prompts (text: after, vision: before)."""
-    def build_frozen_sets(self, cfg, classnames, clip_model):
-        sets = cls.build_frozen_sets(self, cfg, classnames, clip_model)  # the method's own frozen sets, if any
-        torch.manual_seed(123)
-        return {**sets, "boost": DeepPrompts(clip_model, n_text=2, depth_text=2, n_vision=2, depth_vision=2)}
-
-    def prompt_order(self, names=()):
-        if list(names) == ["boost"]:
-            return ("adapt", "boost"), ("boost", "adapt")
-        return None, None  # the learner first, then the frozen sets
-
-    return type(cls.__name__, (cls,), {"build_frozen_sets": build_frozen_sets, "prompt_order": prompt_order})
+def build(env, name, opts=(), classnames=CLASSNAMES, seed=0):
+    return build_for_classes(method_cfg(env, name, opts=opts), classnames, seed=seed)
 
 
-def fixed_images(n=3):
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+def forward(trainer, batch):
+    trainer.set_model_mode("train")
+    with trainer.precision.autocast(trainer.device):
+        return trainer.model(batch["img"])
 
 
-def logits_of(trainer):
+def eval_logits(trainer, images):
     trainer.set_model_mode("eval")
-    with torch.no_grad():
-        return trainer.model_inference(fixed_images())
+    with torch.no_grad(), trainer.model.frozen_text_features():
+        return trainer.model_inference(images)
 
 
-@pytest.mark.parametrize("name", PROMPT_TRAINERS)
-def test_prompt_trainer_contract(env, name, tmp_path):
-    root, ckpt = env
-    cls = with_frozen_set(TRAINER_REGISTRY.get(name))
-    trainer = cls(make_cfg(root, ckpt, name, tmp_path / "run"))
-    model = trainer.model
-    frozen = dict(model.frozen_sets.named_parameters())
-    assert frozen and not any(p.requires_grad for p in frozen.values())
-    learnable = {id(p) for p in model.prompt_learner.parameters() if p.requires_grad}
-    in_optim = {id(p) for group in trainer.optim.param_groups for p in group["params"]}
-    assert in_optim == learnable and not in_optim & {id(p) for p in frozen.values()}
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == \
-        {f"prompt_learner.{n}" for n, p in model.prompt_learner.named_parameters() if p.requires_grad}
-    before = {k: v.clone() for k, v in frozen.items()}
-    learner_before = {k: v.clone() for k, v in model.prompt_learner.named_parameters()}
+# ---------------------------------------------------------------------------------------------------------
+# Every method
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", PROMPT_METHODS)
+def test_outputs_have_the_right_shapes_and_are_finite(env, name):
+    trainer = build(env, name)
+    batch = fixed_batch(3)
+    out = forward(trainer, batch)
+    assert out.logits.shape == (3, len(CLASSNAMES)) and torch.isfinite(out.logits).all()
+    assert out.image_features.shape[0] == 3 and torch.isfinite(out.image_features).all()
+    logits = eval_logits(trainer, batch["img"])
+    assert logits.shape == (3, len(CLASSNAMES)) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
 
+
+@pytest.mark.parametrize("name", PROMPT_METHODS)
+def test_loss_equals_the_hand_written_reference(env, name):
+    assert name in REFERENCE_LOSSES, f"write the reference loss of {name} in tests/method_losses.py"
+    trainer = build(env, name)
+    batch = fixed_batch(4)
+    out = forward(trainer, batch)
+    with trainer.precision.autocast(trainer.device):
+        result = trainer.loss(batch, out)
+    expected = REFERENCE_LOSSES[name](trainer, batch, out)
+    # the same sums in another order (fp32): a few ulps of the loss's magnitude
+    torch.testing.assert_close(result.loss.detach().float(), expected["loss"].detach().float(), rtol=1e-5, atol=1e-6)
+    for term, value in expected.items():
+        if term != "loss":
+            torch.testing.assert_close(result.terms[term].detach().float(), value.detach().float(), rtol=1e-5,
+                                       atol=1e-6)
+    assert set(result.terms) == set(expected) - {"loss"}, "the logged terms are the reference's"
+
+
+@pytest.mark.parametrize("name", sorted(WITHOUT_REGULARISERS))
+def test_without_regularisers_the_loss_is_the_base_methods(env, name):
+    opts, base = WITHOUT_REGULARISERS[name]
+    trainer = build(env, name, opts)
+    batch = fixed_batch(4)
+    out = forward(trainer, batch)
+    result = trainer.loss(batch, out)
+    assert torch.equal(result.loss.detach(), base(trainer, batch, out)["loss"].detach())
+
+
+@pytest.mark.parametrize("name", PROMPT_METHODS)
+def test_gradients_reach_every_learned_tensor_and_nothing_else(env, name):
+    trainer = build(env, name)
+    batch = fixed_batch(4)
+    result = trainer.loss(batch, forward(trainer, batch))
+    result.loss.backward()
+    learned = {n: p for n, p in trainer.model.prompt_learner.named_parameters()}
+    assert learned and all(p.requires_grad for p in learned.values())
+    no_grad = [n for n, p in learned.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, f"learned tensors without a gradient: {no_grad}"
+    ids = {id(p) for p in learned.values()}
+    leaked = [n for n, p in trainer.model.named_parameters() if id(p) not in ids and p.grad is not None]
+    assert not leaked, f"frozen tensors with a gradient: {leaked}"
+    assert {id(p) for group in trainer.optim.param_groups for p in group["params"]} == ids
+
+
+@pytest.mark.parametrize("name", PROMPT_METHODS)
+def test_a_training_step_changes_the_learner_and_nothing_else(env, name):
+    trainer = build(env, name)
+    frozen = {n: p.clone() for n, p in trainer.model.named_parameters() if not n.startswith("prompt_learner.")}
+    learner = {n: p.clone() for n, p in trainer.model.prompt_learner.named_parameters()}
     trainer.set_model_mode("train")
     trainer.num_batches, trainer.batch_idx = 10, 0
-    for batch in [next(iter(trainer.train_loader_x))] * 2:
-        summary = trainer.forward_backward(batch)
-        assert math.isfinite(summary["loss"])
+    summary = trainer.forward_backward(fixed_batch(4))
+    assert set(summary) >= {"loss", "acc"} and all(torch.isfinite(torch.tensor(v)) for v in summary.values())
+    now = dict(trainer.model.named_parameters())
+    assert all(torch.equal(v, now[n]) for n, v in frozen.items())
+    changed = [n for n, p in trainer.model.prompt_learner.named_parameters() if not torch.equal(learner[n], p)]
+    assert changed
+
+
+@pytest.mark.parametrize("name", PROMPT_METHODS)
+def test_checkpoint_round_trip_is_bit_identical(env, name, tmp_path):
+    trainer = build(env, name)
+    with torch.no_grad():  # away from the initial values, so a load that does nothing would show
+        for p in trainer.model.prompt_learner.parameters():
+            p.add_(0.01)
+    trainer.save_model(0, str(tmp_path))
+    folder = tmp_path / trainer.METHOD.learner_name
+    state = torch.load(folder / "model.pth.tar-1", map_location="cpu", weights_only=True)["state_dict"]
+    own = set(trainer.model.prompt_learner.state_dict())
+    assert set(state) <= own and not any(k.startswith(("clip_model", "frozen_sets")) for k in state)
+    assert json.loads(state[f"{CLASS_RECORD}._extra_state"]["classnames"]) == CLASSNAMES
+    again = build(env, name, seed=1)
+    again.load_model(str(tmp_path), epoch=1)
+    images = fixed_batch(3)["img"]
+    assert torch.equal(eval_logits(again, images), eval_logits(trainer, images))
+
+
+def boost_file(env):
+    """A phase-1 checkpoint of boosting prompts (2 + 2 tokens, depth 2) on the tiny CLIP."""
+    root, ckpt, _ = env
+    path = root / "boost.pth.tar"
+    if not path.is_file():
+        model = clip.load(str(ckpt), device="cpu", precision="fp32")[0]
+        torch.manual_seed(3)
+        boost = DeepPrompts(model, n_text=2, depth_text=2, n_vision=2, depth_vision=2, key="KD")
+        torch.save({"state_dict": boost.state_dict(), "epoch": 5}, path)
+    return path
+
+
+BOOST = ["KD.N_CTX_TEXT", "2", "KD.N_CTX_VISION", "2", "KD.PROMPT_DEPTH_TEXT", "2", "KD.PROMPT_DEPTH_VISION", "2"]
+
+
+@pytest.mark.parametrize("name", [n for n in PROMPT_METHODS if n != "CasPL"])
+def test_a_frozen_prompt_set_composes_with_every_method(env, name, tmp_path):
+    trainer = build(env, name, ["KD.BOOST_DIR", str(boost_file(env)), *BOOST])
+    model = trainer.model
+    assert [e.name for e in trainer.extensions] == ["CasPL"]
+    frozen = dict(model.frozen_sets.named_parameters())
+    assert frozen and not any(p.requires_grad for p in frozen.values())
+    before = {k: v.clone() for k, v in frozen.items()}
+    trainer.set_model_mode("train")
+    trainer.num_batches, trainer.batch_idx = 10, 0
+    trainer.forward_backward(fixed_batch(4))
     assert all(torch.equal(before[k], v) for k, v in frozen.items())
-    assert any(not torch.equal(learner_before[k], v) for k, v in model.prompt_learner.named_parameters())
-
-    accuracy = trainer.test()
-    assert 0.0 <= float(accuracy) <= 100.0
-
-    trainer.save_model(0, str(tmp_path / "ckpt"))
-    state = torch.load(tmp_path / "ckpt" / cls.MODEL_NAME / "model.pth.tar-1", map_location="cpu",
-                       weights_only=True)["state_dict"]
-    assert not any("boost" in k or k.startswith(("frozen_sets", "clip_model")) for k in state)
-    expected = logits_of(trainer)
-    again = cls(make_cfg(root, ckpt, name, tmp_path / "run2"))
-    again.load_model(str(tmp_path / "ckpt"), epoch=1)
-    assert torch.equal(logits_of(again), expected)
+    extras = trainer.result_extras()
+    assert extras["cascade"]["boosting_run"] == str(boost_file(env)) and extras["extensions"] == ["CasPL"]
+    trainer.save_model(0, str(tmp_path))
+    state = torch.load(tmp_path / trainer.METHOD.learner_name / "model.pth.tar-1", weights_only=True)["state_dict"]
+    assert not any("boost" in k for k in state)
+    origins = json.loads(state["frozen_set_origins._extra_state"]["origins"])
+    assert origins["boost"]["path"] == str(boost_file(env))
 
 
-@pytest.mark.parametrize("name", OTHER_TRAINERS)
-def test_evaluation_only_trainers_build_and_evaluate(env, name, tmp_path):
-    root, ckpt = env
-    trainer = TRAINER_REGISTRY.get(name)(make_cfg(root, ckpt, name, tmp_path / "run"))
-    assert 0.0 <= float(trainer.test()) <= 100.0
+def test_casp_phase_one_is_never_cascaded_with_itself(env):
+    trainer = build(env, "CasPL", ["KD.BOOST_DIR", str(boost_file(env)), *BOOST])
+    assert trainer.extensions == [] and set(trainer.model.frozen_sets) == {"classes"}
+
+
+@pytest.mark.parametrize("name", OTHER_METHODS)
+def test_zero_shot_logits_are_clips_with_the_dataset_template(env, name):
+    trainer = build(env, name)
+    images = fixed_batch(3)["img"]
+    model = trainer.clip_model
+    templates = trainer.templates()
+    with torch.no_grad():
+        feats = torch.stack([torch.nn.functional.normalize(model.encode_text(clip.tokenize(
+            [t.format(c) for c in CLASSNAMES])), dim=-1) for t in templates]).mean(0)
+        text = torch.nn.functional.normalize(feats, dim=-1)
+        image = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+    expected = model.logit_scale.exp() * image @ text.t()
+    torch.testing.assert_close(trainer.model_inference(images), expected, rtol=1e-5, atol=1e-5)
+    assert templates[-1] == "a centered satellite photo of {}."
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Learnable parameters at ViT-B/16, from the README's table
+# Class-aware checkpoints
 # ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,opts", [("CoOp", ["TRAINER.COOP.CTX_INIT", "", "TRAINER.COOP.CSC", "True"]),
+                                       ("TCP", ["TRAINER.TCP.CSC", "True"])])
+def test_class_specific_parameters_refuse_other_classes(env, name, opts, tmp_path):
+    trained = build(env, name, opts)
+    trained.save_model(0, str(tmp_path))
+    other = build(env, name, opts, classnames=OTHER_NAMES)  # as many classes: the shapes fit
+    before = {k: v.clone() for k, v in other.model.prompt_learner.state_dict().items() if torch.is_tensor(v)}
+    with pytest.raises(UserError, match=r"one row per class of the 5 classes it was trained on \(Annual Crop Land.*"
+                                        r"other classes \(Pasture Land.*CSC False"):
+        other.load_model(str(tmp_path), epoch=1)
+    after = other.model.prompt_learner.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items()), "nothing is loaded"
+    same = build(env, name, opts, seed=1)
+    same.load_model(str(tmp_path), epoch=1)  # the same classes load
+    assert torch.equal(same.model.prompt_learner.ctx, trained.model.prompt_learner.ctx)
+
+
+def test_class_independent_parameters_load_onto_new_classes(env, tmp_path):
+    trained = build(env, "CoOp", ["TRAINER.COOP.CTX_INIT", "", "TRAINER.COOP.N_CTX", "4"])
+    trained.save_model(0, str(tmp_path))
+    other = build(env, "CoOp", ["TRAINER.COOP.CTX_INIT", "", "TRAINER.COOP.N_CTX", "4"], classnames=OTHER_NAMES)
+    other.load_model(str(tmp_path), epoch=1)
+    assert torch.equal(other.model.prompt_learner.ctx, trained.model.prompt_learner.ctx)
+
+
+def test_a_checkpoint_without_class_names_loads_as_it_is_with_a_notice(env, tmp_path, capsys):
+    opts = ["TRAINER.COOP.CTX_INIT", "", "TRAINER.COOP.CSC", "True"]
+    trained = build(env, "CoOp", opts)
+    folder = tmp_path / "prompt_learner"
+    folder.mkdir()
+    torch.save({"state_dict": {"ctx": trained.model.prompt_learner.ctx.detach()}, "epoch": 1},
+               folder / "model.pth.tar-1")  # a reference checkpoint: ctx only
+    other = build(env, "CoOp", opts, classnames=OTHER_NAMES)
+    other.load_model(str(tmp_path), epoch=1)
+    assert "records no class names" in capsys.readouterr().out
+    assert torch.equal(other.model.prompt_learner.ctx, trained.model.prompt_learner.ctx)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoint resolution (one rule for --eval-only, load_model, frozen sets)
+# ---------------------------------------------------------------------------------------------------------
+def test_checkpoint_resolution(tmp_path):
+    run, folder = tmp_path / "run", tmp_path / "run" / "L"
+    folder.mkdir(parents=True)
+    for epoch in (5, 10):
+        (folder / f"model.pth.tar-{epoch}").write_bytes(b"x")
+    (folder / "checkpoint").write_text("model.pth.tar-10\n")
+    assert resolve_checkpoint(str(run), "L") == (str(folder / "model.pth.tar-10"), None)  # the newest save
+    (run / "result.json").write_text(json.dumps({"epochs": 5}))
+    assert resolve_checkpoint(str(run), "L") == (str(folder / "model.pth.tar-5"), 5)  # the recorded epoch
+    (folder / "model-best.pth.tar").write_bytes(b"x")
+    assert resolve_checkpoint(str(run), "L")[0] == str(folder / "model-best.pth.tar")  # selected on validation
+    assert resolve_checkpoint(str(run), "L", 10)[0] == str(folder / "model.pth.tar-10")
+    with pytest.raises(UserError, match=r"model.pth.tar-7.*saved epochs: 5, 10"):
+        resolve_checkpoint(str(run), "L", 7)
+    with pytest.raises(UserError, match='no "Other" folder'):
+        resolve_checkpoint(str(run), "Other")
+    with pytest.raises(UserError, match="no run folder or checkpoint file"):
+        resolve_checkpoint(str(tmp_path / "missing"), "L")
+
+
+def test_a_frozen_set_of_another_size_is_one_error_naming_both_shapes(env):
+    model = clip.load(str(env[1]), device="cpu", precision="fp32")[0]
+    wrong = DeepPrompts(model, n_text=4, depth_text=2, n_vision=2, depth_vision=2, key="KD")
+    with pytest.raises(UserError, match=r"ctx has shape \(2, 64\) there but \(4, 64\) here"):
+        load_prompt_set(wrong, str(boost_file(env)), "BoostingPrompts")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Counts at ViT-B/16, one source
+# ---------------------------------------------------------------------------------------------------------
+COUNTS = [(m.name, c) for m in trainers.list_methods() for c in m.counts]
+
+
+@pytest.mark.parametrize("name,count", COUNTS, ids=[f"{n}-{c.config}{'-' + '-'.join(c.opts) if c.opts else ''}"
+                                                    for n, c in COUNTS])
+def test_learnable_counts_vit_b16_meta(name, count, tmp_path):
+    from trainers.api import build_cfg
+
+    method = METHODS[name]
+    cfg = build_cfg(["--trainer", name, "--config-file", method.config_path(count.config), "--output-dir",
+                     str(tmp_path), *count.opts], check=False)  # a reference config, without its data or teacher
+    with torch.device("meta"):
+        model = clip.create_model("ViT-B/16", device="meta")
+    trainer = method.cls.__new__(method.cls)
+    trainer.cfg, trainer.device = cfg, torch.device("meta")
+    trainer.extensions = [e for e in EXTENSIONS.values() if e.enabled(cfg)]
+    names = [f"class {i}" for i in range(count.classes)]
+    learner = trainer.build_prompt_learner(cfg, names, model)
+    trainer.attach_extension_modules(learner, names, model)
+    assert sum(p.numel() for p in learner.parameters()) == count.count
+
+
 def readme_counts():
     text = (REPO / "README.md").read_text()
     section = text.split("### Learnable parameters at ViT-B/16", 1)[1].split("\n#", 1)[0]
-    rows = []
+    rows = set()
     for line in section.splitlines():
-        m = re.match(r"\|\s*`([^`]+)`\s*\|\s*`([^`]+)`\s*\|\s*([^|]*)\|\s*([\d,]+)\s*\|", line)
+        m = re.match(r"\|\s*`([^`]+)`\s*\|\s*`([^`]+)\.yaml`\s*\|\s*([^|]*)\|\s*([\d,]+)\s*\|", line)
         if m:
-            opts = m.group(3).replace("`", "").split()
-            rows.append((m.group(1), m.group(2), opts, int(m.group(4).replace(",", ""))))
+            rows.add((m.group(1), m.group(2), tuple(m.group(3).replace("`", "").split()),
+                      int(m.group(4).replace(",", ""))))
     return rows
 
 
-def test_readme_table_covers_every_prompt_trainer():
-    covered = {row[0] for row in readme_counts()}
-    assert set(PROMPT_TRAINERS) <= covered, f"add README rows for {sorted(set(PROMPT_TRAINERS) - covered)}"
+def test_the_readme_table_renders_the_registered_counts():
+    registered = {(n, c.config, tuple(c.opts), c.count) for n, c in COUNTS}
+    assert readme_counts() == registered, "the README's learnable-count table must list exactly the registered counts"
 
 
-@pytest.mark.parametrize("name,config,opts,count", readme_counts(), ids=lambda v: str(v))
-def test_learnable_counts_vit_b16_meta(name, config, opts, count, tmp_path):
-    cls = TRAINER_REGISTRY.get(name)
-    args = train.build_parser().parse_args(
-        ["--trainer", name, "--config-file", str(REPO / "configs/trainers" / name / config), "--output-dir",
-         str(tmp_path), *opts])
-    cfg = train.setup_cfg(args)
-    with torch.device("meta"):
-        model = clip.create_model("ViT-B/16", device="meta")
-    trainer = cls.__new__(cls)
-    trainer.cfg, trainer.device = cfg, torch.device("meta")
-    learner = trainer.build_prompt_learner(cfg, [f"class {i}" for i in range(10)], model)
-    assert sum(p.numel() for p in learner.parameters()) == count
+def test_every_trained_method_registers_counts():
+    assert all(METHODS[n].counts for n in PROMPT_METHODS)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The contract's pieces
 # ---------------------------------------------------------------------------------------------------------
-def test_frozen_set_from_an_earlier_run_is_recorded(env, tmp_path):
-    """A frozen set is loaded from a run folder (epoch from its result.json), checked, and its origin (path +
-    SHA256) is written into the new run's checkpoint and result.json."""
-    root, ckpt = env
-    model = clip.load(str(ckpt), device="cpu", precision="fp32")[0]
-    source = DeepPrompts(model, n_text=2, depth_text=2, n_vision=2, depth_vision=2)
-    run = tmp_path / "phase1"
-    save_checkpoint({"state_dict": source.state_dict(), "epoch": 3}, str(run / "Boost"), model_name="model.pth.tar-3")
-    (run / "result.json").write_text(json.dumps({"epochs": 3}))
-
-    class CoOpBeside(TRAINER_REGISTRY.get("CoOp")):
-        def build_frozen_sets(self, cfg, classnames, clip_model):
-            boost = DeepPrompts(clip_model, n_text=2, depth_text=2, n_vision=2, depth_vision=2)
-            return {"boost": self.load_frozen_set("boost", boost, str(run), "Boost")}
-
-    out = tmp_path / "phase2"
-    trainer = CoOpBeside(make_cfg(root, ckpt, "CoOp", out, ["OPTIM.MAX_EPOCH", "1"]))
-    assert all(torch.equal(a, b) for a, b in zip(trainer.model.frozen_sets["boost"].parameters(), source.parameters()))
-    trainer.train()
-    origin = json.loads((out / "result.json").read_text())["frozen_sets"]["boost"]
-    path = run / "Boost" / "model.pth.tar-3"
-    assert origin["path"] == str(path) and origin["epoch"] == 3
-    import hashlib
-    assert origin["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    state = torch.load(out / "prompt_learner" / "model.pth.tar-1", map_location="cpu", weights_only=True)["state_dict"]
-    assert json.loads(state["frozen_set_origins._extra_state"]["origins"])["boost"]["sha256"] == origin["sha256"]
-
-    wrong = DeepPrompts(model, n_text=4, depth_text=2, n_vision=2, depth_vision=2)
-    with pytest.raises(UserError, match=r"ctx has shape \(2, 64\) there but \(4, 64\) here"):
-        load_prompt_set(wrong, str(run), "Boost")
-    with pytest.raises(UserError, match="no run folder"):
-        resolve_run_checkpoint(str(tmp_path / "missing"), "Boost")
-
-
-def test_no_epoch_deploys_the_best_validation_model(env, tmp_path):
-    """TEST.FINAL_MODEL best_val: load_model(dir) without an epoch loads model-best, not the newest epoch."""
-    root, ckpt = env
-    trainer = TRAINER_REGISTRY.get("CoOp")(make_cfg(root, ckpt, "CoOp", tmp_path / "run"))
-    ctx = trainer.model.prompt_learner.ctx
-    with torch.no_grad():
-        ctx.fill_(1.0)
-    trainer.save_model(0, str(tmp_path / "ckpt"), is_best=True, model_name="model-best.pth.tar")
-    with torch.no_grad():
-        ctx.fill_(2.0)
-    trainer.save_model(2, str(tmp_path / "ckpt"))  # the last epoch, named by the checkpoint pointer
-    trainer.load_model(str(tmp_path / "ckpt"))
-    assert torch.all(ctx == 1.0)
-    trainer.load_model(str(tmp_path / "ckpt"), epoch=3)
-    assert torch.all(ctx == 2.0)
-
-
 def test_one_ctx_init_rule():
-    assert learned_context("a photo of a", 16, "COOP", "phrase") == ("a photo of a", 4, True)
-    assert learned_context("", 3, "COOP", "phrase") == ("X X X", 3, False)
-    assert learned_context("a photo of a", 2, "MAPLE", "first_tokens") == ("a photo of a", 2, True)
-    assert learned_context("a photo of a", 8, "IVLP", "first_tokens") == (" ".join(["X"] * 8), 8, False)
-    with pytest.raises(UserError, match='CTX_INIT "a" has 1 token.*fewer than N_CTX=2.*class name'):
-        learned_context("a", 2, "MAPLE", "first_tokens")
+    assert learned_context("a photo of a", 16, "TRAINER.COOP", "phrase") == ("a photo of a", 4, True)
+    assert learned_context("", 3, "TRAINER.COOP", "phrase") == ("X X X", 3, False)
+    assert learned_context("a photo of a", 2, "TRAINER.MAPLE", "first_tokens") == ("a photo of a", 2, True)
+    assert learned_context("a photo of a", 8, "TRAINER.IVLP", "first_tokens") == (" ".join(["X"] * 8), 8, False)
+    with pytest.raises(UserError, match='TRAINER.MAPLE.CTX_INIT "a" has 1 token.*fewer than N_CTX=2.*class name'):
+        learned_context("a", 2, "TRAINER.MAPLE", "first_tokens")
 
 
-def test_maple_short_init_phrase_and_resnet_are_clear_errors(env, tmp_path):
-    root, ckpt = env
-    with pytest.raises(UserError, match="fewer than N_CTX=2"):
-        TRAINER_REGISTRY.get("MaPLe")(make_cfg(root, ckpt, "MaPLe", tmp_path / "a", ["TRAINER.MAPLE.CTX_INIT", "a"]))
+def test_vision_prompts_on_a_resnet_are_one_error(env, tmp_path):
+    from tiny_clip import write_tiny_checkpoint
+
     resnet = write_tiny_checkpoint(tmp_path / "rn.pt", kind="resnet")
     for name in ("MPL", "MaPLe", "VPT", "IVLP"):
-        with pytest.raises(UserError, match="needs a Vision Transformer backbone"):
-            TRAINER_REGISTRY.get(name)(make_cfg(root, resnet, name, tmp_path / name))
+        cfg = tiny_cfg(env[0], resnet, name, tmp_path / name)
+        with pytest.raises(UserError, match=f"TRAINER.{name.upper()} puts prompts into.*Vision Transformer"):
+            build_for_classes(cfg)
+
+
+def test_registration_errors_name_the_method(monkeypatch, tmp_path):
+    import trainers.registry as registry
+
+    monkeypatch.setattr(registry, "CONFIG_ROOT", str(tmp_path))
+
+    def register(name, **kw):
+        return register_method(keys=lambda c: None, **kw)(type(name, (PromptTrainer,), {}))
+
+    with pytest.raises(UserError, match=r"method NewMethod .*no config folder .*NewMethod"):
+        register("NewMethod")
+    (tmp_path / "NewMethod").mkdir()
+    with pytest.raises(UserError, match=r"method NewMethod .*has no tiny_digits.yaml"):
+        register("NewMethod")
+    (tmp_path / "NewMethod" / "tiny_digits.yaml").write_text("{}\n")
+    with pytest.raises(UserError, match=r"has no vit_b16.yaml"):
+        register("NewMethod", scripts={"base2new": "vit_b16"})
+    with pytest.raises(UserError, match=r"TRAINER.OTHER does not match its config folder"):
+        register("NewMethod", block="OTHER")
+    with pytest.raises(UserError, match=r"method CoOp .*registered twice"):
+        register("CoOp")
+    assert "NewMethod" not in METHODS
+
+
+#: the modules of the contract: none names a method (in code; docstrings and comments may give examples)
+SHARED = ["trainers/" + m + ".py" for m in ("base", "prompts", "prompted_clip", "checkpoints", "registry", "config",
+                                             "compat", "api", "runner", "templates")]
+
+
+def code_words(path):
+    """Identifier parts and string-literal words of a module's code (docstrings and comments left out)."""
+    source = Path(path).read_text()
+    docstrings = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant):
+                docstrings.add(first.lineno)
+    words = set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.NAME:
+            words.update(part.lower() for part in tok.string.split("_"))
+        elif tok.type == tokenize.STRING and tok.start[0] not in docstrings:
+            words.update(w.lower() for w in re.findall(r"[A-Za-z][A-Za-z0-9]*", tok.string))
+    return words
+
+
+def test_no_shared_module_names_a_method():
+    names = {m.name.lower() for m in trainers.list_methods()} | {e.lower() for e in EXTENSIONS}
+    names |= {m.block.lower() for m in trainers.list_methods()}
+    for path in SHARED + [str(p.relative_to(REPO)) for p in (REPO / "dassl").rglob("*.py")]:
+        named = code_words(REPO / path) & names
+        assert not named, f"{path} names {sorted(named)}"
+
+
+def test_the_registry_lists_every_method_with_its_identity():
+    methods = {m.name: m for m in trainers.list_methods()}
+    assert methods["KgCoOp"].block == "KGCOOP" and methods["KgCoOp"].config_dir == "KgCoOp"
+    assert methods["ZeroshotCLIP"].block == "COOP" and not methods["ZeroshotCLIP"].trains
+    assert methods["PromptKD"].earlier_run.trainer == "PromptSRC"
+    assert isinstance(methods["MPL"].counts[0], Count)
+    assert set(methods) == set(PROMPT_METHODS) | set(OTHER_METHODS)

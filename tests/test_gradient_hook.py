@@ -87,9 +87,8 @@ def build(env, prec, opts=()):
             "['normalize']", "DATALOADER.NUM_WORKERS", "0", "DATASET.NUM_SHOTS", "2",
             "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAINER.COOP.PREC", prec, "CPU_HALF", "True", "VERBOSE", "False",
             *opts]
-    cfg = train.setup_cfg(train.build_parser().parse_args(argv))
-    train._set_half_on_cpu(cfg)
-    set_random_seed(1)
+    cfg = build_cfg(argv)
+        set_random_seed(1)
     trainer = HookedCoOp(cfg)
     trainer.set_model_mode("train")
     trainer.batch_idx, trainer.num_batches = 0, 2

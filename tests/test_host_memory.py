@@ -59,15 +59,15 @@ def test_train_py_reuses_memory_on_cpu_unless_switched_off(monkeypatch, tmp_path
     calls = []
     monkeypatch.setattr(host_memory, "reuse_freed_memory", lambda: calls.append(1) or True)
     monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
-    cfg = train.setup_cfg(train.build_parser().parse_args([]))
+    cfg = build_cfg([])
     assert cfg.CPU_REUSE_MEMORY is True
     train._reuse_cpu_memory(cfg)
     assert calls == [1]
-    cfg = train.setup_cfg(train.build_parser().parse_args(["CPU_REUSE_MEMORY", "False"]))
+    cfg = build_cfg(["CPU_REUSE_MEMORY", "False"])
     train._reuse_cpu_memory(cfg)
     assert calls == [1]
     # a CUDA run leaves the host allocator alone (its tensors live on the GPU)
     monkeypatch.setattr(train.torch.cuda, "is_available", lambda: True)
-    cfg = train.setup_cfg(train.build_parser().parse_args([]))
+    cfg = build_cfg([])
     train._reuse_cpu_memory(cfg)
     assert calls == [1]

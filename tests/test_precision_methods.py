@@ -67,9 +67,8 @@ def _build(setup, name, prec):
             "--config-file", osp.join(REPO, "configs/trainers", _config_folder(key), "tiny_digits.yaml"),
             "--output-dir", str(root / "out"), "MODEL.BACKBONE.NAME", str(ckpt), *data, *earlier,
             f"TRAINER.{key}.PREC", prec, "CPU_HALF", "True", "VERBOSE", "False"]
-    cfg = train.setup_cfg(train.build_parser().parse_args(argv))
-    train._set_half_on_cpu(cfg)
-    set_random_seed(cfg.SEED)
+    cfg = build_cfg(argv)
+        set_random_seed(cfg.SEED)
     return build_trainer(cfg)
 
 

@@ -47,7 +47,7 @@ def build(env, name, opts=()):
             str(root / "out"), "MODEL.BACKBONE.NAME", str(ckpt), "INPUT.SIZE", "(32, 32)", "INPUT.TRANSFORMS",
             "['normalize']", "DATALOADER.NUM_WORKERS", "0", "DATASET.NUM_SHOTS", "2",
             "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATASET.SUBSAMPLE_CLASSES", "base", "VERBOSE", "False", *opts]
-    cfg = train.setup_cfg(train.build_parser().parse_args(argv))
+    cfg = build_cfg(argv)
     set_random_seed(1)
     trainer = TRAINER_REGISTRY.get(name)(cfg)
     trainer.set_model_mode("train")
@@ -62,7 +62,7 @@ def tiny_clip(env):
 # ------------------------------------------------------------------------------------------------- ProGrad
 def test_prograd_init_pads_the_template_with_zeros(env):
     model = tiny_clip(env)
-    cfg = train.setup_cfg(train.build_parser().parse_args(["--trainer", "ProGrad"])).TRAINER.PROGRAD.clone()
+    cfg = build_cfg(["--trainer", "ProGrad"]).TRAINER.PROGRAD.clone()
     cfg.defrost()
     learner = ProGradPromptLearner(cfg, ["abyssinian", "pug"], model, "OxfordPets")
     phrase = "a type of pet, a photo of a"  # 8 words, 9 tokens ("pet," is two)

@@ -52,7 +52,7 @@ def make_trainer(env, out, opts=(), subsample="base"):
     argv = [*head, "--trainer", "PromptKD", "--config-file", str(REPO / "configs/trainers/PromptKD/tiny_digits.yaml"),
             "--output-dir", str(out), "MODEL.BACKBONE.NAME", str(student), *HEAD_DATA,
             "DATASET.SUBSAMPLE_CLASSES", subsample, *teacher_opts, *opts]
-    return build_trainer(train.setup_cfg(train.build_parser().parse_args(argv)))
+    return build_trainer(build_cfg(argv))
 
 
 def images(n=4):
@@ -194,8 +194,8 @@ def test_transductive_and_inductive_data(env, tmp_path):
 
 
 def test_kd_weights_per_dataset():
-    cfg = train.setup_cfg(train.build_parser().parse_args(
-        ["--trainer", "PromptKD", "--config-file", str(REPO / "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml")]))
+    cfg = build_cfg(
+        ["--trainer", "PromptKD", "--config-file", str(REPO / "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml")])
     m = cfg.TRAINER.PROMPTKD
     weights = {name: kd_weight_for(m, name) for name in ("FGVCAircraft", "OxfordFlowers", "DescribableTextures",
                                                          "ImageNet", "EuroSAT", "Caltech101")}

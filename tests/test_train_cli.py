@@ -181,7 +181,7 @@ def test_best_val_mode_saves_and_deploys_the_best_model(runs, tmp_path):
 # Config merge order and flags
 # ------------------------------------------------------------------------------------------------------------------
 def _cfg(tmp_path, *argv):
-    return train.setup_cfg(train.build_parser().parse_args(list(argv)))
+    return build_cfg(list(argv))
 
 
 def test_merge_order_defaults_dataset_method_flags_opts(tmp_path):

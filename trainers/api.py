@@ -33,7 +33,7 @@ from dassl.engine import TRAINER_REGISTRY
 from .compat import DATASET_REGISTRY, UserError
 from .config import check_values, extend_cfg
 
-DESCRIPTION = "Train or evaluate a prompt-learning method: the CoOp family's command line."
+DESCRIPTION = "Train or evaluate a prompt-learning method for CLIP (the reference repositories' command line)."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,12 +77,13 @@ def parse_args(argv: Sequence[str] = (), **flags) -> argparse.Namespace:
     return args
 
 
-def build_cfg(argv: Sequence[str] = (), **flags) -> CN:
-    """The frozen, checked config of a run (see the module docstring)."""
-    return cfg_from_args(parse_args(argv, **flags))
+def build_cfg(argv: Sequence[str] = (), check: bool = True, **flags) -> CN:
+    """The frozen, checked config of a run (see the module docstring). ``check=False``: the config as its sources
+    say, unchecked (to read a reference config's sizes without the files a run would need)."""
+    return cfg_from_args(parse_args(argv, **flags), check=check)
 
 
-def cfg_from_args(args: argparse.Namespace) -> CN:
+def cfg_from_args(args: argparse.Namespace, check: bool = True) -> CN:
     cfg = get_cfg_default()
     extend_cfg(cfg)
     if args.dataset_config_file:
@@ -92,7 +93,8 @@ def cfg_from_args(args: argparse.Namespace) -> CN:
     apply_flags(cfg, args)
     merge_config_opts(cfg, args.opts)
     backbone_normalisation(cfg)
-    check_cfg(cfg, training=not args.eval_only)
+    if check:
+        check_cfg(cfg, training=not args.eval_only)
     cfg.freeze()
     return cfg
 

@@ -84,7 +84,33 @@ def load_clip(cfg, name: Optional[str] = None, key: str = "MODEL.BACKBONE.NAME")
     return model.eval()
 
 
-class PromptTrainer(TrainerX):
+class ForClasses:
+    """A trainer that can be built for given class names without reading a dataset (no data loaders): to
+    predict with a trained run on new classes, to export its classifier, in tests. ``Trainer(cfg)`` reads the
+    dataset as Dassl does; ``Trainer(cfg, classnames=[...])`` does not."""
+
+    def __init__(self, cfg, classnames: Optional[Sequence[str]] = None):
+        self._given_classnames = None if classnames is None else [str(c) for c in classnames]
+        super().__init__(cfg)
+
+    def build_data_loader(self):
+        names = self._given_classnames
+        if names is None:
+            return super().build_data_loader()
+        self.train_loader_x = self.train_loader_u = self.val_loader = self.test_loader = None
+        self.num_classes, self.num_source_domains = len(names), 1
+        self.lab2cname = dict(enumerate(names))
+        self.dm = None
+
+    @property
+    def classnames(self):
+        """The run's class names (its dataset's, or those it was built for)."""
+        if self._given_classnames is not None:
+            return list(self._given_classnames)
+        return list(self.dm.dataset.classnames)
+
+
+class PromptTrainer(ForClasses, TrainerX):
     """Dassl ``TrainerX`` for a frozen CLIP with prompt sets (see the module docstring for what a method declares).
 
     The registered model is the prompt learner, under the method's ``learner`` name (the references' names, so
@@ -208,7 +234,7 @@ class PromptTrainer(TrainerX):
     # -- model -------------------------------------------------------------------------------------------
     def build_model(self):
         cfg = self.cfg
-        classnames = self.dm.dataset.classnames
+        classnames = self.classnames
         self.precision = clip.resolve_precision(self.method_cfg.PREC, self.device,
                                                 half_on_cpu=bool(cfg.get("CPU_HALF", False)))
         self.frozen_origins: Dict[str, dict] = {}
@@ -300,7 +326,7 @@ class PromptTrainer(TrainerX):
             self.model_update()
         summary = {"loss": result.loss.item(),
                    "acc": compute_accuracy(result.logits.to(MASTER_DTYPE), label)[0].item()}
-        summary.update({name: float(value) for name, value in result.terms.items()})
+        summary.update({name: float(torch.as_tensor(value).detach()) for name, value in result.terms.items()})
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
@@ -371,4 +397,4 @@ class PromptTrainer(TrainerX):
         return state_dict
 
 
-__all__ = ["PromptTrainer", "LossOutput", "cross_entropy", "load_clip", "ADAPT"]
+__all__ = ["PromptTrainer", "ForClasses", "LossOutput", "cross_entropy", "load_clip", "ADAPT"]

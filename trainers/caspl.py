@@ -145,7 +145,7 @@ class CasPL(PromptTrainer):
         teacher = self.teacher(cfg.KD.BACKBONE_NAME, "KD.BACKBONE_NAME")
         template = dataset_template(cfg.DATASET.NAME)
         with torch.no_grad(), self.precision.autocast(self.device):
-            text = zeroshot_text_features(teacher, self.dm.dataset.classnames, [template])
+            text = zeroshot_text_features(teacher, self.classnames, [template])
         self.model.register_buffer("teacher_text", text.to(MASTER_DTYPE), persistent=False)
         subsample = cfg.DATASET.get("SUBSAMPLE_CLASSES", "all")
         extras = self.result_extras()["caspl"] = {

@@ -35,14 +35,14 @@ import clip
 from dassl.utils import load_pretrained_weights
 
 from .base import PromptTrainer
-from .config import check_range, coop_context_keys
+from .config import check_range, phrase_context_keys
 from .prompted_clip import ModelOutput, PromptedCLIP, normalise
 from .prompts import ADAPT, ClassPrompts, Prompts, compose_prompts, context_vectors, encoder_dims, learned_context
 from .registry import Count, register_method
 
 
 def cocoop_keys(c):
-    coop_context_keys(c, n_ctx=16, ctx_init="", csc=None, position=None)
+    phrase_context_keys(c, n_ctx=16, ctx_init="", csc=None, position=None)
     # Not in the reference: bounds the text encoder's memory to that of this many prompts (images x classes).
     # Evaluation: sequences per call (at least one image's classes). Training: one call for the whole batch, whose
     # rows beyond this budget are recomputed in backward (checkpointing). 0 = unbounded. The result does not

@@ -5,7 +5,8 @@
   (CasPL's ``KD``, ProGrad's ``LOSS``, PromptKD's ``TRAINER.MODAL``), and the project's own keys
   (:func:`project_keys`).
 - Keys several methods share with one meaning are declared once here: ``PREC`` (every method block) and the
-  context keys of the two reference families (:func:`coop_context_keys`, :func:`ivlp_keys`).
+  context keys of the two reference families: a learned context started from a phrase
+  (:func:`phrase_context_keys`) and deep prompts in both encoders (:func:`deep_prompt_keys`).
 - :func:`check_values` checks the values of the Dassl keys the methods use (ranges and choices); each method checks
   its own block (``PromptTrainer.check_config``). Both run while the config is built, before a run folder exists.
 """
@@ -45,10 +46,10 @@ def make_block(path: str):
     return node if value is None else value
 
 
-def coop_context_keys(c, n_ctx: int = 16, ctx_init: str = "", csc: Optional[bool] = False,
+def phrase_context_keys(c, n_ctx: int = 16, ctx_init: str = "", csc: Optional[bool] = False,
                       position: Optional[str] = "end"):
-    """The CoOp family's context keys (CoOp, CoCoOp, KgCoOp, TCP): ``CTX_INIT`` is a phrase whose every word is
-    learned (then ``N_CTX`` is ignored), else ``N_CTX`` random vectors."""
+    """The learned-context keys of the CoOp family: ``CTX_INIT`` is a phrase whose every word is learned (then
+    ``N_CTX`` is ignored), else ``N_CTX`` random vectors."""
     c.N_CTX = n_ctx  # learned context vectors (ignored when CTX_INIT is set: its number of words is used)
     c.CTX_INIT = ctx_init  # initialise the context from this phrase, e.g. "a photo of a"
     if csc is not None:
@@ -58,10 +59,10 @@ def coop_context_keys(c, n_ctx: int = 16, ctx_init: str = "", csc: Optional[bool
     return c
 
 
-def ivlp_keys(c, n_text: int = 2, n_vision: int = 2, depth_text: int = 9, depth_vision: int = 9,
+def deep_prompt_keys(c, n_text: int = 2, n_vision: int = 2, depth_text: int = 9, depth_vision: int = 9,
               ctx_init: str = "a photo of a"):
-    """IVLP's keys (IVLP, PromptSRC, the description of PromptKD's teacher): ``CTX_INIT``'s first ``N_CTX_TEXT``
-    tokens are learned (when ``N_CTX_TEXT <= 4``), else ``N_CTX_TEXT`` random vectors."""
+    """The keys of deep prompts in both encoders (the IVLP family): ``CTX_INIT``'s first ``N_CTX_TEXT`` tokens are
+    learned (when ``N_CTX_TEXT <= 4``), else ``N_CTX_TEXT`` random vectors."""
     c.N_CTX_VISION = n_vision  # vision prompt tokens per layer
     c.N_CTX_TEXT = n_text  # text context tokens per layer
     c.CTX_INIT = ctx_init  # text prompt; its first N_CTX_TEXT tokens are learned (if N_CTX_TEXT <= 4)
@@ -73,7 +74,7 @@ def ivlp_keys(c, n_text: int = 2, n_vision: int = 2, depth_text: int = 9, depth_
 def project_keys(cfg: CN) -> None:
     """The keys this project adds to Dassl's (the real Dassl has none of them)."""
     cfg.DATASET.SUBSAMPLE_CLASSES = "all"  # all, base or new (CoOp's base-to-new split)
-    cfg.OPTIM.EPS = 1e-8  # the Adam family's eps (torch's default; TCP's configs set 1e-3)
+    cfg.OPTIM.EPS = 1e-8  # the Adam family's eps (torch's default; some references' configs set 1e-3)
     cfg.CPU_HALF = False  # run fp16 and amp for real on a CPU instead of falling back to fp32
     cfg.CPU_REUSE_MEMORY = True  # on a CPU, keep freed activation buffers for reuse (clip.host_memory)
 

@@ -23,7 +23,7 @@ import torch.nn as nn
 from dassl.utils import load_pretrained_weights
 
 from .base import PromptTrainer
-from .config import check_choice, coop_context_keys
+from .config import check_choice, phrase_context_keys
 from .prompts import CLASS_TOKEN_POSITIONS, ClassPrompts, Prompts, context_vectors, encoder_dims, learned_context
 from .registry import Count, register_method
 
@@ -60,7 +60,7 @@ class PromptLearner(nn.Module):
 
 
 def coop_keys(c):
-    coop_context_keys(c, n_ctx=16, ctx_init="")
+    phrase_context_keys(c, n_ctx=16, ctx_init="")
 
 
 @register_method(

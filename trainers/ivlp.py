@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 
 from .base import PromptTrainer
-from .config import ivlp_keys
+from .config import deep_prompt_keys
 from .prompts import DeepPrompts
 from .registry import Count, register_method
 
@@ -61,7 +61,7 @@ def ivlp_learner(mcfg, classnames, clip_model, key: str) -> DeepPrompts:
 
 
 @register_method(
-    keys=ivlp_keys, learner="VLPromptLearner", scripts={"base2new": "vit_b16_c2_ep5_batch4_2+2ctx"},
+    keys=deep_prompt_keys, learner="VLPromptLearner", scripts={"base2new": "vit_b16_c2_ep5_batch4_2+2ctx"},
     counts=[Count("vit_b16_c2_ep5_batch4_2+2ctx", 30_720), Count("vit_b16_c2_ep20_batch4_4+4ctx", 46_080)],
 )
 class IVLP(PromptTrainer):

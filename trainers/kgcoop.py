@@ -25,10 +25,14 @@ import torch
 from clip import MASTER_DTYPE
 
 from .base import LossOutput, PromptTrainer, cross_entropy
-from .config import coop_context_keys
+from .config import phrase_context_keys
 from .coop import PromptLearner
 from .registry import Count, register_method
-from .templates import KGCOOP_TEMPLATES, dataset_template, zeroshot_text_features
+from .templates import CUSTOM_TEMPLATES, dataset_template, zeroshot_text_features
+
+
+#: KgCoOp's templates: the CoOp family's, except DTD's
+TEMPLATES = {**CUSTOM_TEMPLATES, "DescribableTextures": "a photo of a {}, a type of texture."}
 
 
 def knowledge_guided_loss(text_features: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
@@ -37,7 +41,7 @@ def knowledge_guided_loss(text_features: torch.Tensor, anchor: torch.Tensor) -> 
 
 
 def kgcoop_keys(c):
-    coop_context_keys(c, n_ctx=4, ctx_init="a photo of a")  # the reference always starts from this phrase
+    phrase_context_keys(c, n_ctx=4, ctx_init="a photo of a")  # the reference always starts from this phrase
     c.W = 8.0  # weight of the knowledge-guided term (the reference scripts' value; its train.py default is 1.0)
 
 
@@ -51,7 +55,7 @@ class KgCoOp(PromptTrainer):
 
     def build_clip_model(self, cfg, classnames, clip_model):
         model = super().build_clip_model(cfg, classnames, clip_model)
-        template = dataset_template(cfg.DATASET.NAME, KGCOOP_TEMPLATES)
+        template = dataset_template(cfg.DATASET.NAME, TEMPLATES)
         # the anchor, from the fp32 frozen CLIP before the run's precision is applied; not saved in checkpoints
         model.register_buffer("anchor", zeroshot_text_features(clip_model, classnames, [template]), persistent=False)
         return model

@@ -22,7 +22,7 @@ Reference behaviour (BeierZhu/Prompt-align ``ProGrad.public/trainers/prograd.py`
   phrase's first k tokens, so the prompt reads "<zeros> <template with the class name>" (a phrase with more
   tokens than words, e.g. "pet," = 2 tokens, keeps its last tokens as fixed words); ``False``: N(0, 0.02) vectors;
 * the zero-shot teacher: ``logit_scale * f_image . t_zs`` with ``t_zs`` the frozen CLIP's text features of the
-  dataset's ProGrad template (:data:`PROGRAD_TEMPLATES`), no gradient;
+  dataset's ProGrad template (:data:`TEMPLATES`), no gradient;
 * losses: L_ce = CE(student logits, y) (primary) and L_kd = T^2 * mean_batch sum_c -softmax(t/T)_c *
   log_softmax(s/T)_c (reference; a soft-target cross-entropy: its gradient is the KL's, its value is not the KL,
   so the log shows it as ``kd``); ``LOSS.NAME prograd``, ``LOSS.T`` and ``LOSS.LAMBDA`` as the reference's keys;
@@ -63,18 +63,29 @@ from clip import MASTER_DTYPE
 
 from .base import LossOutput, PromptTrainer, cross_entropy
 from .compat import UserError
-from .config import check_choice, check_range, coop_context_keys, register_block
+from .config import check_choice, check_range, phrase_context_keys, register_block
 from .coop import PromptLearner
 from .prompts import CLASS_TOKEN_POSITIONS
 from .registry import Count, register_method
-from .templates import PROGRAD_TEMPLATES, dataset_template, zeroshot_text_features
+from .templates import CUSTOM_TEMPLATES, dataset_template, zeroshot_text_features
+
+#: ProGrad's zero-shot templates (its teacher and its ``CTX_INIT``); other datasets: the CoOp family's
+TEMPLATES = {
+    **CUSTOM_TEMPLATES,
+    "OxfordPets": "a type of pet, a photo of a {}.",
+    "OxfordFlowers": "a type of flower, a photo of a {}.",
+    "FGVCAircraft": "a type of aircraft, a photo of a {}.",
+    "DescribableTextures": "a texture of {}.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "Food101": "a type of food, a photo of {}.",
+}
 
 #: the loss the reference's ``LOSS.NAME`` must name
 LOSS_NAME = "prograd"
 
 
 def prograd_keys(c):
-    coop_context_keys(c, n_ctx=16)  # every reference script: 16 context vectors
+    phrase_context_keys(c, n_ctx=16)  # every reference script: 16 context vectors
     c.CTX_INIT = True  # True: zero-padded init from the dataset's ProGrad template; False: N(0, 0.02)
 
 
@@ -90,7 +101,7 @@ register_block("LOSS", loss_keys)
 
 
 def prograd_template(dataset_name: str) -> str:
-    return dataset_template(dataset_name, PROGRAD_TEMPLATES)
+    return dataset_template(dataset_name, TEMPLATES)
 
 
 def init_phrase(template: str, n_ctx: int, key: str = "TRAINER.PROGRAD") -> str:

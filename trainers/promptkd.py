@@ -55,7 +55,7 @@ from dassl.utils import load_checkpoint
 from .base import LossOutput, PromptTrainer, load_clip
 from .checkpoints import extract_prompt_state, load_prompt_set, read_run_config, resolve_checkpoint
 from .compat import UserError
-from .config import check_choice, check_range, ivlp_keys, register_block
+from .config import check_choice, check_range, deep_prompt_keys, register_block
 from .ivlp import from_reference_keys
 from .prompted_clip import ModelOutput, PromptedCLIP, normalise
 from .prompts import DeepPrompts, Prompts, encoder_dims, replaced_vision_ops
@@ -69,7 +69,7 @@ MODALS = ("base2novel", "cross")
 def promptkd_keys(c):
     """``cfg.TRAINER.PROMPTKD``: the reference's keys (values of its base-to-new scripts), then ours."""
     # the student's vision prompts, and the description of the teacher (checked against the teacher run)
-    ivlp_keys(c, n_text=4, n_vision=4, depth_text=9, depth_vision=9)
+    deep_prompt_keys(c, n_text=4, n_vision=4, depth_text=9, depth_vision=9)
     c.PROJECT_LAYER = -1  # unused, as in the reference
     c.CE_WEIGHT = 0.0  # unused, as in the reference (no cross-entropy: labels are not used)
     c.KD_WEIGHT = 1000.0  # weight of the KL term (the reference scripts' value)
@@ -356,9 +356,9 @@ class PromptKD(PromptTrainer):
         the half's logits are then a slice of the all-class logits."""
         super().build_data_loader()
         half = self.cfg.DATASET.get("SUBSAMPLE_CLASSES", "all")
-        self.class_names = list(self.dm.dataset.classnames)  # the classes of class_features
+        self.class_names = self.classnames  # the classes of class_features
         self.eval_index = None  # columns of class_features the evaluation uses (None: all)
-        if not (self.transductive and half != "all"):
+        if self.dm is None or not (self.transductive and half != "all"):
             return
         cfg = self.cfg.clone()
         cfg.defrost()

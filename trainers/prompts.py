@@ -49,7 +49,7 @@ def encoder_dims(clip_model: nn.Module, need_vit: str = "") -> EncoderDims:
         raise UserError(
             f"{need_vit} puts prompts into the image encoder's transformer layers, which needs a Vision "
             f"Transformer backbone (ViT-B/32, ViT-B/16, ViT-L/14, ...); this CLIP has a ResNet image encoder. Choose "
-            "a ViT with MODEL.BACKBONE.NAME, or a text-only method (CoOp, CoCoOp, KgCoOp)")
+            "a ViT with MODEL.BACKBONE.NAME, or a method whose prompts are in the text encoder only")
     visual = clip_model.visual
     return EncoderDims(
         text_width=clip_model.transformer.width, text_layers=clip_model.transformer.layers,

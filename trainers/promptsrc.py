@@ -4,7 +4,7 @@ Reference behaviour (``TRAINER.PROMPTSRC``, muzairkhattak/PromptSRC ``trainers/p
 
 * architecture: IVLP (4 + 4 prompt tokens, depth 9 in both branches, text from "a photo of a");
 * frozen teachers: the zero-shot image feature (CLIP without prompts) and, per class, the mean of CLIP's text
-  features over the 60 templates of :data:`~trainers.templates.PROMPTSRC_TEMPLATES` (averaged before
+  features over the 60 templates of :data:`~trainers.templates.TEMPLATES` (averaged before
   normalisation, computed once in fp32);
 * loss = CE(logits) + TEXT_LOSS_WEIGHT * L1(text, teacher text) + IMAGE_LOSS_WEIGHT * L1(image, zero-shot image)
   + KL(p_zero-shot || p_prompted) summed and divided by B*C (features L2-normalised, L1 averaged); see
@@ -33,14 +33,19 @@ from clip import MASTER_DTYPE
 
 from .base import LossOutput, PromptTrainer
 from .compat import UserError
-from .config import ivlp_keys
+from .config import deep_prompt_keys
 from .ivlp import from_reference_keys, ivlp_learner
 from .registry import Count, register_method
-from .templates import PROMPTSRC_TEMPLATES, zeroshot_text_features
+from .templates import IMAGENET_TEMPLATES, zeroshot_text_features
+
+
+#: The 60 templates PromptSRC averages for its frozen text features, in its order: "a photo of a {}." first, then
+#: the first 59 of the others in CLIP's list (PromptSRC's truncated copy of ``IMAGENET_TEMPLATES``).
+TEMPLATES = ["a photo of a {}."] + [t for t in IMAGENET_TEMPLATES if t != "a photo of a {}."][:59]
 
 
 def promptsrc_keys(c):
-    ivlp_keys(c, n_text=4, n_vision=4)  # the IVLP keys with PromptSRC's values
+    deep_prompt_keys(c, n_text=4, n_vision=4)  # the IVLP keys with PromptSRC's values
     c.TEXT_LOSS_WEIGHT = 25  # weight of L1(prompted text features, template-ensemble text features)
     c.IMAGE_LOSS_WEIGHT = 10  # weight of L1(prompted image features, zero-shot image features)
     c.GPA_MEAN = 15  # Gaussian prompt aggregation: mean epoch (1-based)
@@ -133,10 +138,10 @@ class PromptSRC(PromptTrainer):
         model = super().build_clip_model(cfg, classnames, clip_model)
         model.prompt_learner.add_module("gpa", GPAState())
         # the teacher text features, from the fp32 CLIP (before the run's precision is applied), on the run's device
-        print(f"Computing the frozen text features of {len(classnames)} classes over {len(PROMPTSRC_TEMPLATES)} "
+        print(f"Computing the frozen text features of {len(classnames)} classes over {len(TEMPLATES)} "
               "templates")
         clip_model.to(self.device)
-        fixed = zeroshot_text_features(clip_model, classnames, PROMPTSRC_TEMPLATES, normalise_each=False)
+        fixed = zeroshot_text_features(clip_model, classnames, TEMPLATES, normalise_each=False)
         model.register_buffer("fixed_embeddings", fixed.to(MASTER_DTYPE), persistent=False)  # (C, E), unnormalised
         return model
 

@@ -45,15 +45,41 @@ from clip.layers import QuickGELU
 
 from .base import LossOutput, PromptTrainer, cross_entropy
 from .compat import UserError
-from .config import check_range, coop_context_keys
+from .config import check_range, phrase_context_keys
 from .kgcoop import knowledge_guided_loss
 from .prompts import ClassPrompts, Prompts, context_vectors, encoder_dims, learned_context
 from .registry import Count, register_method
-from .templates import TCP_ANCHOR_TEMPLATES, TCP_SUFFIXES, dataset_template, zeroshot_text_features
+from .templates import CUSTOM_TEMPLATES, dataset_template, zeroshot_text_features
+
+
+#: the text after TCP's context slots, per dataset ("{}": the class name); others: "{}."
+SUFFIXES = {
+    "OxfordPets": "{}, a type of pet.",
+    "OxfordFlowers": "{}, a type of flower.",
+    "FGVCAircraft": "{}, a type of aircraft.",
+    "DescribableTextures": "{} texture.",
+    "EuroSAT": "{}.",
+    "StanfordCars": "{}, a type of car",  # no period, as the reference
+    "Food101": "{}, a type of food.",
+    "SUN397": "{}.",
+    "Caltech101": "{}.",
+    "UCF101": "person doing {}.",  # the context takes the place of "a photo of a"
+    "ImageNet": "{}.",  # likewise
+}
+
+#: the hand-written templates of TCP's anchor (and the meta-network's input); others: the CoOp family's
+ANCHOR_TEMPLATES = {
+    **CUSTOM_TEMPLATES,
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of an aircraft {}.",
+    "DescribableTextures": "a photo of a {}, a type of texture.",
+    "Food101": "a photo of a {}, a type of food.",
+}
 
 
 def tcp_keys(c):
-    coop_context_keys(c, n_ctx=4, ctx_init="", position=None)  # the reference's True CTX_INIT: "a photo of a"
+    phrase_context_keys(c, n_ctx=4, ctx_init="", position=None)  # the reference's True CTX_INIT: "a photo of a"
     c.CLASS_TOKEN_LAYER = 8  # text block at whose input the class-aware tokens are written
     c.N_CLASS_TOKENS = 4  # class-aware tokens per class (they take the first positions after SOS)
     c.W = 1.0  # mix weight: tokens <- W * class tokens + (1 - W) * tokens
@@ -87,7 +113,7 @@ class TCPPromptLearner(nn.Module):
         dims = encoder_dims(clip_model)
         width, embed = dims.text_width, clip_model.text_projection.shape[1]
         prefix, n_ctx, from_phrase = learned_context(mcfg.CTX_INIT, mcfg.N_CTX, key, rule="phrase")
-        before, after = split_template(TCP_SUFFIXES.get(dataset_name, "{}."))
+        before, after = split_template(SUFFIXES.get(dataset_name, "{}."))
         self.n_tokens, self.layer, self.weight = int(mcfg.N_CLASS_TOKENS), int(mcfg.CLASS_TOKEN_LAYER), float(mcfg.W)
         if not 1 <= self.n_tokens <= n_ctx:
             raise UserError(f"{key}.N_CLASS_TOKENS={self.n_tokens}: the class-aware tokens replace learned context "
@@ -106,7 +132,7 @@ class TCPPromptLearner(nn.Module):
             ("relu", QuickGELU()),
             ("linear2", nn.Linear(hidden, self.n_tokens * width)),
         ]))
-        template = dataset_template(dataset_name, TCP_ANCHOR_TEMPLATES)
+        template = dataset_template(dataset_name, ANCHOR_TEMPLATES)
         print(f'Class-aware tokens: {self.n_tokens} per class at text block {self.layer}, from "{template}"')
         # fp32, from the frozen CLIP before the run's precision is applied; recomputed for every class list
         self.register_buffer("anchor", zeroshot_text_features(clip_model, classnames, [template]), persistent=False)

@@ -3,13 +3,11 @@
 ``{}`` is the class name (underscores already replaced).
 
 - :data:`IMAGENET_TEMPLATES`: CLIP's 80 ImageNet templates, in the CoOp repository's order.
-- :data:`IMAGENET_TEMPLATES_SELECT`: the 7 that ``ZeroshotCLIP2`` ensembles (with the dataset's own template).
-- :data:`PROMPTSRC_TEMPLATES`: the 60 PromptSRC averages for its frozen text features: the first 60 of its copy
-  of the list, with "a photo of a {}." moved to the front (this is PromptSRC's ``IMAGENET_TEMPLATES``).
-- Per-dataset tables (``cfg.DATASET.NAME`` -> template), each method's where it differs: :data:`CUSTOM_TEMPLATES`
-  (CoOp's zero-shot templates, plus the project's Digits and Caltech256), :data:`KGCOOP_TEMPLATES`,
-  :data:`PROGRAD_TEMPLATES`, TCP's :data:`TCP_SUFFIXES` and :data:`TCP_ANCHOR_TEMPLATES`. :func:`dataset_template`
-  looks a dataset up in a table, falling back to "a photo of a {}.".
+- :data:`IMAGENET_TEMPLATES_SELECT`: the 7 that zero-shot CLIP's ensemble uses (with the dataset's own template).
+- :data:`CUSTOM_TEMPLATES`: ``cfg.DATASET.NAME`` -> the zero-shot template of that dataset (the CoOp family's
+  table, plus the project's Digits and Caltech256). A method whose references use other templates keeps its
+  table of differences in its own module; :func:`dataset_template` looks a dataset up in a table, falling back to
+  "a photo of a {}.".
 - :func:`zeroshot_text_features`: CLIP's features of the class names in one or more templates.
 """
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -103,7 +101,7 @@ IMAGENET_TEMPLATES: List[str] = [
     "a tattoo of the {}.",
 ]
 
-#: The 7 templates ZeroshotCLIP2 ensembles.
+#: The 7 templates of zero-shot CLIP's ensemble.
 IMAGENET_TEMPLATES_SELECT: List[str] = [
     "itap of a {}.",
     "a bad photo of the {}.",
@@ -114,13 +112,7 @@ IMAGENET_TEMPLATES_SELECT: List[str] = [
     "a photo of the small {}.",
 ]
 
-#: The 60 templates PromptSRC averages for its frozen text features, in its order: "a photo of a {}." first, then
-#: the first 59 of the others in CLIP's list (PromptSRC's truncated copy of ``IMAGENET_TEMPLATES``).
-PROMPTSRC_TEMPLATES: List[str] = (
-    ["a photo of a {}."] + [t for t in IMAGENET_TEMPLATES if t != "a photo of a {}."][:59]
-)
-
-#: ``cfg.DATASET.NAME`` -> zero-shot template (CoOp's ``CUSTOM_TEMPLATES`` plus the project's datasets).
+#: ``cfg.DATASET.NAME`` -> zero-shot template (the CoOp family's ``CUSTOM_TEMPLATES`` plus the project's datasets).
 CUSTOM_TEMPLATES: Dict[str, str] = {
     "OxfordPets": "a photo of a {}, a type of pet.",
     "OxfordFlowers": "a photo of a {}, a type of flower.",
@@ -145,52 +137,6 @@ CUSTOM_TEMPLATES: Dict[str, str] = {
 DEFAULT_TEMPLATE = "a photo of a {}."
 
 
-#: KgCoOp's templates: CoOp's, except DTD's
-KGCOOP_TEMPLATES: Dict[str, str] = {**CUSTOM_TEMPLATES, "DescribableTextures": "a photo of a {}, a type of texture."}
-
-#: ProGrad's zero-shot templates (its teacher and its ``CTX_INIT``); other datasets: CoOp's
-PROGRAD_TEMPLATES: Dict[str, str] = {
-    **CUSTOM_TEMPLATES,
-    "OxfordPets": "a type of pet, a photo of a {}.",
-    "OxfordFlowers": "a type of flower, a photo of a {}.",
-    "FGVCAircraft": "a type of aircraft, a photo of a {}.",
-    "DescribableTextures": "a texture of {}.",
-    "EuroSAT": "a centered satellite photo of {}.",
-    "Food101": "a type of food, a photo of {}.",
-}
-
-#: TCP: the text after its context slots, per dataset ("{}": the class name); others: "{}."
-TCP_SUFFIXES: Dict[str, str] = {
-    "OxfordPets": "{}, a type of pet.",
-    "OxfordFlowers": "{}, a type of flower.",
-    "FGVCAircraft": "{}, a type of aircraft.",
-    "DescribableTextures": "{} texture.",
-    "EuroSAT": "{}.",
-    "StanfordCars": "{}, a type of car",  # no period, as the reference
-    "Food101": "{}, a type of food.",
-    "SUN397": "{}.",
-    "Caltech101": "{}.",
-    "UCF101": "person doing {}.",  # the context takes the place of "a photo of a"
-    "ImageNet": "{}.",  # likewise
-}
-
-#: TCP: the hand-written templates of its anchor (and the meta-network's input); others: CoOp's
-TCP_ANCHOR_TEMPLATES: Dict[str, str] = {
-    **CUSTOM_TEMPLATES,
-    "OxfordPets": "a photo of a {}, a type of pet.",
-    "OxfordFlowers": "a photo of a {}, a type of flower.",
-    "FGVCAircraft": "a photo of an aircraft {}.",
-    "DescribableTextures": "a photo of a {}, a type of texture.",
-    "EuroSAT": "a centered satellite photo of {}.",
-    "StanfordCars": "a photo of a {}.",
-    "Food101": "a photo of a {}, a type of food.",
-    "SUN397": "a photo of a {}.",
-    "Caltech101": "a photo of a {}.",
-    "UCF101": "a photo of a person doing {}.",
-    "ImageNet": "a photo of a {}.",
-}
-
-
 def dataset_template(dataset_name: str, table: Optional[Mapping[str, str]] = None,
                      default: str = DEFAULT_TEMPLATE) -> str:
     """The template of ``cfg.DATASET.NAME`` in ``table`` (default :data:`CUSTOM_TEMPLATES`), else ``default``."""
@@ -203,8 +149,8 @@ def zeroshot_text_features(clip_model: nn.Module, classnames: Sequence[str], tem
     """(C, E) features of the class names in ``templates``, in the model's dtype.
 
     ``normalise_each`` (zero-shot CLIP): each template's features L2-normalised, averaged over the templates, and
-    normalised again (with one template: that template's normalised features). False (PromptSRC's frozen text
-    features): the plain mean of the unnormalised features.
+    normalised again (with one template: that template's normalised features). False: the plain mean of the
+    unnormalised features.
     """
     names = [name.replace("_", " ") for name in classnames]
     device = clip_model.token_embedding.weight.device

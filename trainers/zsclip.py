@@ -21,7 +21,7 @@ import clip
 from clip import MASTER_DTYPE
 from dassl.engine import TrainerX
 
-from .base import load_clip
+from .base import ForClasses, load_clip
 from .compat import UserError
 from .config import check_precision
 from .registry import register_method
@@ -30,7 +30,7 @@ from .templates import IMAGENET_TEMPLATES_SELECT, dataset_template, zeroshot_tex
 
 @register_method(block="COOP", config_dir="CoOp", scripts={"base2new": "vit_b16"}, aliases=("zsclip",),
                  trains=False)
-class ZeroshotCLIP(TrainerX):
+class ZeroshotCLIP(ForClasses, TrainerX):
     """``--trainer ZeroshotCLIP --eval-only``: CLIP with the dataset's hand-written template."""
 
     @classmethod
@@ -42,7 +42,7 @@ class ZeroshotCLIP(TrainerX):
 
     def build_model(self):
         cfg = self.cfg
-        classnames = self.dm.dataset.classnames
+        classnames = self.classnames
         self.precision = clip.resolve_precision(cfg.TRAINER[self.METHOD.block].PREC, self.device,
                                                 half_on_cpu=bool(cfg.get("CPU_HALF", False)))
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
