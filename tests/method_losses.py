@@ -107,6 +107,27 @@ def promptkd(trainer, batch, out):
     return {"loss": float(m.KD_WEIGHT) * t * t * _kl_sum(logits, out.logits, t) / out.logits.numel()}
 
 
+def with_dept(base):
+    """DePT on a method (Zhang et al. 2024, the fork's ``elp_*`` trainers): (1 - lambda) CE(method) + lambda
+    CE(linear head on FiLM'd features of the 2B batch: each image and its label's text) + the method's other
+    terms."""
+    def loss(trainer, batch, out):
+        ref = base(trainer, batch, out)
+        lam = float(trainer.cfg.TRAINER.LINEAR_PROBE.WEIGHT)
+        dept = trainer.model.prompt_learner.dept
+        label = batch["label"]
+        text = out.text_embeds.float()
+        text = text[torch.arange(len(label)), label] if text.dim() == 3 else text[label]
+        image = out.image_embeds.float()
+        feats = torch.cat([dept.film_text.scale * text + dept.film_text.bias,
+                           dept.film_image.scale * image + dept.film_image.bias])
+        head = F.cross_entropy(feats @ dept.head.weight.t() + dept.head.bias, torch.cat([label, label]))
+        ce = _ce(out, batch)
+        return {**ref, "loss": ref["loss"] - ce + (1 - lam) * ce + lam * head, "head": head}
+
+    return loss
+
+
 REFERENCE_LOSSES = {
     "CoOp": cross_entropy_only, "CoCoOp": cross_entropy_only, "VPT": cross_entropy_only, "IVLP": cross_entropy_only,
     "MaPLe": cross_entropy_only, "MPL": cross_entropy_only, "KgCoOp": kgcoop, "TCP": tcp, "ProGrad": prograd,

@@ -33,7 +33,6 @@ def setup(tmp_path_factory):
     make_fixture("eurosat", root / "data", n_per_class=4, image_size=32)
     ckpt = write_tiny_checkpoint(root / "tiny.pt", kind="vit")
     mp = pytest.MonkeyPatch()
-    mp.setattr(train, "collect_env_info", lambda: "(environment report skipped in tests)")
     yield root, ckpt
     mp.undo()
 

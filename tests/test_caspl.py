@@ -11,9 +11,10 @@ import train
 from dassl.engine import TRAINER_REGISTRY
 from datasets.fixtures import make_fixture
 from trainers.caspl import distillation_loss
-from trainers.common import UserError
+from trainers.compat import UserError
 
 from tiny_clip import write_tiny_checkpoint
+from trainers.api import build_cfg
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,7 +28,6 @@ def env(tmp_path_factory):
     teacher = write_tiny_checkpoint(root / "teacher.pt", kind="vit", seed=3, vision_layers=4, vision_width=128,
                                     transformer_width=128, embed_dim=48)
     mp = pytest.MonkeyPatch()
-    mp.setattr(train, "collect_env_info", lambda: "(environment report skipped in tests)")
     yield root, student, teacher
     mp.undo()
 

@@ -16,9 +16,11 @@ import train
 from dassl.engine import TRAINER_REGISTRY
 from datasets.fixtures import make_fixture
 from tools import method_defaults
-from trainers.common import DeepPrompts, UserError
+from trainers.compat import UserError
+from trainers.prompts import DeepPrompts
 
 from tiny_clip import write_tiny_checkpoint
+from trainers.api import build_cfg
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "scripts/caspl/run.sh"

@@ -18,6 +18,7 @@ from trainers import teacher_cache as tc
 from trainers.caspl import CasPL, distillation_loss
 
 from tiny_clip import write_tiny_checkpoint
+from trainers.api import build_cfg
 
 REPO = Path(__file__).resolve().parent.parent
 N_IMAGES = 20  # eurosat fixture: 10 classes x 2 training images
@@ -35,7 +36,6 @@ def env(tmp_path_factory):
     other = write_tiny_checkpoint(root / "other.pt", kind="vit", seed=4, vision_layers=2, vision_width=128,
                                   transformer_width=128, embed_dim=48, image_resolution=48)
     mp = pytest.MonkeyPatch()
-    mp.setattr(train, "collect_env_info", lambda: "(environment report skipped in tests)")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is fastest, and other jobs share the cores
     yield root, student, teacher, other

@@ -34,10 +34,13 @@ from trainers.compat import UserError
 from trainers.prompts import DeepPrompts, learned_context
 from trainers.registry import EXTENSIONS, METHODS, Count, register_method
 
-from method_losses import REFERENCE_LOSSES, WITHOUT_REGULARISERS
+from method_losses import REFERENCE_LOSSES, WITHOUT_REGULARISERS, cross_entropy_only, with_dept
 from tiny_runs import CLASSNAMES, REPO, build_for_classes, earlier_opts, fixed_batch, tiny_cfg
 
 PROMPT_METHODS = [m.name for m in trainers.list_methods() if issubclass(m.cls, PromptTrainer)]
+#: the methods whose loss has a cross-entropy, which DePT reweights (distillation-only methods have none)
+CE_METHODS = [n for n in PROMPT_METHODS if n not in ("CasPL", "PromptKD")]
+DEPT = ["TRAINER.LINEAR_PROBE.TYPE", "linear"]
 OTHER_METHODS = [m.name for m in trainers.list_methods() if m.name not in PROMPT_METHODS]
 OTHER_NAMES = ["Pasture Land", "Permanent Crop Land", "Residential Buildings", "River", "Sea or Lake"]
 
@@ -218,6 +221,80 @@ def test_zero_shot_logits_are_clips_with_the_dataset_template(env, name):
     expected = model.logit_scale.exp() * image @ text.t()
     torch.testing.assert_close(trainer.model_inference(images), expected, rtol=1e-5, atol=1e-5)
     assert templates[-1] == "a centered satellite photo of {}."
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DePT on every method with a cross-entropy
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", CE_METHODS)
+def test_dept_loss_equals_the_hand_written_reference(env, name):
+    trainer = build(env, name, DEPT)
+    assert [e.name for e in trainer.extensions] == ["DePT"]
+    with torch.no_grad():  # a head and transforms away from their initial values
+        for p in trainer.model.prompt_learner.dept.parameters():
+            p.add_(torch.randn(p.shape) * 0.1)
+    batch = fixed_batch(4)
+    out = forward(trainer, batch)
+    with trainer.precision.autocast(trainer.device):
+        result = trainer.loss(batch, out)
+        for extension in trainer.extensions:
+            result = extension.loss(trainer, batch, out, result)
+    expected = with_dept(REFERENCE_LOSSES[name])(trainer, batch, out)
+    torch.testing.assert_close(result.loss.detach(), expected["loss"].detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(result.terms["head"].detach(), expected["head"].detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_dept_with_weight_zero_is_the_method(env):
+    trainer = build(env, "CoOp", [*DEPT, "TRAINER.LINEAR_PROBE.WEIGHT", "0.0"])
+    batch = fixed_batch(4)
+    out = forward(trainer, batch)
+    result = trainer.extensions[0].loss(trainer, batch, out, trainer.loss(batch, out))
+    assert torch.equal(result.loss.detach(), cross_entropy_only(trainer, batch, out)["loss"].detach())
+    images = batch["img"]
+    trainer.set_model_mode("eval")
+    with torch.no_grad():
+        assert torch.equal(trainer.model_inference(images), trainer.model(images).logits)
+
+
+def test_dept_fuses_its_head_on_its_classes_and_not_on_others(env, tmp_path):
+    trained = build(env, "MPL", DEPT)
+    dept = trained.model.prompt_learner.dept
+    with torch.no_grad():
+        for p in dept.parameters():
+            p.add_(torch.randn(p.shape) * 0.1)
+    trained.save_model(0, str(tmp_path))
+    images = fixed_batch(3)["img"]
+    trained.set_model_mode("eval")
+    with torch.no_grad():
+        out = trained.model(images)
+        head = dept.head(dept.film_image(out.image_embeds))
+        torch.testing.assert_close(trained.model_inference(images), 0.3 * out.logits + 0.7 * head)
+
+    other = build(env, "MPL", DEPT, classnames=OTHER_NAMES)  # new classes: the method's logits alone
+    other.load_model(str(tmp_path), epoch=1)
+    assert not other.model.prompt_learner.dept.active
+    other.set_model_mode("eval")
+    with torch.no_grad():
+        assert torch.equal(other.model_inference(images), other.model(images).logits)
+
+    subset = [CLASSNAMES[3], CLASSNAMES[1]]  # a subset (ImageNet-A's of ImageNet's): the head's rows by name
+    part = build(env, "MPL", DEPT, classnames=subset)
+    part.load_model(str(tmp_path), epoch=1)
+    part.set_model_mode("eval")
+    with torch.no_grad():
+        sub = part.model(images)
+        torch.testing.assert_close(sub.logits, out.logits[:, [3, 1]])
+        torch.testing.assert_close(part.model_inference(images), 0.3 * sub.logits + 0.7 * head[:, [3, 1]])
+
+
+def test_dept_head_and_transforms_learn_at_their_multiplier(env):
+    trainer = build(env, "CoOp", DEPT)
+    groups = trainer.optim.param_groups
+    dept = {id(p) for p in trainer.model.prompt_learner.dept.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == dept and not dept & {id(p) for p in groups[0]["params"]}
+    # the schedule's base rates (the constant warm-up gives every group WARMUP_CONS_LR first, as Dassl's)
+    lr = trainer.cfg.OPTIM.LR
+    assert [g["initial_lr"] for g in groups] == pytest.approx([lr, lr * 6.5])
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from dassl.utils import set_random_seed
 from datasets.fixtures import make_fixture
 
 from tiny_clip import write_tiny_checkpoint
+from trainers.api import build_cfg
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -88,7 +89,7 @@ def build(env, prec, opts=()):
             "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAINER.COOP.PREC", prec, "CPU_HALF", "True", "VERBOSE", "False",
             *opts]
     cfg = build_cfg(argv)
-        set_random_seed(1)
+    set_random_seed(1)
     trainer = HookedCoOp(cfg)
     trainer.set_model_mode("train")
     trainer.batch_idx, trainer.num_batches = 0, 2

@@ -8,6 +8,7 @@ import pytest
 
 import train
 from clip import host_memory
+from trainers.api import build_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 
 import clip
-from trainers.common import PromptedCLIP
-from trainers.maple import MaPLe, maple_as_mpl, maple_defaults
-from trainers.mpl import MultiModalPromptLearner, build_schedule, mpl_defaults
+from trainers.compat import UserError
+from trainers.config import make_block
+from trainers.maple import MaPLe, maple_as_mpl
+from trainers.mpl import MultiModalPromptLearner, build_schedule
+from trainers.prompted_clip import PromptedCLIP
 
 from tiny_clip import make_tiny_clip
 
@@ -20,7 +22,7 @@ CLASSES = ["cat", "dog", "sea lion", "red-winged blackbird", "maple tree"]
 
 
 def mpl_cfg(**kw):
-    c = mpl_defaults()
+    c = make_block("TRAINER.MPL")
     for k, v in kw.items():
         setattr(c, k, v)
     return c
@@ -43,7 +45,7 @@ def test_parameter_counts_vit_b16_meta():
     with torch.device("meta"):
         ref = MultiModalPromptLearner(mpl_cfg(N_CTX=1, N_ADD_OP=2, N_RM_OP=1, PROMPT_DEPTH=9), CLASSES, model)
         xd = MultiModalPromptLearner(mpl_cfg(N_CTX=1, N_ADD_OP=2, N_RM_OP=1, PROMPT_DEPTH=3), CLASSES, model)
-        maple = MultiModalPromptLearner(maple_as_mpl(maple_defaults()), CLASSES, model, prefix="a photo of a")
+        maple = MultiModalPromptLearner(maple_as_mpl(make_block("TRAINER.MAPLE")), CLASSES, model, prefix="a photo of a")
     assert count(ref) == 6_702_336
     assert count(xd) == 1_971_456
     assert count(maple) == 3_555_072
@@ -82,13 +84,13 @@ def test_varying_per_layer_schedule_meta():
 
 def test_impossible_schedule_is_refused():
     model = make_tiny_clip("vit", vision_layers=3, transformer_layers=3)
-    with pytest.raises(ValueError, match="vision layer 1 removes 2 prompt tokens but only 1 exist"):
+    with pytest.raises(UserError, match="vision layer 1 removes 2 prompt tokens but only 1 exist"):
         MultiModalPromptLearner(mpl_cfg(N_CTX=1, N_RM_OP=2, PROMPT_DEPTH=3), CLASSES, model)
-    with pytest.raises(ValueError, match="PROMPT_DEPTH"):
+    with pytest.raises(UserError, match="PROMPT_DEPTH"):
         build_schedule(mpl_cfg(PROMPT_DEPTH=13), 12)
-    with pytest.raises(ValueError, match="VISION_ADD has 2 entries"):
+    with pytest.raises(UserError, match="VISION_ADD has 2 entries"):
         build_schedule(mpl_cfg(PROMPT_DEPTH=4, VISION_ADD=[1, 2]), 12)
-    with pytest.raises(ValueError, match="COUPLING"):
+    with pytest.raises(UserError, match="COUPLING"):
         build_schedule(mpl_cfg(COUPLING="mlp"), 12)
 
 
@@ -170,7 +172,7 @@ def test_mpl_equals_reference_semantics(tiny, n_ctx, n_add, n_rm, depth):
 
 def test_maple_equals_reference_replacement(tiny):
     torch.manual_seed(4)
-    mcfg = maple_defaults()
+    mcfg = make_block("TRAINER.MAPLE")
     mcfg.PROMPT_DEPTH = 4
     learner = MultiModalPromptLearner(maple_as_mpl(mcfg), CLASSES, tiny, prefix="a photo of a")
     for p in learner.txt2img_proj.parameters():  # break the clone init so every layer's map differs
@@ -188,7 +190,7 @@ def test_maple_equals_reference_replacement(tiny):
 
 def test_mpl_with_add_equal_remove_is_maple(tiny):
     """MPL with one map per layer removing all N_CTX tokens (no carry) is MaPLe's replacement scheme."""
-    mcfg = maple_defaults()
+    mcfg = make_block("TRAINER.MAPLE")
     mcfg.PROMPT_DEPTH, mcfg.CTX_INIT = 3, ""
     torch.manual_seed(5)
     maple = MultiModalPromptLearner(maple_as_mpl(mcfg), CLASSES, tiny, prefix="X X", ctx_from_prefix=False)
@@ -292,7 +294,7 @@ def test_maple_reference_keys_load():
     from trainers.maple import from_reference_keys
 
     model = make_tiny_clip("vit", vision_layers=3, transformer_layers=3)
-    mcfg = maple_defaults()
+    mcfg = make_block("TRAINER.MAPLE")
     mcfg.PROMPT_DEPTH = 3
     learner = MultiModalPromptLearner(maple_as_mpl(mcfg), CLASSES, model, prefix="a photo of a")
     reference = {}
@@ -311,7 +313,7 @@ def test_mpl_and_maple_at_other_widths_meta(arch, text_width, vision_width, patc
     with torch.device("meta"):
         model = clip.create_model(arch)
         mpl = MultiModalPromptLearner(mpl_cfg(N_CTX=1, N_ADD_OP=2, N_RM_OP=1, PROMPT_DEPTH=9), CLASSES, model)
-        maple = MultiModalPromptLearner(maple_as_mpl(maple_defaults()), CLASSES, model, prefix="a photo of a")
+        maple = MultiModalPromptLearner(maple_as_mpl(make_block("TRAINER.MAPLE")), CLASSES, model, prefix="a photo of a")
     linear = text_width * vision_width + vision_width
     assert count(mpl) == text_width + linear + 8 * text_width + 16 * linear
     assert count(maple) == 2 * text_width + linear + 8 * 2 * text_width + 8 * linear

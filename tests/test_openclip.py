@@ -140,7 +140,7 @@ def test_a_method_trains_on_a_registered_open_clip_backbone(oracle_file, tmp_pat
 
     import train
     from datasets.fixtures import make_fixture
-    from trainers.common import load_clip
+    from trainers.base import load_clip
 
     _, path = oracle_file
     clip.register_pretrained("oc-tiny:test", builder=lambda root: path, options={"activation": "gelu"})
@@ -151,7 +151,6 @@ def test_a_method_trains_on_a_registered_open_clip_backbone(oracle_file, tmp_pat
                     NAME = "oc-tiny:test"
         assert isinstance(load_clip(Cfg).visual.transformer.resblocks[0].mlp.gelu, torch.nn.GELU)
         make_fixture("eurosat", tmp_path / "data", n_per_class=2, image_size=32)
-        monkeypatch.setattr(train, "collect_env_info", lambda: "(environment report skipped in tests)")
         out = tmp_path / "run"
         rc = train.main(["--root", str(tmp_path / "data"), "--seed", "1", "--trainer", "MPL",
                          "--dataset-config-file", "configs/datasets/eurosat.yaml",

@@ -26,6 +26,7 @@ from datasets.fixtures import make_fixture
 from tools.earlier_runs import earlier_run_opts
 
 from tiny_clip import write_tiny_checkpoint
+from trainers.api import build_cfg
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PRECISIONS = ["fp32", "bf16", "fp16", "amp"]
@@ -68,7 +69,7 @@ def _build(setup, name, prec):
             "--output-dir", str(root / "out"), "MODEL.BACKBONE.NAME", str(ckpt), *data, *earlier,
             f"TRAINER.{key}.PREC", prec, "CPU_HALF", "True", "VERBOSE", "False"]
     cfg = build_cfg(argv)
-        set_random_seed(cfg.SEED)
+    set_random_seed(cfg.SEED)
     return build_trainer(cfg)
 
 

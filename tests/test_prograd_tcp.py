@@ -20,12 +20,13 @@ from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import set_random_seed
 from datasets.fixtures import make_fixture
 from tools.method_defaults import defaults
-from trainers.common import UserError
+from trainers.compat import UserError
 from trainers.prograd import ProGradPromptLearner, project_conflicting, soft_target_cross_entropy
 from trainers.tcp import TCPPromptLearner
 from trainers.zsclip import zeroshot_text_features
 
 from tiny_clip import write_tiny_checkpoint
+from trainers.api import build_cfg
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 NAMES = ["annual crop", "forest", "river"]

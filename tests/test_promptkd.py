@@ -19,10 +19,11 @@ from dassl.engine import build_trainer
 from dassl.utils import save_checkpoint
 from datasets.fixtures import make_fixture
 from tools.earlier_runs import earlier_run_opts
-from trainers.common import UserError
+from trainers.compat import UserError
 from trainers.promptkd import kd_weight_for, parse_weights, promptkd_loss
 
 from tiny_clip import write_tiny_checkpoint
+from trainers.api import build_cfg
 
 REPO = Path(__file__).resolve().parent.parent
 HEAD_DATA = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
@@ -39,7 +40,6 @@ def env(tmp_path_factory):
     teacher = write_tiny_checkpoint(root / "teacher.pt", kind="vit", seed=1, vision_layers=4, embed_dim=48,
                                     vision_width=128, transformer_layers=3)
     mp = pytest.MonkeyPatch()
-    mp.setattr(train, "collect_env_info", lambda: "(environment report skipped in tests)")
     head = ["--root", str(root / "data"), "--seed", "1", "--dataset-config-file",
             str(REPO / "configs/datasets/eurosat.yaml")]
     opts = earlier_run_opts("PromptKD", (head, HEAD_DATA), teacher, root)

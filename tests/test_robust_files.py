@@ -168,8 +168,8 @@ def test_wrong_architecture_backbone_and_checkpoint(tmp_path):
 # Through train.py: exit status 2, one error line, no folder left that looks like a run
 # ------------------------------------------------------------------------------------------------------------------
 @pytest.fixture
-def quiet_env(monkeypatch):
-    monkeypatch.setattr(train, "collect_env_info", lambda: "(environment report skipped in tests)")
+def quiet_env():
+    """Runs in this process skip the environment report (tests/conftest.py does it for every test)."""
 
 
 def _one_error(capsys):

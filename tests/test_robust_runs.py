@@ -28,11 +28,6 @@ def root(tmp_path_factory):
     return root
 
 
-@pytest.fixture(autouse=True)
-def fast_env_info(monkeypatch):
-    monkeypatch.setattr(train, "collect_env_info", lambda: "(environment report skipped in tests)")
-
-
 def _argv(root, out, *opts):
     # 4 epochs of 3 batches; no numbered checkpoints except the last one (the rolling one does the work)
     return tiny.tiny_argv(root, out, "TRAIN.CHECKPOINT_FREQ", "0", *opts)

@@ -374,7 +374,7 @@ def test_cocoop_training_step_is_one_call_bounded_by_its_budget(model):
     """CoCoOp's training step: all images' prompts in one text-encoder call; PROMPTS_PER_CHUNK as a memory budget
     gives the same logits and gradients and keeps less for backward."""
     from trainers.cocoop import PromptLearner, cocoop_defaults
-    from trainers.common import PromptedCLIP
+    from trainers.prompted_clip import PromptedCLIP
 
     torch.manual_seed(5)
     cfg = cocoop_defaults()

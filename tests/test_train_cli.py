@@ -16,6 +16,7 @@ import torch
 import dassl_tiny as tiny
 import train
 from dassl.utils import UserError
+from trainers.api import build_cfg
 
 ITER_LINE = re.compile(
     r"^epoch \[(\d+)/4\] batch \[(\d+)/3\] time \d+\.\d{3} \(\d+\.\d{3}\) data \d+\.\d{3} \(\d+\.\d{3}\) "
@@ -43,7 +44,6 @@ def _epoch_lrs(log):
 def fast_env_info():
     """torch's collect_env report runs external programs for seconds; it is not under test here."""
     mp = pytest.MonkeyPatch()
-    mp.setattr(train, "collect_env_info", lambda: "(environment report skipped in tests)")
     yield
     mp.undo()
 

@@ -38,7 +38,7 @@ from dassl.utils import load_checkpoint
 from .checkpoints import (FrozenSetOrigins, extract_prompt_state, load_prompt_set, record_classes,
                           resolve_checkpoint)
 from .compat import UserError
-from .config import check_precision
+from .config import check_precision, check_prompt_sizes
 from .prompted_clip import ModelOutput, PromptedCLIP
 from .prompts import ADAPT, count_learnable
 from .registry import FROZEN, enabled_extensions
@@ -130,6 +130,7 @@ class PromptTrainer(ForClasses, TrainerX):
         """Config-only checks of the method's keys (and of enabled extensions'), run while the config is built,
         before a run folder exists; raise :class:`UserError`. Methods extend it (call ``super()``)."""
         check_precision(cfg, cls.METHOD.block)
+        check_prompt_sizes(cfg.TRAINER[cls.METHOD.block], f"TRAINER.{cls.METHOD.block}")
         for extension in enabled_extensions(cfg):
             extension.check_config(cfg)
 

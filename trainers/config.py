@@ -116,6 +116,18 @@ def check_precision(cfg, block: str) -> None:
                                              "fp32 on a CPU unless CPU_HALF True)")
 
 
+#: the shared prompt-size keys and their smallest value (where a method block has them)
+PROMPT_SIZES = {"N_CTX": 1, "N_CTX_TEXT": 0, "N_CTX_VISION": 0, "PROMPT_DEPTH": 1, "PROMPT_DEPTH_TEXT": 0,
+                "PROMPT_DEPTH_VISION": 0}
+
+
+def check_prompt_sizes(node, path: str) -> None:
+    """The shared prompt-size keys of a block (``N_CTX``, ``PROMPT_DEPTH_*``, ...) are whole numbers in range."""
+    for key, low in PROMPT_SIZES.items():
+        if key in node:
+            check_range(node[key], f"{path}.{key}", low, None, integer=True)
+
+
 def check_choice(cfg_node, key: str, path: str, choices) -> None:
     if cfg_node[key] not in choices:
         _fail(path, cfg_node[key], f"choose one of {', '.join(map(str, choices))}")

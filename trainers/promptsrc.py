@@ -115,10 +115,11 @@ class GPAState(nn.Module):
         "fewshot": "caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12",
         **{f"fewshot@{d}": "caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12_gpa30"
            for d in ("imagenet", "caltech101", "oxford_pets", "food101", "ucf101", "sun397")},
-    }},
+    }, "dept": {"base2new": "dept_vit_b16_c2_ep20_batch4_4+4ctx"}},  # PromptSRC + DePT (this project's config)
     counts=[Count("vit_b16_c2_ep20_batch4_4+4ctx", 46_080), Count("caspl_vit_b16_c2_ep20_batch4_8+8ctx_l12", 122_880),
             Count("caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12", 122_880),
-            Count("caspl_vit_b16_c2_ep20_batch4_8+8ctx_cross_datasets_l3", 30_720)],
+            Count("caspl_vit_b16_c2_ep20_batch4_8+8ctx_cross_datasets_l3", 30_720),
+            Count("dept_vit_b16_c2_ep20_batch4_4+4ctx", 304_628)],
 )
 class PromptSRC(PromptTrainer):
     """``--trainer PromptSRC``, config block ``TRAINER.PROMPTSRC``."""
