@@ -15,9 +15,9 @@ name        frozen CLIP weights          notes
 ==========  ===========================  ==================================================================
 
 Half precision on the CPU: PyTorch (2.x) runs fp16 convolution, matmul, SDPA and LayerNorm forward and backward
-on a CPU, slowly. ``resolve_precision(name, "cpu", half_on_cpu=True)``, or :func:`set_half_on_cpu` for the rest
-of the process (``train.py``'s ``CPU_HALF True``), runs fp16 and amp for real there instead of falling back, so
-the dtype paths a GPU run takes can be executed and tested on any machine. The fallback stays the default.
+on a CPU, slowly. ``resolve_precision(name, "cpu", half_on_cpu=True)`` (``train.py``'s ``CPU_HALF True``) runs
+fp16 and amp for real there instead of falling back, so the dtype paths a GPU run takes can be executed and tested
+on any machine. The fallback stays the default.
 
 LayerNorms always compute in fp32 and return their input's dtype (as OpenAI's CLIP does), and
 :meth:`Precision.cast_model` keeps their parameters in fp32, like OpenAI's ``convert_weights``.
@@ -34,7 +34,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-__all__ = ["Precision", "resolve_precision", "set_half_on_cpu", "PRECISIONS", "NORM_DTYPE", "DEFAULT_DTYPE",
+__all__ = ["Precision", "resolve_precision", "PRECISIONS", "NORM_DTYPE", "DEFAULT_DTYPE",
            "MASTER_DTYPE", "HALF_DTYPE"]
 
 #: dtype in which LayerNorm computes, whatever the weights' dtype.
@@ -57,14 +57,6 @@ _TABLE = {
 }
 PRECISIONS = tuple(_TABLE)
 _NEEDS_CUDA = ("fp16", "amp")
-_HALF_ON_CPU = False
-
-
-def set_half_on_cpu(enabled: bool) -> None:
-    """Run fp16 and amp for real on a CPU (``True``) or fall back to fp32 there (``False``, the default) in every
-    later :func:`resolve_precision` call that does not say otherwise."""
-    global _HALF_ON_CPU
-    _HALF_ON_CPU = bool(enabled)
 
 
 @dataclass(frozen=True)
@@ -104,11 +96,11 @@ class Precision:
 
 
 def resolve_precision(name: Optional[str], device: Union[str, torch.device, None] = "cpu",
-                      half_on_cpu: Optional[bool] = None) -> Precision:
+                      half_on_cpu: bool = False) -> Precision:
     """Resolve a precision name for a device.
 
     ``fp16`` and ``amp`` are meant for CUDA: on a CPU they fall back to ``fp32`` with a warning, unless
-    ``half_on_cpu`` is true (default: the value given to :func:`set_half_on_cpu`, initially False). ``bf16`` runs
+    ``half_on_cpu`` is true. ``bf16`` runs
     anywhere. Unknown names raise ``ValueError`` listing the valid ones. ``None`` means ``fp32``.
     """
     requested = "fp32" if name is None else str(name).strip().lower()
@@ -116,8 +108,6 @@ def resolve_precision(name: Optional[str], device: Union[str, torch.device, None
         raise ValueError(f"unknown precision {name!r}; valid precisions are: {', '.join(PRECISIONS)}")
     device_type = torch.device(device if device is not None else "cpu").type
     effective = requested
-    if half_on_cpu is None:
-        half_on_cpu = _HALF_ON_CPU
     if requested in _NEEDS_CUDA and device_type == "cpu" and not half_on_cpu:
         warnings.warn(
             f"precision {requested!r} is not supported on the CPU; falling back to 'fp32'", RuntimeWarning,

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import train
 from clip import MASTER_DTYPE
 from dassl.data.transforms import build_transform
-from dassl.engine import TRAINER_REGISTRY
+import trainers
 from datasets.fixtures import make_fixture
 from trainers import teacher_cache as tc
 from trainers.caspl import CasPL, distillation_loss
@@ -58,7 +58,7 @@ def argv(env, out, mode=None, opts=(), epochs=2):
 
 def build(env, out, mode=None, opts=()):
     cfg = build_cfg(argv(env, out, mode, opts))
-    return TRAINER_REGISTRY.get("CasPL")(cfg)
+    return trainers.method_of("CasPL").cls(cfg)
 
 
 @pytest.fixture
@@ -86,7 +86,9 @@ def spy(monkeypatch):
 
 
 def final_state(out):
-    return torch.load(out / "BoostingPrompts" / "model.pth.tar-2", map_location="cpu", weights_only=True)["state_dict"]
+    """The learned tensors of a finished run's last checkpoint."""
+    state = torch.load(out / "BoostingPrompts" / "model.pth.tar-2", map_location="cpu", weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if torch.is_tensor(v)}
 
 
 def test_cached_mode_computes_the_cache_once_and_reuses_it(env, spy, tmp_path):
@@ -149,7 +151,11 @@ def test_cached_logits_equal_the_online_teacher_on_the_fixed_view(env, tmp_path)
     scale = trainer.model.clip_model.logit_scale.exp().detach()
     cached = trainer.cached_teacher_logits(rows, scale)
     online = trainer.teacher_logits(fixed_view(trainer, [items[i] for i in rows]), scale)
-    torch.testing.assert_close(cached, online, atol=1e-6, rtol=0)  # measured: equal
+    # the same images through the teacher in batches of other sizes (the cache pass's, and these 5): the matrix
+    # products block differently, so the logits differ by float32 rounding. Measured (max |logit| 1.77): 1.85e-6
+    # (9 ulps of it) here, 1.07e-6 / 1.31e-6 with ATEN_CPU_CAPABILITY default / avx2; allowed: 64 ulps (7x margin)
+    atol = 64 * torch.finfo(torch.float32).eps * online.abs().max().item()
+    torch.testing.assert_close(cached, online, rtol=0, atol=atol)
 
     # a training batch finds its rows by index (checked against its paths), or by path alone
     batch = next(iter(trainer.train_loader_x))
@@ -257,7 +263,8 @@ def test_the_online_default_is_the_previous_code_path(env, tmp_path):
     torch.manual_seed(0)
     batch = next(iter(trainer.train_loader_x))
     image, label = trainer.parse_batch_train(batch)
-    loss, logits = trainer.compute_loss(image, label)
+    result = trainer.loss({**batch, "img": image, "label": label}, trainer.model(image))
+    loss, logits = result.loss, result.logits
 
     # the code before KD.TEACHER_MODE existed, written out: the teacher on the same augmented batch, resized
     out = trainer.model(image)

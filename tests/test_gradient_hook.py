@@ -1,15 +1,15 @@
-"""The engine's gradient hook, ``before_optimizer_step``: once per step, with the final gradients, before the
-optimizer (and so before its weight decay and momentum) acts; unscaled under a GradScaler, with a skipped step
-staying skipped; and still called by the prompt trainers on a Dassl whose engine has no such hook."""
+"""The gradient hooks: the engine's ``before_optimizer_step`` (Dassl-style trainers) and the method contract's
+``adjust_gradients`` (the prompt trainers): once per step, with the final gradients, before the optimizer (and so
+before its weight decay and momentum) acts; unscaled under a GradScaler, with a skipped step staying skipped; the
+contract's hook also on a Dassl whose engine has no hook of its own."""
 import os.path as osp
 
 import pytest
 import torch
 import torch.nn as nn
 
-import train
-from clip.precision import set_half_on_cpu
-from dassl.engine import TRAINER_REGISTRY, TrainerBase
+import trainers
+from dassl.engine import TrainerBase
 from dassl.utils import set_random_seed
 from datasets.fixtures import make_fixture
 
@@ -62,17 +62,16 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("hook")
     make_fixture("eurosat", root / "data", n_per_class=2, image_size=32)
     ckpt = write_tiny_checkpoint(root / "tiny.pt", kind="vit", vision_layers=2)
-    yield root, ckpt
-    set_half_on_cpu(False)
+    return root, ckpt
 
 
-class HookedCoOp(TRAINER_REGISTRY.get("CoOp")):
+class HookedCoOp(trainers.method_of("CoOp").cls):
     """CoOp recording the hook's gradients (and optionally overwriting them)."""
 
     replace_with = None
 
-    def before_optimizer_step(self, names=None):
-        super().before_optimizer_step(names)
+    def adjust_gradients(self, result):
+        super().adjust_gradients(result)
         ctx = self.model.prompt_learner.ctx
         self.calls = getattr(self, "calls", []) + [(ctx.grad.clone(), ctx.detach().clone())]
         if self.replace_with is not None:
@@ -100,7 +99,7 @@ def reference_gradient(trainer, batch):
     """d loss / d ctx in fp32, computed apart from the trainer's step."""
     image, label = trainer.parse_batch_train(batch)
     with trainer.precision.autocast(trainer.device):
-        loss, _ = trainer.compute_loss(image, label)
+        loss = trainer.loss({**batch, "img": image, "label": label}, trainer.model(image)).loss
     return torch.autograd.grad(loss, [trainer.model.prompt_learner.ctx])[0]
 
 
@@ -134,8 +133,9 @@ def test_a_step_the_scaler_skips_stays_skipped_whatever_the_hook_does(env):
     assert trainer.scaler.get_scale() < 2.0 ** 120
 
 
-def test_prompt_trainers_call_the_hook_on_an_engine_without_it(env, monkeypatch):
-    """The real Dassl.pytorch: TrainerBase has no before_optimizer_step and its update does not call one."""
+def test_prompt_trainers_call_their_hook_on_an_engine_without_one(env, monkeypatch):
+    """The real Dassl.pytorch: TrainerBase has no before_optimizer_step and its update does not call one; the
+    contract's hook belongs to the prompt trainer's own step."""
     def plain_update(self, loss, names=None):
         self.model_zero_grad(names)
         self.model_backward(loss)

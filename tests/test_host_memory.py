@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import train
+import trainers.runner as runner
 from clip import host_memory
 from trainers.api import build_cfg
 
@@ -59,16 +59,16 @@ def test_freed_blocks_stay_for_reuse_only_when_asked():
 def test_train_py_reuses_memory_on_cpu_unless_switched_off(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(host_memory, "reuse_freed_memory", lambda: calls.append(1) or True)
-    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runner.torch.cuda, "is_available", lambda: False)
     cfg = build_cfg([])
     assert cfg.CPU_REUSE_MEMORY is True
-    train._reuse_cpu_memory(cfg)
+    runner.reuse_cpu_memory(cfg)
     assert calls == [1]
     cfg = build_cfg(["CPU_REUSE_MEMORY", "False"])
-    train._reuse_cpu_memory(cfg)
+    runner.reuse_cpu_memory(cfg)
     assert calls == [1]
     # a CUDA run leaves the host allocator alone (its tensors live on the GPU)
-    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(runner.torch.cuda, "is_available", lambda: True)
     cfg = build_cfg([])
-    train._reuse_cpu_memory(cfg)
+    runner.reuse_cpu_memory(cfg)
     assert calls == [1]

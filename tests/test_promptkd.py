@@ -110,7 +110,8 @@ def test_logits_and_loss_equal_a_hand_computation(env, tmp_path):
     assert trainer.model.class_features.shape == (10, 48)
     torch.testing.assert_close(trainer.model.class_features, text, rtol=1e-5, atol=1e-6)
     trainer.set_model_mode("train")
-    loss, logits = trainer.compute_loss(x, torch.zeros(4, dtype=torch.long))
+    result = trainer.loss({"img": x, "label": torch.zeros(4, dtype=torch.long)}, trainer.model(x))
+    loss, logits = result.loss, result.logits
     torch.testing.assert_close(logits, s_logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(trainer.teacher_logits(x), t_logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
@@ -130,7 +131,7 @@ def test_logits_and_loss_equal_a_hand_computation(env, tmp_path):
     trainer.save_model(0, str(tmp_path / "ckpt"))
     state = torch.load(tmp_path / "ckpt" / "PromptKDStudent" / "model.pth.tar-1", map_location="cpu",
                        weights_only=True)["state_dict"]
-    assert {k.split(".")[0] for k in state} == {"vision_prompts", "projector", "frozen_set_origins"}
+    assert {k.split(".")[0] for k in state} == {"vision_prompts", "projector", "frozen_set_origins", "trained_classes"}
     assert "projector.bn.running_mean" in state
     assert sum(v.numel() for k, v in state.items() if torch.is_tensor(v) and "running" not in k
                and "num_batches" not in k) == 3 * 4 * 64 + (32 * 48 + 48) + 2 * 48 + (48 * 48 + 48)
@@ -194,8 +195,8 @@ def test_transductive_and_inductive_data(env, tmp_path):
 
 
 def test_kd_weights_per_dataset():
-    cfg = build_cfg(
-        ["--trainer", "PromptKD", "--config-file", str(REPO / "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml")])
+    cfg = build_cfg(["--trainer", "PromptKD", "--config-file",
+                     str(REPO / "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml")], check=False)
     m = cfg.TRAINER.PROMPTKD
     weights = {name: kd_weight_for(m, name) for name in ("FGVCAircraft", "OxfordFlowers", "DescribableTextures",
                                                          "ImageNet", "EuroSAT", "Caltech101")}

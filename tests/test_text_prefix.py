@@ -373,16 +373,16 @@ def test_vit_b16_text_tower_shapes_random_weights():
 def test_cocoop_training_step_is_one_call_bounded_by_its_budget(model):
     """CoCoOp's training step: all images' prompts in one text-encoder call; PROMPTS_PER_CHUNK as a memory budget
     gives the same logits and gradients and keeps less for backward."""
-    from trainers.cocoop import PromptLearner, cocoop_defaults
-    from trainers.prompted_clip import PromptedCLIP
+    from trainers.cocoop import ConditionedCLIP, PromptLearner
+    from trainers.config import make_block
 
     torch.manual_seed(5)
-    cfg = cocoop_defaults()
+    cfg = make_block("TRAINER.COCOOP")
     cfg.N_CTX, cfg.CTX_INIT = 4, "a photo of a"
     learner = PromptLearner(cfg, NAMES, model)
     for p in learner.meta_net.parameters():  # a meta-net with visible effect
         p.data.normal_(std=0.5)
-    net = PromptedCLIP(model, learner)
+    net = ConditionedCLIP(model, learner)
     res = model.visual.input_resolution
     image, label = torch.randn(3, 3, res, res), torch.tensor([0, 4, 2])
     original, got = model.encode_text_embeddings, {}

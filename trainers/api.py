@@ -103,10 +103,10 @@ def check_cfg(cfg, training: bool = True) -> None:
     """Every check that needs only the config: values, names, the backbone, the method's own keys."""
     check_values(cfg, training=training)
     check_names(cfg)
-    cls = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
-    check = getattr(cls, "check_config", None)
-    if check is not None:
-        check(cfg)
+    if cfg.TRAINER.NAME:
+        check = getattr(TRAINER_REGISTRY.get(cfg.TRAINER.NAME), "check_config", None)
+        if check is not None:
+            check(cfg)
 
 
 def run_cfg(run_dir: str, opts: Sequence[str] = ()) -> CN:
@@ -236,9 +236,9 @@ def _unknown_name(kind, flag, name, available):
 
 
 def check_names(cfg):
-    """The trainer, dataset and backbone names exist (before the output folder is created)."""
+    """The trainer (when named), dataset and backbone names exist (before the output folder is created)."""
     avail = list(TRAINER_REGISTRY.registered_names())
-    if cfg.TRAINER.NAME not in avail:
+    if cfg.TRAINER.NAME and cfg.TRAINER.NAME not in avail:
         # same wording as Dassl's check_availability, which users and tests know
         close = difflib.get_close_matches(cfg.TRAINER.NAME, avail, n=1, cutoff=0.0)
         raise UserError(f"unknown trainer [{cfg.TRAINER.NAME}] (--trainer / TRAINER.NAME; do you mean "
@@ -254,7 +254,7 @@ def check_backbone(cfg):
     """For this project's trainers, ``MODEL.BACKBONE.NAME`` is a CLIP model name or an existing, non-empty file.
     (Its content is read when the trainer is built; a bad file is then one clear error too.)"""
     name = cfg.MODEL.BACKBONE.NAME
-    trainer = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+    trainer = TRAINER_REGISTRY.get(cfg.TRAINER.NAME) if cfg.TRAINER.NAME else None
     if not name or getattr(trainer, "METHOD", None) is None:
         return
     import clip

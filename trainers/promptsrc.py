@@ -118,6 +118,7 @@ class GPAState(nn.Module):
     }, "dept": {"base2new": "dept_vit_b16_c2_ep20_batch4_4+4ctx"}},  # PromptSRC + DePT (this project's config)
     counts=[Count("vit_b16_c2_ep20_batch4_4+4ctx", 46_080), Count("caspl_vit_b16_c2_ep20_batch4_8+8ctx_l12", 122_880),
             Count("caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12", 122_880),
+            Count("caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12_gpa30", 122_880),
             Count("caspl_vit_b16_c2_ep20_batch4_8+8ctx_cross_datasets_l3", 30_720),
             Count("dept_vit_b16_c2_ep20_batch4_4+4ctx", 304_628)],
 )

@@ -30,10 +30,10 @@ import sys
 
 import torch
 
-from dassl.utils import Logger, collect_env_info, setup_logger
+from dassl.utils import Logger, collect_env_info, set_random_seed, setup_logger
 
 from .api import build_trainer, cfg_from_args, method_precision, parse_args
-from .checkpoints import CONFIG_FILE
+from .checkpoints import CONFIG_FILE, saved_epochs
 from .compat import MISSING, RunLock, UserError, atomic_write, distributed, write_run_result
 
 
@@ -77,6 +77,22 @@ def check_dirs(args, cfg):
                         "resumed automatically)")
 
 
+def load_for_evaluation(trainer, model_dir, epoch):
+    """``trainer.load_model`` for ``--eval-only``; a missing checkpoint (from a trainer written for Dassl, whose
+    ``load_model`` raises ``FileNotFoundError``) is one line naming the epochs that were saved. The methods of this
+    project resolve the checkpoint themselves (:func:`trainers.checkpoints.resolve_checkpoint`)."""
+    try:
+        trainer.load_model(model_dir, epoch=epoch)
+    except FileNotFoundError as err:
+        if isinstance(err, UserError):
+            raise
+        saved = sorted({e for name in trainer.get_model_names() for e in saved_epochs(osp.join(model_dir, name))},
+                       key=lambda e: (len(e), e))
+        hint = (f"pass one of the saved epochs with --load-epoch: {', '.join(saved)}" if saved else
+                "no checkpoint was saved there; train first")
+        raise UserError(f"checkpoint not found ({err}); {hint}") from err
+
+
 def write_config(cfg, out_dir) -> str:
     """``<out_dir>/config.yaml``: the resolved config, written atomically; returns its path."""
     path = osp.join(out_dir, CONFIG_FILE)
@@ -102,8 +118,13 @@ def run(args) -> int:
     if MISSING:
         print(f"Note: this Dassl has no {' and no '.join(MISSING)}; running without.", file=sys.stderr)
     cfg = cfg_from_args(args)
+    if not cfg.TRAINER.NAME:
+        raise UserError("no trainer: name the method with --trainer (e.g. --trainer MPL)")
     check_dirs(args, cfg)
     distributed.setup(cfg)  # torchrun --nproc-per-node N: join the other processes (nothing otherwise)
+    if cfg.SEED >= 0:  # before the log file opens, as the CoOp family's train.py
+        print(f"Setting fixed seed: {cfg.SEED}")
+        set_random_seed(cfg.SEED)
     reuse_cpu_memory(cfg)
 
     out_dir = cfg.OUTPUT_DIR
@@ -139,9 +160,9 @@ def _run_locked(args, cfg, out_dir, created):
         log_file.write(f"** System info **\n{collect_env_info()}\n\n")
 
     try:
-        trainer = build_trainer(cfg)
+        trainer = build_trainer(cfg, seed=False)  # seeded above
         if args.eval_only:
-            trainer.load_model(args.model_dir, epoch=args.load_epoch)
+            load_for_evaluation(trainer, args.model_dir, args.load_epoch)
     except UserError:
         if distributed.is_main_process():
             _forget_failed_start(out_dir, created)
