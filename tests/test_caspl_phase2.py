@@ -89,8 +89,8 @@ def test_fork_configs_hyperparameters_and_counts_at_vit_b16(meta_vit_b16, traine
         assert method_prompt(trainer, cfg.TRAINER[method.block]) == prompt
     if gpa is not None:
         assert (cfg.TRAINER.PROMPTSRC.GPA_MEAN, cfg.TRAINER.PROMPTSRC.GPA_STD) == gpa
-    # the learnable count is registered with the method (checked on ViT-B/16 by tests/test_contract.py)
-    assert (config, count) in {(c.config, c.count) for c in method.counts}
+    # the learnable count is registered (checked on ViT-B/16 by tests/test_contract.py)
+    assert (trainer, config, count) in {(m, c.config, c.count) for m, c in trainers.all_counts()}
     # the boosting set phase 2 builds beside it (from the config's KD block, which run.sh sets from phase 1)
     boost = DeepPrompts(meta_vit_b16, n_text=cfg.KD.N_CTX_TEXT, depth_text=cfg.KD.PROMPT_DEPTH_TEXT,
                         n_vision=cfg.KD.N_CTX_VISION, depth_vision=cfg.KD.PROMPT_DEPTH_VISION, key="KD")

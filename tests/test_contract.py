@@ -371,7 +371,7 @@ def test_a_frozen_set_of_another_size_is_one_error_naming_both_shapes(env):
 # ---------------------------------------------------------------------------------------------------------
 # Counts at ViT-B/16, one source
 # ---------------------------------------------------------------------------------------------------------
-COUNTS = [(m.name, c) for m in trainers.list_methods() for c in m.counts]
+COUNTS = trainers.all_counts()
 
 
 @pytest.mark.parametrize("name,count", COUNTS, ids=[f"{n}-{c.config}{'-' + '-'.join(c.opts) if c.opts else ''}"

@@ -67,7 +67,9 @@ def train(setup, name, nproc):
 
 
 def weights(out, epoch=EPOCHS):
-    return torch.load(out / LEARNER / f"model.pth.tar-{epoch}", map_location="cpu", weights_only=False)["state_dict"]
+    """The learned tensors of a run's checkpoint (beside them, the record of its classes)."""
+    state = torch.load(out / LEARNER / f"model.pth.tar-{epoch}", map_location="cpu", weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if torch.is_tensor(v)}
 
 
 def result_block(log):

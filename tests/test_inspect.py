@@ -44,7 +44,7 @@ def test_inspect_writes_words_tsne_and_rollout(demo_run, capsys):
     summary = json.loads((out / "inspect.json").read_text())
     assert summary["method"] == "MPL" and summary["test_images_in_tsne"] == 25
     assert sorted(p.name for p in demo_run.iterdir()) == sorted(
-        ["inspect", "log.txt", "result.json", "tensorboard", "MultiModalPromptLearner"])
+        ["config.yaml", "inspect", "log.txt", "result.json", "tensorboard", "MultiModalPromptLearner"])
 
 
 def test_unfinished_run_is_refused(tmp_path, capsys):

@@ -50,10 +50,11 @@ def test_base2new_train_then_test_then_skip(env):
     result = json.loads((run_dir / "result.json").read_text())
     assert result["subsample"] == "base" and result["num_classes"] == 5 and result["epochs"] == 2
     ckpt = run_dir / "MultiModalPromptLearner" / "model.pth.tar-2"
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    # only the prompt learner is saved: no CLIP weights, no class-dependent buffers
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    # only the prompt learner is saved (and the names of its classes): no CLIP weights, no class-dependent buffers
     assert not any(k.startswith(("visual", "transformer", "clip_model", "token_")) for k in state)
-    assert sum(v.numel() for v in state.values()) == result["learnable_params"]
+    assert json.loads(state["trained_classes._extra_state"]["classnames"])[0] == "Annual Crop Land"
+    assert sum(v.numel() for v in state.values() if torch.is_tensor(v)) == result["learnable_params"]
 
     test = script("base2new_test.sh", "eurosat", "1", env=e, opts=opts)
     assert test.returncode == 0, test.stdout[-3000:] + test.stderr[-3000:]

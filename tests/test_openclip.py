@@ -119,12 +119,10 @@ def test_registry_entries_and_full_size_shapes():
 def test_train_config_takes_the_checkpoints_normalisation():
     """Every method's data pipeline normalises with INPUT.PIXEL_MEAN/STD: an open_clip backbone registered with
     its own values replaces OpenAI's there (LAION's ViT-L/14: 0.5), and a config's own values are kept."""
-    import train
+    from trainers.api import build_cfg
 
     def cfg(*opts):
-        args = train.build_parser().parse_args(["--trainer", "CoOp", "--config-file",
-                                                "configs/trainers/CoOp/vit_b16_ctxv1.yaml", *opts])
-        return train.setup_cfg(args)
+        return build_cfg(["--trainer", "CoOp", "--config-file", "configs/trainers/CoOp/vit_b16_ctxv1.yaml", *opts])
 
     assert tuple(cfg("MODEL.BACKBONE.NAME", "ViT-L-14:laion2b_s32b_b82k").INPUT.PIXEL_MEAN) == INCEPTION_MEAN
     assert cfg("MODEL.BACKBONE.NAME", "ViT-B-16:laion2b_s34b_b88k").INPUT.PIXEL_MEAN == \

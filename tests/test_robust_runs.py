@@ -128,8 +128,9 @@ def test_killed_at_random_points_resumes_bit_identically(root, baseline, iters):
 def test_killed_log_ends_with_the_last_line_written(root):
     """log.txt is written line by line: after a SIGKILL in epoch 2 it holds epoch 1's lines."""
     out = root / "killed_log"
-    # events: 3 steps, 2 file moves (the rolling checkpoint and its pointer), 1 step; killed before the next step
-    status = _in_child(_argv(root, out, "TRAIN.PRINT_FREQ", "1"), kill_at=7)
+    # events: 1 file move (config.yaml), 3 steps, 2 file moves (the rolling checkpoint and its pointer), 1 step;
+    # killed before the next step
+    status = _in_child(_argv(root, out, "TRAIN.PRINT_FREQ", "1"), kill_at=8)
     assert os.WIFSIGNALED(status)
     lines = (out / "log.txt").read_text().splitlines()
     assert lines[-2].startswith("Checkpoint saved to") and lines[-2].endswith("model-last.pth.tar")
@@ -208,28 +209,31 @@ def test_terminal_header_is_short_and_the_log_keeps_the_full_dump(root, tmp_path
 
 
 def test_train_py_imports_and_runs_on_a_dassl_without_the_project_extras(root, tmp_path, monkeypatch, capsys):
-    """The real Dassl.pytorch has no dassl.engine.run_result, dassl.utils.UserError nor RunLock. Hide them and
-    import train.py afresh: it falls back with a one-line notice, still refuses bad input with exit status 2 and
-    trains. (The trainer here still runs on this project's engine, which writes result.json itself.)"""
+    """The real Dassl.pytorch has no dassl.engine.run_result nor RunLock. Hide them and import the compatibility
+    module (trainers/compat.py, the one place that knows) afresh: the run falls back with a one-line notice, still
+    refuses bad input with exit status 2 and trains. (The trainer here still runs on this project's engine, which
+    writes result.json itself.)"""
     import importlib.util
 
     import dassl.utils
+    import trainers.compat
+    import trainers.runner as runner
 
-    for name in ("UserError", "RunLock"):
-        monkeypatch.delattr(dassl.utils, name)
+    monkeypatch.delattr(dassl.utils, "RunLock")
     monkeypatch.setitem(sys.modules, "dassl.engine.run_result", None)  # its import fails, as on the real Dassl
-    spec = importlib.util.spec_from_file_location("train_on_real_dassl", train.__file__)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "collect_env_info", lambda: "(skipped)")
-    assert module.write_run_result is None and module.RunLock is None
-    assert module.main(["--trainer", "NoSuchTrainer"]) == 2
+    spec = importlib.util.spec_from_file_location("compat_on_real_dassl", trainers.compat.__file__)
+    compat = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compat)
+    assert compat.write_run_result is None and compat.RunLock is None
+    for name in ("MISSING", "RunLock", "write_run_result"):
+        monkeypatch.setattr(runner, name, getattr(compat, name))
+    assert train.main(["--trainer", "NoSuchTrainer"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "Note: this Dassl has no result.json and no output-folder lock; running without."
     assert err[1].startswith("error: unknown trainer [NoSuchTrainer]")
     out = tmp_path / "real"
-    assert module.main(_argv(root, out, "OPTIM.MAX_EPOCH", "1")) == 0
-    assert "Finish training" in (out / "log.txt").read_text()
+    assert train.main(_argv(root, out, "OPTIM.MAX_EPOCH", "1")) == 0
+    assert "Finish training" in (out / "log.txt").read_text() and not (out / "run.lock").exists()
 
 
 def test_protocol_script_says_what_it_resumes_and_names_the_newest_log(tmp_path):

@@ -49,8 +49,10 @@ def script_configs(method, variant: str = "") -> dict:
     """The method's config names by key; with a ``variant`` (an extension, ``caspl``), its configs for it replace
     the keys of each protocol they name (the ordinary defaults of the other protocols are kept, made explicit
     first)."""
+    import trainers
+
     configs = dict(method.scripts)
-    own = dict(method.variants.get(variant, {})) if variant else {}
+    own = dict(trainers.extension_named(variant).scripts.get(method.name, {})) if variant else {}
     if own:
         b2n = configs.get("base2new", "vit_b16")
         configs.setdefault("crossdataset", b2n)  # the ordinary fallbacks, before a CasPL base2new replaces b2n

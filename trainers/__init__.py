@@ -18,8 +18,8 @@ import pkgutil as _pkgutil
 import pretrain as _pretrain  # noqa: F401  (registers clip.load("tiny-digits"))
 
 from .config import extend_cfg, register_block  # noqa: F401
-from .registry import (Count, EarlierRun, Extension, list_methods, method_of, register_extension,  # noqa: F401
-                       register_method)
+from .registry import (Count, EarlierRun, Extension, all_counts, extension_named, list_methods,  # noqa: F401
+                       method_of, register_extension, register_method)
 
 #: the modules of this package, imported in alphabetical order (private ones, ``_*``, are skipped)
 METHOD_MODULES = sorted(m.name for m in _pkgutil.iter_modules(__path__) if not m.name.startswith("_"))

@@ -285,6 +285,30 @@ class Cascade(Extension):
     the checkpoint and ``result.json`` (``"cascade"``, ``"frozen_sets"``)."""
 
     name = "CasPL"
+    #: the fork's phase-2 configs by method (its other protocols keep the method's usual configs)
+    scripts = {
+        "CoOp": {"base2new": "caspl_vit_b16_ep50"},  # ImageNet too
+        "CoCoOp": {"base2new": "caspl_vit_b16_c8_ep10_batch1"},
+        "MaPLe": {"base2new": "caspl_vit_b16_c8_ep5_batch4_8ctx_l12"},
+        "PromptSRC": {
+            "base2new": "caspl_vit_b16_c2_ep20_batch4_8+8ctx_l12",
+            "crossdataset": "caspl_vit_b16_c2_ep20_batch4_8+8ctx_cross_datasets_l3",
+            "fewshot": "caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12",
+            # few-shot GPA (30, 30) on these datasets, (45, 5) on the others
+            **{f"fewshot@{d}": "caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12_gpa30"
+               for d in ("imagenet", "caltech101", "oxford_pets", "food101", "ucf101", "sun397")},
+        },
+    }
+    #: the method's own prompts in those configs (the frozen boosting prompts are never counted)
+    counts = {
+        "CoOp": [Count("caspl_vit_b16_ep50", 4_096)],
+        "CoCoOp": [Count("caspl_vit_b16_c8_ep10_batch1", 37_408)],
+        "MaPLe": [Count("caspl_vit_b16_c8_ep5_batch4_8ctx_l12", 4_776_960)],
+        "PromptSRC": [Count("caspl_vit_b16_c2_ep20_batch4_8+8ctx_l12", 122_880),
+                      Count("caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12", 122_880),
+                      Count("caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12_gpa30", 122_880),
+                      Count("caspl_vit_b16_c2_ep20_batch4_8+8ctx_cross_datasets_l3", 30_720)],
+    }
 
     def enabled(self, cfg) -> bool:
         return bool(cfg.get("KD") is not None and cfg.KD.get("BOOST_DIR")) and cfg.TRAINER.NAME != "CasPL"

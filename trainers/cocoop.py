@@ -169,10 +169,7 @@ class ConditionedCLIP(PromptedCLIP):
 @register_method(
     keys=cocoop_keys,
     scripts={"base2new": "vit_b16_c4_ep10_batch1_ctxv1"},
-    variants={"caspl": {"base2new": "caspl_vit_b16_c8_ep10_batch1"},  # CoCoOp + CasPL (the fork's)
-              "dept": dict.fromkeys(("base2new", "crossdataset", "fewshot"), "dept_vit_b16_c4_ep10_batch1_ctxv1")},
-    counts=[Count("vit_b16_c4_ep10_batch1_ctxv1", 35_360), Count("caspl_vit_b16_c8_ep10_batch1", 37_408),
-            Count("dept_vit_b16_c4_ep10_batch1_ctxv1", 293_908)],
+    counts=[Count("vit_b16_c4_ep10_batch1_ctxv1", 35_360)],
 )
 class CoCoOp(PromptTrainer):
     """``--trainer CoCoOp``, config block ``TRAINER.COCOOP``."""

@@ -10,7 +10,8 @@ one line).
 - :data:`RunLock`: one writer per output folder (None: no lock).
 - :func:`write_run_result`: ``result.json`` (None: not written).
 - :func:`atomic_write`: files that appear whole or not at all (the real Dassl: written in place).
-- :data:`DATASET_REGISTRY`: the dataset names, to check them before a run (None: not checked).
+- :data:`DATASET_REGISTRY`, :data:`OPTIMIZERS`, :data:`SCHEDULERS`: names to check before a run (None: not
+  checked).
 """
 from __future__ import annotations
 
@@ -57,4 +58,11 @@ try:
 except ImportError:
     DATASET_REGISTRY = None
 
-__all__ = ["MISSING", "UserError", "distributed", "write_run_result", "RunLock", "atomic_write", "DATASET_REGISTRY"]
+try:  # the optimizers and schedulers the engine builds (None: not checked before the run)
+    from dassl.optim.lr_scheduler import AVAI_SCHEDS as SCHEDULERS
+    from dassl.optim.optimizer import AVAI_OPTIMS as OPTIMIZERS
+except ImportError:
+    SCHEDULERS = OPTIMIZERS = None
+
+__all__ = ["MISSING", "UserError", "distributed", "write_run_result", "RunLock", "atomic_write", "DATASET_REGISTRY",
+           "OPTIMIZERS", "SCHEDULERS"]

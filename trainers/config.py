@@ -19,7 +19,7 @@ from yacs.config import CfgNode as CN
 
 from clip.precision import PRECISIONS
 
-from .compat import UserError
+from .compat import OPTIMIZERS, SCHEDULERS, UserError
 
 #: block path (``TRAINER.COOP``, ``KD``) -> (function adding its keys to a node, owning method or None)
 BLOCKS: "OrderedDict[str, tuple]" = OrderedDict()
@@ -190,14 +190,10 @@ def check_values(cfg, training: bool = True) -> None:
         if key in cfg.TRAIN:
             check_range(cfg.TRAIN[key], f"TRAIN.{key}", 0, None, True, " (0: only at epoch ends)")
     check_choice(cfg.OPTIM, "WARMUP_TYPE", "OPTIM.WARMUP_TYPE", ("constant", "linear"))
-    try:  # the engine's lists (this project's and the real Dassl's)
-        from dassl.optim.lr_scheduler import AVAI_SCHEDS
-        from dassl.optim.optimizer import AVAI_OPTIMS
-    except ImportError:
-        pass
-    else:
-        check_choice(cfg.OPTIM, "NAME", "OPTIM.NAME", AVAI_OPTIMS)
-        check_choice(cfg.OPTIM, "LR_SCHEDULER", "OPTIM.LR_SCHEDULER", AVAI_SCHEDS)
+    if OPTIMIZERS is not None:
+        check_choice(cfg.OPTIM, "NAME", "OPTIM.NAME", OPTIMIZERS)
+    if SCHEDULERS is not None:
+        check_choice(cfg.OPTIM, "LR_SCHEDULER", "OPTIM.LR_SCHEDULER", SCHEDULERS)
     check_choice(cfg.DATASET, "SUBSAMPLE_CLASSES", "DATASET.SUBSAMPLE_CLASSES", ("all", "base", "new"))
     check_choice(cfg.TEST, "FINAL_MODEL", "TEST.FINAL_MODEL", ("last_step", "best_val"))
     size = tuple(cfg.INPUT.SIZE)

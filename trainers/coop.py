@@ -67,11 +67,7 @@ def coop_keys(c):
     keys=coop_keys,
     scripts={"base2new": "vit_b16_ctxv1", "crossdataset": "vit_b16_ep50_ctxv1", "fewshot": "vit_b16",
              "base2new@imagenet": "vit_b16_ep50_ctxv1", "fewshot@imagenet": "vit_b16_ep50"},
-    variants={"caspl": {"base2new": "caspl_vit_b16_ep50"},  # CoOp + CasPL (the fork's; ImageNet too)
-              "dept": {**dict.fromkeys(("base2new", "crossdataset", "fewshot"), "dept_vit_b16_ep10_bs4_lr35"),
-                       "digits": "dept_tiny_digits"}},  # CoOp + DePT (the fork's)
-    counts=[Count("vit_b16_ctxv1", 2_048), Count("vit_b16", 8_192), Count("caspl_vit_b16_ep50", 4_096),
-            Count("dept_vit_b16_ep10_bs4_lr35", 266_740)],
+    counts=[Count("vit_b16_ctxv1", 2_048), Count("vit_b16", 8_192)],
 )
 class CoOp(PromptTrainer):
     """``--trainer CoOp``, config block ``TRAINER.COOP``."""

@@ -39,7 +39,7 @@ from clip import MASTER_DTYPE
 from .base import LossOutput
 from .compat import UserError
 from .config import check_choice, check_range, register_block
-from .registry import Extension, register_extension
+from .registry import Count, Extension, register_extension
 
 TYPES = ("", "linear")
 
@@ -113,8 +113,32 @@ class DecoupledHead(nn.Module):
                   "method's alone")
 
 
+def _every_protocol(config: str, digits: str = "") -> Dict[str, str]:
+    return {**dict.fromkeys(("base2new", "crossdataset", "fewshot"), config), **({"digits": digits} if digits else {})}
+
+
 class DePT(Extension):
     name = "DePT"
+    #: the fork's configs (CoOp, KgCoOp, MaPLe, CoCoOp; the same for base-to-new, cross-dataset and few-shot) and
+    #: this project's (MPL, PromptSRC), with the offline demo's for CoOp and MPL
+    scripts = {
+        "CoOp": _every_protocol("dept_vit_b16_ep10_bs4_lr35", "dept_tiny_digits"),
+        "KgCoOp": _every_protocol("dept_vit_b16_ep10_ctxv1_bs4_lr35"),
+        "MaPLe": _every_protocol("dept_vit_b16_c2_ep10_batch4_2ctx"),
+        "CoCoOp": _every_protocol("dept_vit_b16_c4_ep10_batch1_ctxv1"),
+        "MPL": {"base2new": "dept_vit_b4_c1_add2_rm1", "fewshot": "dept_vit_b4_c1_add2_rm1",
+                "digits": "dept_tiny_digits"},
+        "PromptSRC": {"base2new": "dept_vit_b16_c2_ep20_batch4_4+4ctx"},
+    }
+    #: at ImageNet's 500 base classes: the method's prompts + FiLM 2 x (512 + 512) + head 500 x 513
+    counts = {
+        "CoOp": [Count("dept_vit_b16_ep10_bs4_lr35", 266_740)],
+        "KgCoOp": [Count("dept_vit_b16_ep10_ctxv1_bs4_lr35", 260_596)],
+        "MaPLe": [Count("dept_vit_b16_c2_ep10_batch4_2ctx", 3_813_620)],
+        "CoCoOp": [Count("dept_vit_b16_c4_ep10_batch1_ctxv1", 293_908)],
+        "MPL": [Count("dept_vit_b4_c1_add2_rm1", 6_960_884)],
+        "PromptSRC": [Count("dept_vit_b16_c2_ep20_batch4_4+4ctx", 304_628)],
+    }
 
     def enabled(self, cfg) -> bool:
         return str(cfg.TRAINER.get("LINEAR_PROBE", {}).get("TYPE", "")) == "linear"

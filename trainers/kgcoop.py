@@ -45,11 +45,8 @@ def kgcoop_keys(c):
     c.W = 8.0  # weight of the knowledge-guided term (the reference scripts' value; its train.py default is 1.0)
 
 
-@register_method(
-    keys=kgcoop_keys, scripts={"base2new": "vit_b16_ep100_ctxv1", "fewshot": "vit_b16_ep100_ctxv1"},
-    variants={"dept": dict.fromkeys(("base2new", "crossdataset", "fewshot"), "dept_vit_b16_ep10_ctxv1_bs4_lr35")},
-    counts=[Count("vit_b16_ep100_ctxv1", 2_048), Count("dept_vit_b16_ep10_ctxv1_bs4_lr35", 260_596)],
-)
+@register_method(keys=kgcoop_keys, scripts={"base2new": "vit_b16_ep100_ctxv1", "fewshot": "vit_b16_ep100_ctxv1"},
+                 counts=[Count("vit_b16_ep100_ctxv1", 2_048)])
 class KgCoOp(PromptTrainer):
     """``--trainer KgCoOp``, config block ``TRAINER.KGCOOP``."""
 

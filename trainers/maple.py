@@ -52,10 +52,7 @@ def from_reference_keys(state: dict) -> dict:
 @register_method(
     keys=maple_keys, learner="MultiModalPromptLearner",
     scripts={"base2new": "vit_b16_c2_ep5_batch4_2ctx", "crossdataset": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
-    variants={"caspl": {"base2new": "caspl_vit_b16_c8_ep5_batch4_8ctx_l12"},  # MaPLe + CasPL (the fork's)
-              "dept": dict.fromkeys(("base2new", "crossdataset", "fewshot"), "dept_vit_b16_c2_ep10_batch4_2ctx")},
-    counts=[Count("vit_b16_c2_ep5_batch4_2ctx", 3_555_072), Count("caspl_vit_b16_c8_ep5_batch4_8ctx_l12", 4_776_960),
-            Count("dept_vit_b16_c2_ep10_batch4_2ctx", 3_813_620)],
+    counts=[Count("vit_b16_c2_ep5_batch4_2ctx", 3_555_072)],
 )
 class MaPLe(PromptTrainer):
     """``--trainer MaPLe``, config block ``TRAINER.MAPLE``."""

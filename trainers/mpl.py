@@ -262,10 +262,7 @@ class MultiModalPromptLearner(nn.Module):
     # its own tokens after them (text: [SOS][boost][ctx][a photo of a][class .][EOT]; vision: [CLS][patches][boost]
     # [MPL's tokens])
     frozen_order=(("frozen", "adapt"), ("frozen", "adapt")),
-    variants={"dept": {"base2new": "dept_vit_b4_c1_add2_rm1", "fewshot": "dept_vit_b4_c1_add2_rm1",
-                       "digits": "dept_tiny_digits"}},  # MPL + DePT (this project's configs)
-    counts=[Count("vit_b4_c1_add2_rm1", 6_702_336), Count("vit_b4_c1_add2_rm1_cross_datasets", 1_971_456),
-            Count("dept_vit_b4_c1_add2_rm1", 6_960_884)],
+    counts=[Count("vit_b4_c1_add2_rm1", 6_702_336), Count("vit_b4_c1_add2_rm1_cross_datasets", 1_971_456)],
 )
 class MPL(PromptTrainer):
     """Modular Prompt Learning (Huang et al.); ``--trainer MPL``, config block ``TRAINER.MPL``."""

@@ -108,19 +108,7 @@ class GPAState(nn.Module):
              # the reference few-shot script's GPA (45, 5) on five datasets, (30, 30) on the others
              **{f"fewshot@{d}": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot_gpa45"
                 for d in ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat")}},
-    #: PromptSRC + CasPL (the fork's configs); few-shot GPA (30, 30) on these datasets, (45, 5) on the others
-    variants={"caspl": {
-        "base2new": "caspl_vit_b16_c2_ep20_batch4_8+8ctx_l12",
-        "crossdataset": "caspl_vit_b16_c2_ep20_batch4_8+8ctx_cross_datasets_l3",
-        "fewshot": "caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12",
-        **{f"fewshot@{d}": "caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12_gpa30"
-           for d in ("imagenet", "caltech101", "oxford_pets", "food101", "ucf101", "sun397")},
-    }, "dept": {"base2new": "dept_vit_b16_c2_ep20_batch4_4+4ctx"}},  # PromptSRC + DePT (this project's config)
-    counts=[Count("vit_b16_c2_ep20_batch4_4+4ctx", 46_080), Count("caspl_vit_b16_c2_ep20_batch4_8+8ctx_l12", 122_880),
-            Count("caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12", 122_880),
-            Count("caspl_vit_b16_c2_ep50_batch4_8+8ctx_few_shot_l12_gpa30", 122_880),
-            Count("caspl_vit_b16_c2_ep20_batch4_8+8ctx_cross_datasets_l3", 30_720),
-            Count("dept_vit_b16_c2_ep20_batch4_4+4ctx", 304_628)],
+    counts=[Count("vit_b16_c2_ep20_batch4_4+4ctx", 46_080)],
 )
 class PromptSRC(PromptTrainer):
     """``--trainer PromptSRC``, config block ``TRAINER.PROMPTSRC``."""

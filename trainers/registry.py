@@ -11,7 +11,7 @@ Everything about a method that is not code follows from one registration on its 
 - the config block ``cfg.TRAINER.<NAME>`` (the name in upper case) with ``PREC`` and the method's ``keys``;
 - the config folder ``configs/trainers/<name>/``, which must hold the demo's ``tiny_digits.yaml`` and every config
   named below;
-- the protocol scripts' default configs (``scripts``; per extension in ``variants``, e.g. CasPL's phase-2 configs);
+- the protocol scripts' default configs (``scripts``);
 - where frozen prompt sets of an extension sit beside the method's own prompts (``frozen_order``);
 - an earlier phase the scripts run first (``setup``: PromptKD's teacher) and how generic code makes one;
 - the learnable-parameter counts at ViT-B/16 (``counts``): the README's table and the tests read them from here.
@@ -69,7 +69,6 @@ class Method:
     config_dir: str
     learner_name: str
     scripts: Mapping[str, str]
-    variants: Mapping[str, Mapping[str, str]]
     frozen_order: Tuple[Tuple[str, ...], Tuple[str, ...]]
     earlier_run: Optional[EarlierRun]
     counts: Tuple[Count, ...]
@@ -89,7 +88,6 @@ METHODS: "OrderedDict[str, Method]" = OrderedDict()
 
 def register_method(*, keys: Optional[Callable] = None, block: Optional[str] = None, learner: str = "prompt_learner",
                     config_dir: Optional[str] = None, scripts: Optional[Mapping[str, str]] = None,
-                    variants: Optional[Mapping[str, Mapping[str, str]]] = None,
                     frozen_order=((ADAPT, FROZEN), (FROZEN, ADAPT)), earlier_run: Optional[EarlierRun] = None,
                     counts: Sequence[Count] = (), aliases: Sequence[str] = (), trains: bool = True):
     """Class decorator: register a trainer as a method (see the module docstring).
@@ -102,7 +100,6 @@ def register_method(*, keys: Optional[Callable] = None, block: Optional[str] = N
         config_dir: the config folder under ``configs/trainers``, default the class name.
         scripts: default config names of the protocol scripts, by key (``base2new``, ``crossdataset``,
             ``fewshot``, ``digits``; ``<key>@<dataset>``; ``fewshot:<shots>[@<dataset>]``).
-        variants: the same per extension (``{"caspl": {...}}``), used when the scripts run that extension.
         frozen_order: (text order, vision order) of the method's own set (``"adapt"``) and an extension's frozen
             sets (``"frozen"``), e.g. text ``[SOS][adapt][frozen]..`` and vision ``[CLS][patches][frozen][adapt]``.
         earlier_run: see :class:`EarlierRun`.
@@ -114,8 +111,7 @@ def register_method(*, keys: Optional[Callable] = None, block: Optional[str] = N
         name = cls.__name__
         method = Method(
             name=name, cls=cls, block=block or name.upper(), config_dir=config_dir or name, learner_name=learner,
-            scripts=dict(scripts or {}), variants={k: dict(v) for k, v in (variants or {}).items()},
-            frozen_order=(tuple(frozen_order[0]), tuple(frozen_order[1])), earlier_run=earlier_run,
+            scripts=dict(scripts or {}), frozen_order=(tuple(frozen_order[0]), tuple(frozen_order[1])), earlier_run=earlier_run,
             counts=tuple(counts), aliases=tuple(aliases), trains=trains)
         check_method(method, owns_block=keys is not None)
         if keys is not None:
@@ -141,8 +137,7 @@ def check_method(method: Method, owns_block: bool) -> None:
     if not osp.isdir(method.config_folder):
         fail(f"no config folder {method.config_folder}")
     demo = method.scripts.get("digits", "tiny_digits")
-    named = {demo, *method.scripts.values(), *(c.config for c in method.counts),
-             *(v for variant in method.variants.values() for v in variant.values())}
+    named = {demo, *method.scripts.values(), *(c.config for c in method.counts)}
     missing = sorted(n for n in named if not osp.isfile(method.config_path(n)))
     if missing:
         fail(f"configs/trainers/{method.config_dir}/ has no {', '.join(m + '.yaml' for m in missing)} (the demo's "
@@ -180,10 +175,18 @@ class Extension:
     - :meth:`loss`: the training loss on top of the method's (:class:`~trainers.base.LossOutput` in and out);
     - :meth:`eval_logits`: the evaluation logits on top of the method's;
     - :meth:`result_extras`: what the run's ``result.json`` records.
+
+    An extension also names, per method, the configs the protocol scripts use with it (:attr:`scripts`; the
+    scripts run it with ``VARIANT=<name in lower case>``) and the learnable counts with it (:attr:`counts`): the
+    methods themselves know nothing of their extensions.
     """
 
-    #: the name results tables show after the method's (``MaPLe + CasPL``) and the scripts' variant key
+    #: the name results tables show after the method's (``MaPLe + CasPL``); in lower case, the scripts' VARIANT
     name: str = ""
+    #: method -> the protocol scripts' configs with this extension (the keys of a method's ``scripts``)
+    scripts: Mapping[str, Mapping[str, str]] = {}
+    #: method -> learnable counts at ViT-B/16 with this extension (:class:`Count` rows)
+    counts: Mapping[str, Sequence[Count]] = {}
 
     def enabled(self, cfg) -> bool:
         return False
@@ -214,10 +217,32 @@ EXTENSIONS: "OrderedDict[str, Extension]" = OrderedDict()
 
 
 def register_extension(extension: Extension) -> Extension:
+    """Register an extension; its configs must exist (``configs/trainers/<method>/<config>.yaml``)."""
+    where = f"extension {extension.name!r} ({type(extension).__module__})"
     if not extension.name or extension.name in EXTENSIONS:
-        raise UserError(f"extension {extension.name!r} ({type(extension).__module__}): a name is needed, once")
+        raise UserError(f"{where}: a name is needed, once")
+    named = {(m, c) for m, configs in extension.scripts.items() for c in configs.values()}
+    named |= {(m, c.config) for m, counts in extension.counts.items() for c in counts}
+    missing = sorted(f"configs/trainers/{m}/{c}.yaml" for m, c in named
+                     if not osp.isfile(osp.join(CONFIG_ROOT, m, f"{c}.yaml")))
+    if missing:
+        raise UserError(f"{where}: no {', '.join(missing)}")
     EXTENSIONS[extension.name] = extension
     return extension
+
+
+def extension_named(name: str) -> Extension:
+    """The extension named ``name`` (any letter case)."""
+    for extension in EXTENSIONS.values():
+        if extension.name.lower() == str(name).lower():
+            return extension
+    raise KeyError(f"unknown extension {name!r}; registered: {', '.join(EXTENSIONS)}")
+
+
+def all_counts() -> List[Tuple[str, Count]]:
+    """Every registered learnable count, as (method, count): the methods' own, then each extension's."""
+    rows = [(m.name, c) for m in list_methods() for c in m.counts]
+    return rows + [(m, c) for e in EXTENSIONS.values() for m, counts in e.counts.items() for c in counts]
 
 
 def enabled_extensions(cfg) -> List[Extension]:

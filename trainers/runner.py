@@ -78,9 +78,10 @@ def check_dirs(args, cfg):
 
 
 def load_for_evaluation(trainer, model_dir, epoch):
-    """``trainer.load_model`` for ``--eval-only``; a missing checkpoint (from a trainer written for Dassl, whose
-    ``load_model`` raises ``FileNotFoundError``) is one line naming the epochs that were saved. The methods of this
-    project resolve the checkpoint themselves (:func:`trainers.checkpoints.resolve_checkpoint`)."""
+    """``trainer.load_model`` for ``--eval-only``. For a trainer written for Dassl, a missing checkpoint
+    (``FileNotFoundError``) is one line naming the epochs that were saved, and one that does not fit is one line
+    too; the methods of this project resolve and check the checkpoint themselves
+    (:func:`trainers.checkpoints.resolve_checkpoint`)."""
     try:
         trainer.load_model(model_dir, epoch=epoch)
     except FileNotFoundError as err:
@@ -91,6 +92,14 @@ def load_for_evaluation(trainer, model_dir, epoch):
         hint = (f"pass one of the saved epochs with --load-epoch: {', '.join(saved)}" if saved else
                 "no checkpoint was saved there; train first")
         raise UserError(f"checkpoint not found ({err}); {hint}") from err
+    except (RuntimeError, KeyError, ValueError) as err:  # a checkpoint of another shape or kind
+        if isinstance(err, UserError):
+            raise
+        text = str(err).strip()
+        first = text.splitlines()[0] if text else type(err).__name__
+        raise UserError(f'the checkpoint in --model-dir "{model_dir}" does not fit trainer {trainer.cfg.TRAINER.NAME} '
+                        f"with this configuration ({first[:300]}); use the config file and options of the training "
+                        "run") from err
 
 
 def write_config(cfg, out_dir) -> str:
@@ -119,7 +128,7 @@ def run(args) -> int:
         print(f"Note: this Dassl has no {' and no '.join(MISSING)}; running without.", file=sys.stderr)
     cfg = cfg_from_args(args)
     if not cfg.TRAINER.NAME:
-        raise UserError("no trainer: name the method with --trainer (e.g. --trainer MPL)")
+        raise UserError("no trainer: name the method with --trainer (trainers.list_methods() lists them)")
     check_dirs(args, cfg)
     distributed.setup(cfg)  # torchrun --nproc-per-node N: join the other processes (nothing otherwise)
     if cfg.SEED >= 0:  # before the log file opens, as the CoOp family's train.py

@@ -189,7 +189,8 @@ def wrapper_env(script, env, args=(), caspl=False):
         base = {k: v for k, v in os.environ.items() if k not in ("TRAINER", "CFG_B2N", "CFG_XD", "CFG_DIGITS",
                                                                    "CFG_FS", "CFG_DIR", "CFG")}
         base.update(env)
-        values = with_environment(defaults(script.parent.name, script.stem, dataset, shots, caspl), base)
+        values = with_environment(defaults(script.parent.name, script.stem, dataset, shots, "caspl" if caspl else ""),
+                                  base)
         command = values.pop("PROTO")
         _WRAPPERS[key] = (command, {**base, **values})
     return _WRAPPERS[key]
@@ -317,13 +318,13 @@ def check(spec, where="the spec"):
     if not isinstance(caspl, bool):
         raise SpecError(f"{where}: 'caspl' must be true or false, got {caspl!r}")
     if caspl:
-        from tools.method_defaults import find_trainer
+        from tools.method_defaults import find_method
 
         for m in chosen:
-            trainer, cls = find_trainer(methods[m])
-            if getattr(cls, "TRAINS", True) is False or trainer == "CasPL":
+            method = find_method(methods[m])
+            if not method.trains or method.name == "CasPL":
                 raise SpecError(f"{where}: with caspl: true every method trains beside the boosting prompts; "
-                                f"{trainer} does not (remove it, or run it in a spec without caspl)")
+                                f"{method.name} does not (remove it, or run it in a spec without caspl)")
     out = dict(spec, methods=chosen, datasets=ds, caspl=caspl, seeds=_int_list(spec, "seeds", [1, 2, 3]),
                shots=_int_list(spec, "shots", [16]), source=source, opts=[str(o) for o in opts],
                env={str(k): str(v) for k, v in env.items()}, executor=executor,
