@@ -24,11 +24,15 @@ if _workers > 1:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-@pytest.fixture(autouse=True)
-def _no_environment_report(monkeypatch):
+@pytest.fixture(scope="session", autouse=True)
+def _no_environment_report():
+    """Session-wide, so that module fixtures which run train.py in this process are covered too."""
     import trainers.runner
 
-    monkeypatch.setattr(trainers.runner, "collect_env_info", lambda: "(environment report skipped in tests)")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(trainers.runner, "collect_env_info", lambda: "(environment report skipped in tests)")
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

@@ -40,14 +40,6 @@ def _epoch_lrs(log):
     return {int(m.group(1)): m.group(3) for m in map(ITER_LINE.match, log.splitlines()) if m}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_env_info():
-    """torch's collect_env report runs external programs for seconds; it is not under test here."""
-    mp = pytest.MonkeyPatch()
-    yield
-    mp.undo()
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
