@@ -5,7 +5,7 @@ instead of a traceback. Raise it (or a subclass) wherever the fix is on the user
 which path or value is wrong and what to do about it.
 """
 
-__all__ = ["UserError", "CheckpointNotFoundError", "UnknownNameError", "BadFileError"]
+__all__ = ["UserError", "CheckpointNotFoundError", "UnknownNameError", "BadFileError", "UntrustedFileError"]
 
 
 class UserError(Exception):
@@ -25,3 +25,15 @@ class BadFileError(UserError, ValueError):
 
     The message names the file and what to do; it never suggests loading an untrusted pickle.
     """
+
+
+class UntrustedFileError(BadFileError):
+    """A checkpoint asks to import Python objects (functions, classes) that the safe loader does not admit.
+
+    ``names`` lists them (``module.name``). Loading such a file could run any code, so it is refused unless the
+    user has named it as trusted (see :func:`dassl.utils.load_checkpoint`).
+    """
+
+    def __init__(self, message, names=()):
+        super().__init__(message)
+        self.names = list(names)
