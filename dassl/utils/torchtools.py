@@ -47,9 +47,9 @@ __all__ = [
 ]
 
 
-def _write_text(text, path):
-    with open(path, "w") as f:
-        f.write(text)
+def _copy_into(src, f):
+    with open(src, "rb") as source:
+        shutil.copyfileobj(source, f)
 
 
 def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True, model_name=""):
@@ -76,14 +76,15 @@ def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True
     if not model_name:
         model_name = "model.pth.tar-" + str(state["epoch"])
     fpath = osp.join(save_dir, model_name)
-    atomic_write(fpath, partial(torch.save, state))
+    atomic_write(fpath, partial(torch.save, state), binary=True)
     print("Checkpoint saved to {}".format(fpath))
 
-    atomic_write(osp.join(save_dir, "checkpoint"), partial(_write_text, "{}\n".format(osp.basename(fpath))))
+    pointer = "{}\n".format(osp.basename(fpath))
+    atomic_write(osp.join(save_dir, "checkpoint"), lambda f: f.write(pointer))
 
     if is_best:
         best_fpath = osp.join(osp.dirname(fpath), "model-best.pth.tar")
-        atomic_write(best_fpath, partial(shutil.copyfile, fpath))
+        atomic_write(best_fpath, partial(_copy_into, fpath), binary=True)
         print('Best checkpoint saved to "{}"'.format(best_fpath))
 
 
