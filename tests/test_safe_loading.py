@@ -208,7 +208,8 @@ def test_earlier_run_checkpoints_through_train_py(clip_env, tmp_path, capsys, tr
     if trainer == "PromptKD":
         opts += ["TRAINER.PROMPTKD.TEACHER_NAME", str(clip_env[1])]
     else:  # boosting prompts that fit the tiny CLIP
-        opts += ["KD.N_CTX_TEXT", "2", "KD.N_CTX_VISION", "2", "KD.PROMPT_DEPTH_TEXT", "2", "KD.PROMPT_DEPTH_VISION", "3"]
+        opts += ["KD.N_CTX_TEXT", "2", "KD.N_CTX_VISION", "2", "KD.PROMPT_DEPTH_TEXT", "2",
+                 "KD.PROMPT_DEPTH_VISION", "3"]
     out = tmp_path / "out"
     assert train.main(clip_argv(clip_env, trainer, out, opts)) == 2
     line = one_error(capsys)
