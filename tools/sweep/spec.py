@@ -502,8 +502,9 @@ def expand(spec):
     for job in jobs.values():  # what the spec's env makes of the folders (CFG, SHOTS, ...) stays in the output folder
         outside = [d for d in job.dirs if not _inside(d, output)]
         if outside:
-            raise SpecError(f"job {job.key} would write {os.path.normpath(outside[0])}, outside the output folder {output}; the "
-                            "folder names come from the spec's env (CFG, CFG_B2N, CFG_XD, SHOTS, ...): use plain names")
+            raise SpecError(f"job {job.key} would write {os.path.normpath(outside[0])}, outside the output folder "
+                            f"{output}; the folder names come from the spec's env (CFG, CFG_B2N, CFG_XD, SHOTS, ...): "
+                            "use plain names")
     return list(jobs.values())
 
 
