@@ -145,7 +145,7 @@ def test_a_read_only_folder_is_one_line(tmp_path, monkeypatch, number, words):
     monkeypatch.setattr(os, "open", refusing_open)
     with pytest.raises(FileWriteError) as info:
         atomic_write(tmp_path / "checkpoint", lambda f: f.write("x"))
-    assert f"{words}; choose a folder you can write to, or fix its permissions" in str(info.value)
+    assert f"{words}; make it writable, or choose another folder, and run the same command again" in str(info.value)
     assert entries(tmp_path) == []
 
 

@@ -184,8 +184,8 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_resumes(root, bas
     line = _one_error(capsys)
     assert line.startswith("error: no space left on the device of ")
     assert 'while writing "{}"'.format(out / "linear_probe" / "model-last.pth.tar") in line
-    assert line.endswith("free space there, then run the same command again; a rerun of the same command resumes "
-                         "from its checkpoint after epoch 2")
+    assert line.endswith("free space there, then run the same command again; the run resumes from its checkpoint "
+                         "after epoch 2")
     assert sorted(os.listdir(out / "linear_probe")) == ["checkpoint", "model-last.pth.tar"]  # nothing half-written
     monkeypatch.setattr(torch, "save", real_save)
     assert train.main(_argv(root, out)) == 0

@@ -346,10 +346,10 @@ class TrainerBase:
         """What a rerun of the same command does, for a failed save: resume from the last checkpoint saved."""
         saved = getattr(self, "_saved", None)
         if not saved or not saved[0] and not saved[1]:
-            return 'no checkpoint was saved in "{}" yet, so a rerun starts again'.format(directory)
+            return 'no checkpoint was saved in "{}" yet, so the run starts again'.format(directory)
         epoch, batches = saved
         where = "epoch {}".format(epoch) if not batches else "batch {} of epoch {}".format(batches, epoch + 1)
-        return "a rerun of the same command resumes from its checkpoint after {}".format(where)
+        return "the run resumes from its checkpoint after {}".format(where)
 
     def resume_model_if_exist(self, directory):
         """Resume every registered model from ``directory/<name>/`` if all of them have a checkpoint.

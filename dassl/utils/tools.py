@@ -220,7 +220,7 @@ def write_error(err, path, tmp=None):
     elif number in (errno.EROFS, errno.EACCES, errno.EPERM):
         why = "the file system is read-only" if number == errno.EROFS else "permission denied"
         reason = 'cannot write "{}": {}'.format(path, why)
-        fix = "choose a folder you can write to, or fix its permissions"
+        fix = "make it writable, or choose another folder, and run the same command again"
     elif number in (errno.ENOTDIR, errno.EEXIST):  # EEXIST: a file where its folder should be
         reason = 'cannot write "{}": a part of that path is a file, not a folder'.format(path)
         fix = "choose another path"
