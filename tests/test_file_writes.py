@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from dassl.utils import FileWriteError, Logger, RunLock, atomic_write, mkdir_if_missing, remove_stale_temporary_files
+from dassl.utils import (FileWriteError, Logger, RunLock, atomic_write, mkdir_if_missing,
+                         remove_stale_temporary_files, write_error)
 from dassl.utils.tools import TEMPORARY_FILE
 
 
@@ -147,6 +148,15 @@ def test_a_read_only_folder_is_one_line(tmp_path, monkeypatch, number, words):
         atomic_write(tmp_path / "checkpoint", lambda f: f.write("x"))
     assert f"{words}; make it writable, or choose another folder, and run the same command again" in str(info.value)
     assert entries(tmp_path) == []
+
+
+def test_an_error_naming_the_file_in_bytes_is_recognised(tmp_path):
+    """Tensorboard's writer names its file in bytes; a missing folder of *another* file is not a write error."""
+    path = tmp_path / "tensorboard" / "events.out"
+    err = FileNotFoundError(errno.ENOENT, "No such file or directory", os.fsencode(str(path)))
+    assert "no longer exists" in str(write_error(err, str(path)))
+    other = FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "elsewhere" / "x"))
+    assert write_error(other, str(path)) is None
 
 
 def test_only_the_projects_temporary_files_are_removed(tmp_path):

@@ -151,7 +151,7 @@ def _system_error(err, paths):
         seen.add(id(err))
         chain.append(err)
         if isinstance(err, OSError) and (err.errno in _FULL_OR_READ_ONLY or (
-                err.errno in _PATH_ERRNOS and (err.filename is None or os.fspath(err.filename) in paths))):
+                err.errno in _PATH_ERRNOS and (err.filename is None or _named(err.filename) in paths))):
             return err
         err = err.__cause__ or err.__context__
     for item in chain:
@@ -160,6 +160,11 @@ def _system_error(err, paths):
             if os.strerror(number) in text:
                 return OSError(number, os.strerror(number))
     return None
+
+
+def _named(filename):
+    """An error's file name as a string (tensorboard's are bytes), or None."""
+    return os.fsdecode(filename) if isinstance(filename, (str, bytes, os.PathLike)) else None
 
 
 def _mount_point(path):
