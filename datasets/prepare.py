@@ -243,10 +243,11 @@ def _obtain(remote, root, mirror, archives, quiet):
         dl.install(src, dest)
         shutil.rmtree(extracted, ignore_errors=True)
     elif local:
-        os.makedirs(osp.dirname(dest), exist_ok=True)
-        tmp = dest + ".part"
-        shutil.copyfile(local, tmp)
-        os.replace(tmp, dest)
+        def copy(f):
+            with open(local, "rb") as source:
+                shutil.copyfileobj(source, f)
+
+        atomic_write(dest, copy, binary=True)
     else:
         dl.install(path, dest)
         downloaded = None
