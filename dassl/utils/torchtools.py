@@ -32,7 +32,6 @@ from .tools import atomic_write, mkdir_if_missing
 __all__ = [
     "save_checkpoint",
     "load_checkpoint",
-    "safe_torch_load",
     "resume_from_checkpoint",
     "latest_checkpoint_path",
     "get_rng_state",
@@ -161,7 +160,7 @@ def load_checkpoint(fpath):
     if osp.getsize(fpath) == 0:
         raise _bad_checkpoint(fpath, "the file is empty")
     try:
-        checkpoint = safe_torch_load(fpath, map_location)
+        checkpoint = _safe_torch_load(fpath, map_location)
     except UntrustedFileError as err:
         if not _trusted(fpath):
             raise _untrusted_checkpoint(fpath, err.names) from None
@@ -178,14 +177,14 @@ def load_checkpoint(fpath):
     return checkpoint
 
 
-def safe_torch_load(path, map_location="cpu", allowed=None):
-    """``torch.load(path, weights_only=True)`` admitting, for this call only, ``allowed`` (default: what the
-    original Dassl's checkpoints hold, :func:`_dassl_globals`) besides tensors and plain values.
+def _safe_torch_load(path, map_location):
+    """``torch.load(path, weights_only=True)`` admitting, for this call only, what the original Dassl's checkpoints
+    hold (:func:`_dassl_globals`) besides tensors and plain values.
 
     Raises :class:`UntrustedFileError` (with ``names``: the ``module.name`` of each object the file asks for that
     is not admitted) for a file that needs more; any other failure to read the file propagates as torch raises it.
     """
-    allowed = _dassl_globals() if allowed is None else list(allowed)
+    allowed = _dassl_globals()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning)  # garbage makes torch warn about protocols
