@@ -12,6 +12,7 @@ an untrusted file, and a CLIP checkpoint never needs it.
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -79,15 +80,32 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
 
 def _why_unreadable(path: Path, err: Exception) -> str:
     """A short reason, in our words (PyTorch's message may advise unsafe loading)."""
+    names = _globals_asked(path, err) if isinstance(err, pickle.UnpicklingError) else []
+    if names:
+        return (f"it asks for the Python object(s) {', '.join(names)}, which a CLIP checkpoint never holds "
+                "(unpickling them could run any code), so it is not read")
     if zipfile.is_zipfile(path):
         return "the archive is damaged (a truncated or corrupted download)"
     with open(path, "rb") as f:
         head = f.read(4)
     if head[:2] == b"PK":
         return "the archive is truncated (an interrupted download or copy)"
-    if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
-        return "it holds Python objects other than tensors (it is not a CLIP checkpoint)"
     return "it is not a PyTorch checkpoint (unknown format)"
+
+
+def _globals_asked(path: Path, err: Exception) -> list:
+    """``module.name`` of the objects a file refused by the safe loader asks for (read without unpickling); empty
+    when the refusal names none (random bytes read as pickle opcodes)."""
+    if "Weights only load failed" not in str(err):
+        return []
+    try:
+        names = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # not a zip archive: the refusal names the first one
+        names = []
+    named = re.search(r"GLOBAL (\S+) was not an allowed global", str(err))
+    if named and named.group(1) not in names:
+        names.insert(0, named.group(1))
+    return names
 
 
 def build_state_dict_model(state_dict: Dict[str, Tensor], path: Union[str, Path], **build_args) -> CLIP:

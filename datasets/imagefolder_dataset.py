@@ -17,6 +17,8 @@ the protocol scripts read. Labels are the sorted folder names' positions, so bas
 (``ceil(n/2)``) in that order, as for the other datasets. Class names default to the folder names with ``_`` and
 ``-`` read as spaces. The split is drawn once, per class, with ``random.Random(seed)`` (fractions by option,
 default 50/20/30 as CoOp's DTD split); running the command again keeps an existing split unless ``--force``.
+Every image is opened and decoded first (:mod:`datasets.images`): unreadable files stop the command, listed, or
+are left out with ``--skip-unreadable``; the dataset is then recorded as verified (``.prepare.json``).
 
 Registration: importing this module (the ``datasets`` package does) registers one dataset class per generated yaml in ``configs/datasets/``
 (recognised by its first line, :data:`YAML_MARKER`), named ``ImageFolder_<name>``, with ``config_name`` ``<name>``
@@ -37,7 +39,7 @@ import sys
 from dassl.data.datasets import DATASET_REGISTRY
 
 from .errors import UserError
-from .splits import SplitDataset, atomic_write, read_split_entries
+from .splits import SplitDataset, atomic_write, missing_files_message, read_split_entries
 
 __all__ = ["ImageFolderDataset", "make_imagefolder", "register_imagefolder", "read_classnames", "draw_split",
            "IMAGE_EXTENSIONS", "CONFIG_DIR", "main"]
@@ -173,10 +175,15 @@ def default_classname(folder: str) -> str:
 
 
 def make_imagefolder(src, name, root, fractions=(0.5, 0.2, 0.3), seed=1, copy=False, force=False,
-                     config_dir=CONFIG_DIR):
+                     config_dir=CONFIG_DIR, skip_unreadable=False, workers=8):
     """Make ``root/name`` (split, class names, image link or copy) and ``config_dir/name.yaml``; return a summary.
 
-    Everything is checked before anything is written. An existing split is kept (``force=True`` redraws it).
+    Everything is checked before anything is written, every image included: each one is opened and decoded in
+    full (:mod:`datasets.images`), so a zero-byte file, a text file named ``.jpg`` or a truncated JPEG is found
+    now, not by a training run. Unreadable files stop the command (listed with their reasons), or with
+    ``skip_unreadable`` are left out of the split (the summary's ``"left_out"`` lists them). The dataset is then
+    recorded as verified (``.prepare.json``), so ``python -m datasets.prepare NAME --check`` does not open the
+    images again. An existing split is kept (``force=True`` redraws it); it must name only readable images.
     """
     src = osp.abspath(osp.expanduser(str(src)))
     root = osp.abspath(osp.expanduser(str(root)))
@@ -193,6 +200,19 @@ def make_imagefolder(src, name, root, fractions=(0.5, 0.2, 0.3), seed=1, copy=Fa
     if empty:
         raise UserError(f"class folder(s) without images ({', '.join(IMAGE_EXTENSIONS)}): {', '.join(empty)}; "
                         "add images or remove them")
+    from .images import describe, unreadable_images
+
+    found = sum(len(ims) for _, ims in folders)
+    bad = unreadable_images([osp.join(src, rel) for _, ims in folders for rel in ims], workers)
+    if bad and not skip_unreadable:
+        raise UserError(f"{len(bad)} of {found} image files in {src} cannot be read; replace or delete them, or "
+                        "pass --skip-unreadable to leave them out of the split:\n"
+                        + missing_files_message(describe(bad)))
+    left_out = {osp.relpath(path, src) for path, _ in bad}
+    folders = [(f, [rel for rel in ims if rel not in left_out]) for f, ims in folders]
+    empty = [f for f, ims in folders if not ims]
+    if empty:
+        raise UserError(f"class folder(s) without readable images: {', '.join(empty)}; add images or remove them")
     if len(folders) < 2:
         raise UserError(f"{src} has {len(folders)} class sub-folder(s); a classification dataset needs at least 2 "
                         "(layout: FOLDER/<class>/<image>)")
@@ -214,6 +234,15 @@ def make_imagefolder(src, name, root, fractions=(0.5, 0.2, 0.3), seed=1, copy=Fa
     classnames = ({f: default_classname(f) for f, _ in folders} if new_names else read_classnames(names_path))
     kept = osp.isfile(split_path) and not force
     split = None if kept else draw_split(folders, fractions, seed, classnames)
+    if kept:  # it must name only images that are there and readable
+        readable = {osp.normpath(rel) for _, ims in folders for rel in ims}
+        entries = read_split_entries(split_path, image_dir)
+        named = [osp.relpath(e[0], image_dir) for part in entries.values() for e in part]
+        wrong = sorted({rel for rel in named if osp.normpath(rel) not in readable})
+        if wrong:
+            raise UserError(f"the existing split {split_path} names {len(wrong)} file(s) that are missing or "
+                            "unreadable in the image folder; pass --force (and --skip-unreadable) to draw a new "
+                            "split without them:\n" + missing_files_message(wrong))
 
     os.makedirs(dataset_dir, exist_ok=True)
     if osp.realpath(image_dir) != osp.realpath(src):
@@ -237,11 +266,14 @@ def make_imagefolder(src, name, root, fractions=(0.5, 0.2, 0.3), seed=1, copy=Fa
     yaml_path = osp.join(config_dir, f"{name}.yaml")
     yaml = f'{YAML_MARKER}\n# from {src}\nDATASET:\n  NAME: "ImageFolder_{name}"\n'
     atomic_write(yaml_path, lambda fh: fh.write(yaml))
-    register_imagefolder(name)
+    cls = register_imagefolder(name)
+    from .prepare import mark_verified, verified_summary
+
+    mark_verified(cls, root, verified_summary(cls.image_entries(dataset_dir), dataset_dir))
     with open(split_path, encoding="utf-8") as fh:
         counts = {k: len(v) for k, v in json.load(fh).items()}
     return {"dataset_dir": dataset_dir, "split": split_path, "split_kept": kept, "classnames": names_path,
-            "config": yaml_path, "classes": len(folders), "counts": counts}
+            "config": yaml_path, "classes": len(folders), "counts": counts, "left_out": describe(bad)}
 
 
 def _parser():
@@ -258,6 +290,9 @@ def _parser():
     p.add_argument("--force", action="store_true", help="redraw an existing split / replace the image folder")
     p.add_argument("--config-dir", default=CONFIG_DIR, help="where the dataset yaml goes (default "
                    "configs/datasets, which the protocol scripts read)")
+    p.add_argument("--skip-unreadable", action="store_true", help="leave files that do not decode as images out "
+                   "of the split (default: stop and list them)")
+    p.add_argument("--workers", type=int, default=8, help="threads that open the images (default 8)")
     return p
 
 
@@ -266,10 +301,13 @@ def main(argv=None) -> int:
     test = args.test if args.test is not None else round(1 - args.train - args.val, 10)
     try:
         info = make_imagefolder(args.folder, args.name, args.root, (args.train, args.val, test), args.seed,
-                                copy=args.copy, force=args.force, config_dir=args.config_dir)
+                                copy=args.copy, force=args.force, config_dir=args.config_dir,
+                                skip_unreadable=args.skip_unreadable, workers=args.workers)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if info["left_out"]:
+        print(f"left out {len(info['left_out'])} unreadable file(s):\n" + missing_files_message(info["left_out"]))
     c = info["counts"]
     print(f"{args.name}: {info['classes']} classes, {c['train']} train / {c['val']} val / {c['test']} test images "
           f"in {info['dataset_dir']}")

@@ -6,13 +6,15 @@ public URL, the Google Drive id. Archives are extracted into ``DATA/.prepare/ext
 into the dataset's layout; downloaded archives are then deleted unless ``--keep-archives``. Downloads resume
 (``DATA/.prepare/downloads/*.part``).
 
-Then every image named by the split (split file, list files or class folders) must exist and open with PIL;
-missing and unreadable images are reported by name. A verified dataset gets ``<dataset folder>/.prepare.json``
-recording the state it was verified in; running the command again is then a no-op while the split and the list of
-images are unchanged (``--verify-only`` checks everything again; ``--force`` fetches everything again).
+Then every image named by the split (split file, list files or class folders) must exist and decode in full
+with PIL (:mod:`datasets.images`); missing and unreadable images are reported by name, with the reason. A
+verified dataset gets ``<dataset folder>/.prepare.json`` recording the state it was verified in; running the
+command again is then a no-op while the split and the list of images are unchanged (``--verify-only`` checks
+everything again; ``--force`` fetches everything again).
 
 ``--check`` (and :func:`ensure_dataset`, for scripts) only looks at the layout and fails with what to download
-and where to put it when something is missing; it never uses the network.
+and where to put it when something is missing; it never uses the network. For a dataset that builds itself
+(Digits, your own ImageFolder data) it also opens every image, unless they were verified as they are now.
 
 ImageNet (and ImageNet-Sketch, without ``--archive``) have no public download: the command fetches what it can
 (``classnames.txt``) and prints exactly what to place where.
@@ -28,13 +30,12 @@ import random
 import shutil
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from dassl.data.datasets import DATASET_REGISTRY
 from .errors import UserError
-from PIL import Image
 
 from . import download as dl
+from .images import describe, unreadable_images
 from .sources import SOURCES
 from .splits import atomic_write, missing_files_message, prepare_command, save_split
 
@@ -98,20 +99,12 @@ def _fingerprint(entries, dataset_dir):
 # --------------------------------------------------------------------------------------------------------------
 # Verification
 # --------------------------------------------------------------------------------------------------------------
-def _unreadable(path):
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except Exception as err:  # PIL raises many types for broken files
-        return f"{path} ({type(err).__name__}: {err})"
-    return None
-
-
 def verify(name, root, workers=8):
-    """Check that every image the dataset names exists and opens; returns a summary dict.
+    """Check that every image the dataset names exists and decodes (each one is opened and read in full, see
+    :mod:`datasets.images`); returns a summary dict.
 
     Raises :class:`UserError` listing the missing files (split/list files, then images by name: the first ten
-    and a count) and the unreadable images.
+    and a count) and the unreadable images, each with its reason.
     """
     cls = dataset_class(name)
     root = osp.abspath(osp.expanduser(root))
@@ -128,8 +121,7 @@ def verify(name, root, workers=8):
     print(f"Verifying {len(paths):,} images of {cls.__name__} in {dataset_dir}")
     missing = [p for p in paths if not osp.isfile(p)]
     present = [p for p in paths if osp.isfile(p)] if missing else paths
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        unreadable = [r for r in pool.map(_unreadable, present, chunksize=64) if r]
+    unreadable = describe(unreadable_images(present, workers, f"images of {cls.__name__}"))
     problems = []
     if missing:
         problems.append(f"{len(missing)} of {len(paths)} images are missing:\n{missing_files_message(missing)}")
@@ -137,20 +129,63 @@ def verify(name, root, workers=8):
         problems.append(f"{len(unreadable)} of {len(paths)} images do not open:\n{missing_files_message(unreadable)}")
     if problems:
         raise UserError(f"{cls.__name__} in {dataset_dir} is incomplete.\n" + "\n".join(problems))
+    summary = verified_summary(entries, dataset_dir)
     labels = {e[1] for key in ("train", "test") for e in entries.get(key, [])}
-    summary = {
-        "images": len(paths),
-        "classes": len(labels),
-        "splits": {key: len(entries.get(key, [])) for key in ("train", "val", "test")},
-        "fingerprint": _fingerprint(entries, dataset_dir),
-        "verified_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
     note = "" if len(labels) == cls.full_num_classes else f" (the full dataset has {cls.full_num_classes})"
     print(
         f"{cls.__name__}: {len(paths):,} images verified, {len(labels)} classes{note}; "
         f"train/val/test {summary['splits']['train']:,}/{summary['splits']['val']:,}/{summary['splits']['test']:,}"
     )
     return summary
+
+
+def _files_fingerprint(entries):
+    """Hash of every named image's size and modification time: changes when a file is replaced, truncated or
+    removed (one ``stat`` per image, no reading)."""
+    h = hashlib.sha256()
+    for path in sorted({e[0] for key in ("train", "val", "test") for e in entries.get(key, [])}):
+        try:
+            st = os.stat(path)
+            h.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        except OSError:
+            h.update(f"{path}\tmissing\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def verified_summary(entries, dataset_dir):
+    """What ``.prepare.json`` records about a dataset whose every image was found to decode."""
+    paths = {e[0] for key in ("train", "val", "test") for e in entries.get(key, [])}
+    return {
+        "images": len(paths),
+        "classes": len({e[1] for key in ("train", "test") for e in entries.get(key, [])}),
+        "splits": {key: len(entries.get(key, [])) for key in ("train", "val", "test")},
+        "fingerprint": _fingerprint(entries, dataset_dir),
+        "files": _files_fingerprint(entries),
+        "verified_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def mark_verified(cls, root, summary):
+    """Record that the dataset's images were all opened (``<dataset folder>/.prepare.json``)."""
+    _write_state(cls, root, {"dataset": cls.config_name, "verified": summary})
+
+
+def _still_verified(cls, root, dataset_dir):
+    """The recorded verification, when the split still names the same images (else ``None``); for a dataset that
+    builds itself (your own data) also when no image file changed since (sizes and modification times)."""
+    state = _read_state(cls, root)
+    verified = state.get("verified")
+    if not verified:
+        return None
+    try:
+        entries = cls.image_entries(dataset_dir)
+    except (UserError, OSError):
+        return None
+    if _fingerprint(entries, dataset_dir) != verified.get("fingerprint"):
+        return None
+    if getattr(cls, "builds_itself", False) and _files_fingerprint(entries) != verified.get("files"):
+        return None
+    return verified
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -208,10 +243,11 @@ def _obtain(remote, root, mirror, archives, quiet):
         dl.install(src, dest)
         shutil.rmtree(extracted, ignore_errors=True)
     elif local:
-        os.makedirs(osp.dirname(dest), exist_ok=True)
-        tmp = dest + ".part"
-        shutil.copyfile(local, tmp)
-        os.replace(tmp, dest)
+        def copy(f):
+            with open(local, "rb") as source:
+                shutil.copyfileobj(source, f)
+
+        atomic_write(dest, copy, binary=True)
     else:
         dl.install(path, dest)
         downloaded = None
@@ -258,28 +294,22 @@ def prepare(name, root, mirror=None, archives=(), verify_only=False, force=False
     cls = dataset_class(name)
     root = osp.abspath(osp.expanduser(root))
     dataset_dir = osp.join(root, cls.dataset_dir)
-    if getattr(cls, "builds_itself", False):  # data shipped by a package: nothing to download
+    builds_itself = getattr(cls, "builds_itself", False)  # Digits, your own ImageFolder data: nothing to download
+    if builds_itself:
         cls.generate_split(dataset_dir)
-        print(f"{cls.config_name}: built from the data its package ships, in {dataset_dir}")
-        return {"built": dataset_dir}
-    source = SOURCES[cls.config_name]
-    archives = [osp.abspath(osp.expanduser(a)) for a in archives]
     print(f"== {cls.config_name} ({cls.__name__}) in {dataset_dir}")
 
-    state = _read_state(cls, root)
-    if not (verify_only or force or generate_split) and state.get("verified"):
-        try:
-            fingerprint = _fingerprint(cls.image_entries(dataset_dir), dataset_dir)
-        except (UserError, OSError):
-            fingerprint = None
-        if fingerprint == state["verified"].get("fingerprint"):
-            print(
-                f"Already prepared and verified on {state['verified'].get('verified_at')} "
-                f"({state['verified'].get('images', 0):,} images); nothing to do (--verify-only checks again)."
-            )
-            return state["verified"]
+    verified = None if (verify_only or force or generate_split) else _still_verified(cls, root, dataset_dir)
+    if verified:
+        print(
+            f"Already prepared and verified on {verified.get('verified_at')} "
+            f"({verified.get('images', 0):,} images); nothing to do (--verify-only checks again)."
+        )
+        return verified
 
-    if not verify_only:
+    if not (builds_itself or verify_only):
+        source = SOURCES[cls.config_name]
+        archives = [osp.abspath(osp.expanduser(a)) for a in archives]
         unsourced = []
         split_dest = f"{cls.dataset_dir}/{cls.split_file}"
         for remote in source.files:
@@ -308,7 +338,7 @@ def prepare(name, root, mirror=None, archives=(), verify_only=False, force=False
         cls.write_split(dataset_dir)
 
     summary = verify(name, root, workers=workers)
-    _write_state(cls, root, {"dataset": cls.config_name, "verified": summary})
+    mark_verified(cls, root, summary)
     return summary
 
 
@@ -334,14 +364,24 @@ def _make_split(cls, dataset_dir, generate, force, seed):
 def ensure_dataset(name, root):
     """Return the dataset folder when the dataset looks usable; else raise :class:`UserError` saying what to get.
 
-    Fast and offline: a dataset verified by ``prepare`` passes on its marker; otherwise the image folder and the
-    split/list files must exist (images are not opened; a note suggests ``--verify-only``).
+    Offline: a dataset verified by ``prepare`` passes on its marker (``.prepare.json``, while the split names the
+    same images); otherwise the image folder and the split/list files must exist (images are not opened; a note
+    suggests ``--verify-only``). A dataset that builds itself (Digits, your own ImageFolder data) is built or its
+    files checked, and, unless its marker says it was verified with the same image files (names, sizes,
+    modification times), every image is opened and the marker written: so only the first check after a change
+    takes as long as opening the images (``python -m datasets.imagefolder`` opens them itself and writes it).
     """
     cls = dataset_class(name)
     root = osp.abspath(osp.expanduser(root))
     dataset_dir = osp.join(root, cls.dataset_dir)
-    if getattr(cls, "builds_itself", False):  # written on first use from data a package ships
+    if getattr(cls, "builds_itself", False):
         cls.generate_split(dataset_dir)
+        if not _still_verified(cls, root, dataset_dir):
+            summary = verify(name, root)
+            try:
+                mark_verified(cls, root, summary)
+            except OSError as err:  # a read-only data folder: the next check opens the images again
+                print(f"Note: could not record the verification in {_state_path(cls, root)} ({err})")
         return dataset_dir
     required = [osp.join(dataset_dir, f) for f in cls.required_files()]
     complete = osp.isdir(osp.join(dataset_dir, cls.image_subdir)) and all(osp.isfile(p) for p in required)

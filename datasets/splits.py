@@ -21,8 +21,8 @@ Differences from the reference, all on paths where the reference crashes late or
   purpose with ``python -m datasets.prepare NAME --root DATA --generate-split``.
 * :func:`read_and_split_data` lists each class folder in sorted order (the reference takes the file system's
   order, so its split differs from machine to machine) and skips files that are not images, with a warning.
-* Few-shot caches and ``split_zhou`` files are written atomically (temporary file, then rename), so an
-  interrupted run never leaves a truncated file behind. A cache whose images moved (it stores absolute paths)
+* Few-shot caches and ``split_zhou`` files are written atomically (``dassl.utils.atomic_write``: a temporary
+  file synced to the disk, then renamed), so an interrupted run never leaves a truncated file behind. A cache whose images moved (it stores absolute paths)
   is re-rooted onto the current dataset folder; one whose classes do not match the split is refused.
 * When the dataset folder is read-only, the few-shot split is drawn as usual and not cached (a warning says so).
 """
@@ -32,12 +32,19 @@ import os
 import os.path as osp
 import pickle
 import random
-import tempfile
 import warnings
 from collections import defaultdict
 
 from dassl.data.datasets import DatasetBase, Datum
 from dassl.utils import listdir_nohidden
+
+try:
+    from dassl.utils import atomic_write  # fsync'd temporary file, then rename
+except ImportError:  # the real Dassl.pytorch has no atomic_write: there the files are written in place
+    def atomic_write(path, write, binary=False):
+        os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+        with open(path, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+            write(f)
 
 from .errors import UserError
 
@@ -82,26 +89,6 @@ def missing_files_message(paths, limit=10):
     if len(paths) > limit:
         shown.append(f"  ... and {len(paths) - limit} more")
     return "\n".join(shown)
-
-
-def atomic_write(path, write, binary=False):
-    """Write ``path`` through ``write(fileobj)`` into a temporary file in the same folder, then rename it.
-
-    Readers never see a half-written file, and an interrupted run leaves the old file (or none) in place.
-    """
-    folder = osp.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{osp.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _write_json(obj, path):

@@ -219,7 +219,7 @@ def test_scheduler_state_of_the_original_dassl_loads(tmp_path):
                 "scheduler": legacy, "val_result": None}, tmp_path / "legacy.pth")
     with pytest.raises(pickle.UnpicklingError):  # not loadable safely ...
         torch.load(tmp_path / "legacy.pth", weights_only=True)
-    ckpt = load_checkpoint(str(tmp_path / "legacy.pth"))  # ... but load_checkpoint falls back
+    ckpt = load_checkpoint(str(tmp_path / "legacy.pth"))  # ... load_checkpoint admits its scheduler objects by name
 
     model2, optim2, sched2 = _build(optim_cfg, seed=1)
     optim2.load_state_dict(ckpt["optimizer"])

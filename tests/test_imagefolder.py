@@ -108,6 +108,75 @@ def test_bad_input_is_refused_before_writing(tmp_path, dataset_name, capsys):
     assert not (data / "eurosat").exists() and not (Path(CONFIG_DIR) / "eurosat.yaml").read_text().startswith("#")
 
 
+def add_bad_files(src: Path) -> dict:
+    """A zero-byte file, a text file named .jpg and a truncated JPEG among the images; {relative path: reason}."""
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)).save(src / "blue_bar" / "whole.jpg")
+    data = (src / "blue_bar" / "whole.jpg").read_bytes()
+    (src / "blue_bar" / "whole.jpg").unlink()
+    (src / "blue_bar" / "cut.jpg").write_bytes(data[: len(data) // 2])  # an interrupted copy
+    (src / "red_square" / "empty.png").write_bytes(b"")
+    (src / "green-circle" / "notes.jpg").write_text("a text file with an image's name")
+    return {"blue_bar/cut.jpg": "truncated", "red_square/empty.png": "an empty file",
+            "green-circle/notes.jpg": "not an image"}
+
+
+def test_unreadable_images_stop_the_import_and_are_listed(tmp_path, dataset_name, capsys):
+    src = make_images(tmp_path / "raw")
+    bad = add_bad_files(src)
+    data = tmp_path / "data"
+    assert main([str(src), "--name", dataset_name, "--root", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: 3 of 43 image files in {src} cannot be read;") and "--skip-unreadable" in err
+    for rel, reason in bad.items():
+        assert f"{src / rel} ({reason}" in err
+    assert not (data / dataset_name).exists() and not (Path(CONFIG_DIR) / f"{dataset_name}.yaml").exists()
+
+
+def test_skip_unreadable_leaves_them_out_and_says_how_many(tmp_path, dataset_name, capsys):
+    src = make_images(tmp_path / "raw")
+    bad = add_bad_files(src)
+    data = tmp_path / "data"
+    assert main([str(src), "--name", dataset_name, "--root", str(data), "--skip-unreadable"]) == 0
+    out = capsys.readouterr().out
+    assert "left out 3 unreadable file(s):" in out and all(str(src / rel) in out for rel in bad)
+    split = json.loads((data / dataset_name / f"split_{dataset_name}.json").read_text())
+    named = {e[0] for part in split.values() for e in part}
+    assert len(named) == 40 and not named & set(bad)
+
+
+def test_files_are_made_with_the_users_permissions_and_check_needs_no_second_pass(tmp_path, dataset_name,
+                                                                                   monkeypatch, capsys):
+    import datasets.images as images
+    from datasets.prepare import main as prepare_main
+
+    src = make_images(tmp_path / "raw")
+    data = tmp_path / "data"
+    old = os.umask(0o022)
+    try:
+        assert main([str(src), "--name", dataset_name, "--root", str(data)]) == 0
+    finally:
+        os.umask(old)
+    ddir = data / dataset_name
+    yaml = Path(CONFIG_DIR) / f"{dataset_name}.yaml"
+    for path in (ddir / f"split_{dataset_name}.json", ddir / "classnames.txt", yaml):
+        assert oct(path.stat().st_mode & 0o777) == oct(0o644), path  # mkstemp made them 0600
+
+    opened = []
+    real = images._problem
+    monkeypatch.setattr(images, "_problem", lambda path: opened.append(path) or real(path))
+    assert prepare_main([dataset_name, "--root", str(data), "--check"]) == 0
+    assert opened == []  # the import opened every image and recorded it
+    # a file damaged afterwards: --check notices the change and opens the images, as --verify-only always does
+    (src / "red_square" / "003.png").write_bytes(b"")
+    capsys.readouterr()
+    for flag in ("--check", "--verify-only"):
+        assert prepare_main([dataset_name, "--root", str(data), flag]) == 2
+        err = capsys.readouterr().err
+        assert "1 of 40 images do not open" in err and "red_square/003.png (an empty file)" in err
+    assert len(opened) == 80
+
+
 def test_worked_example_base2new_through_the_scripts(tmp_path, dataset_name):
     src = make_images(tmp_path / "my_images", n_per_class=8)
     data, out = tmp_path / "data", tmp_path / "output"

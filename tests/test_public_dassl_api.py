@@ -28,7 +28,7 @@ PUBLIC = {
     "dassl.data": {"DatasetWrapper", "DataManager"},
     "dassl.data.transforms": {"build_transform", "INTERPOLATION_MODES"},
 }
-OURS_WITH_FALLBACK = {"UserError", "distributed"}  # imported in try/except ImportError, with a stand-in
+OURS_WITH_FALLBACK = {"UserError", "distributed", "atomic_write"}  # imported in try/except ImportError, with a stand-in
 
 
 def dassl_imports(path):

@@ -8,6 +8,7 @@ import json
 import os
 import os.path as osp
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -119,9 +120,9 @@ def test_killed_at_random_points_resumes_bit_identically(root, baseline, iters):
     finished = json.loads((out / "result.json").read_text())["log_file"]
     assert finished == str(out / logs[-1]) and "Finish training" in (out / logs[-1]).read_text()
     assert not (out / "run.lock").exists()  # the stale locks of the killed attempts were replaced, ours released
-    # the numbered checkpoint replaced the rolling one; killed writes left only hidden temporary files
-    assert sorted(f for f in os.listdir(out / "linear_probe") if not f.startswith(".")) == [
-        "checkpoint", "model.pth.tar-4"]
+    # the numbered checkpoint replaced the rolling one; the temporary files of killed writes were removed
+    assert sorted(os.listdir(out / "linear_probe")) == ["checkpoint", "model.pth.tar-4"]
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
     assert total_events > 12
 
 
@@ -135,6 +136,81 @@ def test_killed_log_ends_with_the_last_line_written(root):
     lines = (out / "log.txt").read_text().splitlines()
     assert lines[-2].startswith("Checkpoint saved to") and lines[-2].endswith("model-last.pth.tar")
     assert lines[-1].startswith("epoch [2/4] batch [1/3] ")
+
+
+def test_temporary_files_of_killed_writes_are_removed_on_the_next_start(root):
+    out = root / "killed_write"
+    # events: 3 steps, then the first rolling checkpoint's move into place: killed with its temporary file written
+    status = _in_child(_argv(root, out), kill_at=4)
+    assert os.WIFSIGNALED(status)
+    left = [f for f in os.listdir(out / "linear_probe") if f.endswith(".tmp")]
+    assert len(left) == 1 and left[0].startswith(".model-last.pth.tar.")
+    (out / ".result.json.0123456789ab.tmp").write_text("{")  # as a killed write of result.json leaves it
+    (out / "notes.tmp").write_text("the user's")  # not named like the project's temporary files: kept
+    status = _in_child(_argv(root, out))
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert sorted(os.listdir(out / "linear_probe")) == ["checkpoint", "model.pth.tar-4"]
+    assert sorted(f for f in os.listdir(out) if f.endswith(".tmp")) == ["notes.tmp"]
+    newest = sorted(f for f in os.listdir(out) if f.startswith("log.txt"))[-1]
+    assert "Removed 2 temporary file(s) left by an interrupted write" in (out / newest).read_text()
+
+
+def _one_error(capsys):
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_resumes(root, baseline, tmp_path, capsys,
+                                                                       monkeypatch):
+    """The third checkpoint (epoch 3's) meets a full disk inside torch.save, whose own error is a RuntimeError
+    chain without "no space"; the run stops with one line, exit status 2, and the rerun resumes after epoch 2 to the
+    uninterrupted run's weights."""
+    from test_file_writes import FillsUp
+
+    out = tmp_path / "full"
+    real_save, saves = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        saves.append(f)
+        return real_save(obj, FillsUp(f, 500) if len(saves) == 3 else f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    assert train.main(_argv(root, out)) == 2
+    line = _one_error(capsys)
+    assert line.startswith("error: no space left on the device of ")
+    assert 'while writing "{}"'.format(out / "linear_probe" / "model-last.pth.tar") in line
+    assert line.endswith("free space there, then run the same command again; the run resumes from its checkpoint "
+                         "after epoch 2")
+    assert sorted(os.listdir(out / "linear_probe")) == ["checkpoint", "model-last.pth.tar"]  # nothing half-written
+    monkeypatch.setattr(torch, "save", real_save)
+    assert train.main(_argv(root, out)) == 0
+    a, b = _weights(baseline[0]), _weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_output_folder_deleted_during_the_run_is_one_line(root, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "vanishing"
+    step = tiny.DasslTinyLinear.forward_backward
+
+    def forward_backward(self, batch):
+        if self.epoch == 1 and self.batch_idx == 0:
+            shutil.rmtree(out)
+        return step(self, batch)
+
+    monkeypatch.setattr(tiny.DasslTinyLinear, "forward_backward", forward_backward)
+    assert train.main(_argv(root, out)) == 2
+    assert _one_error(capsys) == (
+        'error: the output folder "{}" no longer exists (deleted or unmounted during the run); its checkpoints went '
+        "with it, so a rerun of the same command starts again".format(out))
+    assert not out.exists()  # not made again without its log and earlier checkpoints
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(root, tmp_path, capsys):
+    (tmp_path / "plain_file").write_text("")
+    out = tmp_path / "plain_file" / "out"
+    assert train.main(_argv(root, out)) == 2
+    assert "a part of that path is a file, not a folder; choose another path" in _one_error(capsys)
 
 
 def test_second_writer_stops_at_once_naming_the_first(root, tmp_path, capsys):

@@ -1,5 +1,8 @@
-"""tools.sweep without a scheduler: spec checking, expansion, dependencies, dry runs, the paper specs' job counts."""
+"""tools.sweep without a scheduler: spec checking, expansion, dependencies, dry runs, the paper specs' job counts,
+and Slurm's failures (stand-ins for sbatch and squeue)."""
 import json
+import os
+import shlex
 from pathlib import Path
 
 import pytest
@@ -35,13 +38,95 @@ def test_method_and_dataset_names_come_from_the_scripts_and_the_registry():
     ("protocol", "b2n", ["unknown protocol 'b2n'", "base2new, crossdataset, dg, fewshot"]),
     ("executor", "kubernetes", ["unknown executor"]),
     ("opts", ["OPTIM.MAX_EPOCH"], ["KEY VALUE pairs"]),
+    ("opts", {"OPTIM.MAX_EPOCH": [1, 2]}, ["'opts' must be KEY VALUE pairs of single values"]),
+    ("checkpoint_every", "abc", ["'checkpoint_every' must be a whole number >= 0, got 'abc'"]),
+    ("checkpoint_every", -1, ["'checkpoint_every' must be a whole number >= 0, got -1"]),
+    ("checkpoint_every", True, ["'checkpoint_every' must be a whole number >= 0, got True"]),
+    ("max_attempts", "abc", ["'max_attempts' must be a whole number >= 1, got 'abc'"]),
+    ("max_attempts", 0, ["'max_attempts' must be a whole number >= 1, got 0"]),
+    ("name", 123, ["'name' must be one folder name", "got 123"]),
+    ("name", "../../../x", ["'name' must be one folder name", "got '../../../x'"]),
+    ("name", "a/b", ["'name' must be one folder name", "got 'a/b'"]),
+    ("seeds", ["1"], ["'seeds' must be a non-empty list of non-negative integers, got ['1']"]),
+    ("source", 7, ["'source' must be a dataset name, got 7"]),
+    ("output", ["x"], ["'output' must be a folder path, got ['x']"]),
+    ("env", {"CFG": ["a"]}, ["'env' must be a mapping NAME: VALUE"]),
+    ("env", {"BAD NAME": "a"}, ["'env' must be a mapping NAME: VALUE"]),
+    ("env", {"CFG": "../../../../../../../../x"}, ["outside the output folder", "use plain names"]),
+    ("local", {"workers": 0}, ["'local.workers' must be a whole number >= 1, got 0"]),
+    ("slurm", {"time": "abc"}, ["'slurm.time' must be a whole number >= 1, got 'abc'"]),
+    ("slurm", {"gpus": -1}, ["'slurm.gpus' must be a whole number >= 0, got -1"]),
+    ("slurm", {"mem": "lots"}, ["'slurm.mem' must be a memory size such as 16000 (MB), 32G or 32GB, got 'lots'"]),
+    ("slurm", {"partition": 5}, ["'slurm.partition' must be a partition name, got 5"]),
+    ("slurm", {"nodes": 2}, ["'slurm' must be a mapping with the keys partition, time"]),
 ])
 def test_bad_specs_fail_before_anything_is_written(tmp_path, capsys, field, value, expected):
-    path = write_spec(tmp_path, **{field: value})
+    """One line naming the key, the value and what is allowed; exit status 2; no folder anywhere (the spec's
+    output folder is three levels down, so a name that climbs out of it would show)."""
+    path = write_spec(tmp_path, **{"output": str(tmp_path / "a" / "b" / "out"), field: value})
+    before = sorted(tmp_path.rglob("*"))
     assert cli.main([str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and all(e in err for e in expected), err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and all(e in err for e in expected), err
+    assert sorted(tmp_path.rglob("*")) == before and not list(tmp_path.parent.glob("x"))
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--time", "0"], "the command line: 'slurm.time' must be a whole number >= 1, got 0"),
+    (["--max-concurrent", "0"], "'slurm.max_concurrent' must be a whole number >= 1, got 0"),
+    (["--mem", "a lot"], "'slurm.mem' must be a memory size"),
+    (["--workers", "0"], "--workers must be at least 1, got 0"),
+    (["--max-attempts", "0"], "'max_attempts' must be a whole number >= 1, got 0"),
+])
+def test_bad_flags_fail_before_anything_is_written(tmp_path, capsys, flags, expected):
+    path = write_spec(tmp_path)
+    assert cli.main([str(path), "--executor", "slurm", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and expected in err, err
     assert not (tmp_path / "out").exists()
+
+
+def _fake_slurm(tmp_path, monkeypatch, sbatch="", squeue=""):
+    """Stand-ins for sbatch and squeue on PATH: each prints its text on stderr and exits 1."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for tool, text in (("sbatch", sbatch), ("squeue", squeue)):
+        if text:
+            (bin_dir / tool).write_text(f"#!/bin/sh\nprintf '%s\\n' {shlex.quote(text)} >&2\nexit 1\n")
+            (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_an_sbatch_refusal_is_one_line_with_exit_status_3(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("submitit")
+    _fake_slurm(tmp_path, monkeypatch, sbatch="sbatch: error: invalid partition specified: nope\n"
+                                                "sbatch: error: Batch job submission failed: Invalid partition name")
+    path = write_spec(tmp_path)
+    assert cli.main([str(path), "--executor", "slurm", "--partition", "nope", "--poll", "0", "--no-tables"]) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["error: sbatch refused the 1 job(s): invalid partition specified: nope; Batch job submission "
+                   "failed: Invalid partition name; check the slurm options (partition, account, qos, time, gpus, "
+                   "cpus, mem, constraint) and run the same command again (finished jobs are skipped)"]
+
+
+def test_squeue_failures_are_tolerated_for_a_while_then_one_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("submitit")
+    from tools.sweep.executors import SchedulerError, SlurmExecutor
+
+    _fake_slurm(tmp_path, monkeypatch, squeue="squeue: error: slurm_load_jobs error: Unable to contact slurm "
+                                              "controller (connect failure)")
+    executor = SlurmExecutor(tmp_path / "logs")
+    records = {"job": {"slurm_id": "7"}}
+    assert executor.poll(records) is None and executor.poll(records) is None  # a controller that restarts
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: squeue failed (slurm_load_jobs error: Unable to contact")
+    executor.squeue_patience_s = 0
+    with pytest.raises(SchedulerError, match=r"^squeue has failed for \d+ s \(slurm_load_jobs error: Unable to "
+                                             r"contact slurm controller \(connect failure\)\); the submitted jobs"):
+        executor.poll(records)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no squeue at all
+    with pytest.raises(SchedulerError, match="squeue cannot be run"):
+        executor.poll(records)
 
 
 def test_unknown_spec_key_and_a_method_without_the_protocol(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dassl.utils import load_checkpoint
 from slurm_cluster import SlurmCluster, missing_reason
 from sweep_helpers import data_root, make_spec, state  # noqa: F401 (data_root: a fixture)
 from tools.sweep import __main__ as cli
@@ -39,9 +40,7 @@ def cluster(tmp_path_factory):
 
 
 def weights(run_dir):
-    ckpt = torch.load(Path(run_dir) / "MultiModalPromptLearner" / "model.pth.tar-4", map_location="cpu",
-                      weights_only=False)
-    return ckpt["state_dict"]
+    return load_checkpoint(str(Path(run_dir) / "MultiModalPromptLearner" / "model.pth.tar-4"))["state_dict"]
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +125,16 @@ def test_a_bad_spec_submits_nothing(cluster, data_root, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown method 'caspl_typo'" in err and "mpl (MPL)" in err
     assert cluster.squeue() == [""] and not (tmp_path / "out").exists()
+
+
+@needs_slurm
+def test_an_sbatch_refusal_is_one_line_and_exit_status_3(cluster, data_root, tmp_path, capsys):
+    """A partition the cluster does not have: sbatch itself refuses the first wave."""
+    path = make_spec(tmp_path, data_root)
+    assert cli.main([str(path), "--partition", "no_such_partition", "--poll", "0.2", "--no-tables"]) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: sbatch refused the 2 job(s): ") and "partition" in err[0], err
+    assert cluster.squeue() == [""]
 
 
 @pytest.mark.slow

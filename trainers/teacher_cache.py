@@ -26,6 +26,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from dassl.utils import load_checkpoint
+
 #: ``KD.TEACHER_MODE`` values: ``online`` runs the teacher on every augmented batch (the fork's behaviour),
 #: ``cached`` once per training image on a fixed view
 TEACHER_MODES = ("online", "cached")
@@ -119,8 +121,8 @@ def load_features(path: str, key: str, impaths: Sequence[str]) -> Tuple[Optional
     """(features, "") when ``path`` holds a complete cache for ``key`` and ``impaths``; else (None, why not)."""
     if not osp.isfile(path):
         return None, "missing"
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # the project's one checkpoint reader: tensors and plain values only, no code from the file runs
+        payload = load_checkpoint(path)
     except Exception as err:  # truncated, not a torch file, a foreign pickle: all unusable
         return None, f"unreadable ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -174,10 +174,9 @@ def write_run_result(trainer, eval_only=False, model_dir=None, loaded_epoch=None
     mkdir_if_missing(out_dir)
     path = osp.join(out_dir, RESULT_FILE)
 
-    def _dump(tmp):
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
+    def _dump(f):
+        json.dump(record, f, indent=2)
+        f.write("\n")
 
     atomic_write(path, _dump)
     return path

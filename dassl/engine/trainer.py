@@ -27,9 +27,11 @@ Crash safety (not in Dassl, see "Runs that survive anything" in the README):
   wrote after its last checkpoint are dropped and the curves continue without duplicate steps.
 """
 import datetime
+import errno
 import os
 import os.path as osp
 import sys
+import threading
 import time
 from collections import OrderedDict
 
@@ -44,6 +46,7 @@ from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import (
     AverageMeter,
     CheckpointNotFoundError,
+    FileWriteError,
     MetricMeter,
     UserError,
     count_num_param,
@@ -51,10 +54,12 @@ from dassl.utils import (
     load_checkpoint,
     load_pretrained_weights,
     mkdir_if_missing,
+    remove_stale_temporary_files,
     resume_from_checkpoint,
     save_checkpoint,
     set_rng_state,
     tolist_if_not,
+    write_error,
 )
 
 from . import distributed
@@ -105,6 +110,24 @@ def _first_line(err):
     text = str(err).strip()
     line = text.splitlines()[0] if text else type(err).__name__
     return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _quiet_tensorboard_thread():
+    """Tensorboard writes its events in a thread; when the file system refuses them (disk full, folder deleted)
+    that thread dies with a traceback on stderr, and the training thread gets the same error at its next write,
+    where :meth:`TrainerBase.write_scalar` turns it into one line. So the thread's traceback is left out (its
+    ``OSError`` only; anything else, and every other thread, keeps Python's handling)."""
+    previous = threading.excepthook
+    if getattr(previous, "quiets_tensorboard", False):
+        return
+
+    def hook(args):
+        if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+            return
+        previous(args)
+
+    hook.quiets_tensorboard = True
+    threading.excepthook = hook
 
 
 class _SkippingLoader:
@@ -277,9 +300,21 @@ class TrainerBase:
             }
 
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
-        """Save every registered model to ``directory/<name>/`` (``model.pth.tar-<epoch + 1>`` by default)."""
+        """Save every registered model to ``directory/<name>/`` (``model.pth.tar-<epoch + 1>`` by default).
+
+        A write the file system refuses (no space left, a read-only or vanished folder) is one
+        :class:`~dassl.utils.FileWriteError` that also says where a rerun resumes from.
+        """
         if not distributed.is_main_process():  # torchrun: rank 0 writes, the others wait until the files exist
             return distributed.barrier()
+        self._check_output_dir(directory)
+        try:
+            self._save_models(epoch, directory, is_best, val_result, model_name)
+        except FileWriteError as err:
+            raise err.with_fix("{}; {}".format(err.fix, self._rerun_hint(directory))) from None
+        distributed.barrier()
+
+    def _save_models(self, epoch, directory, is_best, val_result, model_name):
         names = self.get_model_names()
         extras = self._checkpoint_extras()
         for name in names:
@@ -295,7 +330,26 @@ class TrainerBase:
             }
             state.update(extras)
             save_checkpoint(state, osp.join(directory, name), is_best=is_best, model_name=model_name)
-        distributed.barrier()
+        if model_name != "model-best.pth.tar" and osp.abspath(directory) == osp.abspath(self.output_dir):
+            self._saved = (epoch + 1, int((extras.get("batches_done") or 0)))
+
+    def _check_output_dir(self, directory=None):
+        """Once training has begun, its output folder must still be there: a folder deleted (or unmounted) during
+        the run is one error, rather than made again without the log and the earlier checkpoints."""
+        directory = directory or getattr(self, "output_dir", None)
+        if directory and getattr(self, "_saved", None) is not None and not osp.isdir(directory):
+            raise FileWriteError('the output folder "{}" no longer exists (deleted or unmounted during the run)'.format(
+                directory), "its checkpoints went with it, so a rerun of the same command starts again",
+                path=directory, error_number=errno.ENOENT)
+
+    def _rerun_hint(self, directory):
+        """What a rerun of the same command does, for a failed save: resume from the last checkpoint saved."""
+        saved = getattr(self, "_saved", None)
+        if not saved or not saved[0] and not saved[1]:
+            return 'no checkpoint was saved in "{}" yet, so the run starts again'.format(directory)
+        epoch, batches = saved
+        where = "epoch {}".format(epoch) if not batches else "batch {} of epoch {}".format(batches, epoch + 1)
+        return "the run resumes from its checkpoint after {}".format(where)
 
     def resume_model_if_exist(self, directory):
         """Resume every registered model from ``directory/<name>/`` if all of them have a checkpoint.
@@ -396,16 +450,30 @@ class TrainerBase:
 
             print("Initialize tensorboard (log_dir={})".format(log_dir))
             self._writer = SummaryWriter(log_dir=log_dir, purge_step=purge_step)
+            _quiet_tensorboard_thread()
 
     def close_writer(self):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except OSError as err:  # its last events cannot be written; the run's outcome is reported elsewhere
+                print("warning: tensorboard's last events were not written ({})".format(err.strerror or err),
+                      file=sys.stderr)
 
     def write_scalar(self, tag, scalar_value, global_step=None):
         if self._writer is None:
             return  # e.g. in eval-only mode, no writer is initialized
-        self._writer.add_scalar(tag, scalar_value, global_step)
+        try:
+            self._writer.add_scalar(tag, scalar_value, global_step)
+        except OSError as err:  # the file system refused tensorboard's event file: one line, as for checkpoints
+            self._writer = None
+            self._check_output_dir()
+            path = os.fsdecode(err.filename) if err.filename else osp.join(self.output_dir, "tensorboard")
+            problem = write_error(err, path)
+            if problem is None:
+                raise
+            raise problem.with_fix("{}; {}".format(problem.fix, self._rerun_hint(self.output_dir))) from None
 
     # ----------------------------------------------------------------------------------------------------------
     # Loop and hooks
@@ -566,7 +634,10 @@ class SimpleTrainer(TrainerBase):
         if self.cfg.RESUME:
             directory = self.cfg.RESUME
         self._resume_position = None
+        self.remove_stale_temporary_files()
         self.start_epoch = self.resume_model_if_exist(directory)
+        position = getattr(self, "_resume_position", None)
+        self._saved = (self.start_epoch, position["batches_done"] if position else 0)
 
         # Initialize summary writer
         writer_dir = osp.join(self.output_dir, "tensorboard")
@@ -645,6 +716,19 @@ class SimpleTrainer(TrainerBase):
             self.save_model(epoch, self.output_dir, model_name=self.LAST_CHECKPOINT)
         finally:
             self._position_extras = None
+
+    def remove_stale_temporary_files(self):
+        """Remove what checkpoint and result writes that were killed midway left in this run's own folders (the
+        output folder and each model's folder): files named like :func:`dassl.utils.atomic_write`'s temporary
+        files (``.<name>.<hex>.tmp``), nothing else. The run holds the folder's lock, so no other process is
+        writing them."""
+        if not distributed.is_main_process():
+            return
+        folders = [self.output_dir] + [osp.join(self.output_dir, name) for name in self.get_model_names()]
+        removed = [path for folder in folders for path in remove_stale_temporary_files(folder)]
+        if removed:
+            print("Removed {} temporary file(s) left by an interrupted write: {}".format(
+                len(removed), ", ".join(osp.relpath(p, self.output_dir) for p in removed)))
 
     def remove_last_checkpoint(self):
         """Remove the rolling checkpoints once a numbered checkpoint (which the pointers now name) supersedes them."""

@@ -4,7 +4,7 @@ import os.path as osp
 import sys
 import time
 
-from .tools import mkdir_if_missing
+from .tools import mkdir_if_missing, write_error
 
 __all__ = ["Logger", "setup_logger"]
 
@@ -17,6 +17,10 @@ class Logger:
             every complete line reaches the file when it is printed, so ``tail -f`` follows a run and a killed
             run's log ends with the last line it printed (Dassl's file is block-buffered).
 
+    A write to the file that fails (the disk is full, the folder vanished) does not stop the run: one
+    ``warning:`` line on stderr says so, the console output continues, and from then on :attr:`file` and
+    :attr:`fpath` are ``None``, so no message claims that something is in the log when it could not be written.
+
     Example::
 
         sys.stdout = Logger(osp.join(output_dir, "log.txt"))
@@ -24,12 +28,31 @@ class Logger:
 
     def __init__(self, fpath=None):
         self.console = sys.stdout
-        self.file = None
-        #: The path of the log file (``None`` without one): messages that say "see the log" name it.
-        self.fpath = fpath
+        self._file = None
+        self._fpath = fpath
+        #: the error that stopped the writes to the log file (``None`` while they work)
+        self.file_error = None
         if fpath is not None:
             mkdir_if_missing(osp.dirname(fpath) or ".")
-            self.file = open(fpath, "w", buffering=1)
+            try:
+                self._file = open(fpath, "w", buffering=1)
+            except OSError as err:
+                problem = write_error(err, fpath)
+                if problem is None:
+                    raise
+                raise problem from err
+
+    @property
+    def fpath(self):
+        """The path of the log file (``None`` without one, or once writing to it failed): messages that say "see
+        the log" name it."""
+        return self._fpath if self.file_error is None else None
+
+    @property
+    def file(self):
+        """The log file, for writing to it alone (``None`` without one, or once writing to it failed). Its
+        ``write`` and ``flush`` never raise: a failure is reported once and ends the writes to the file."""
+        return _LogFile(self) if self._file is not None else None
 
     def __del__(self):
         self.close()
@@ -42,14 +65,39 @@ class Logger:
 
     def write(self, msg):
         self.console.write(msg)
-        if self.file is not None:
-            self.file.write(msg)
+        self._to_file(msg)
+
+    def _to_file(self, msg):
+        if self._file is not None:
+            try:
+                self._file.write(msg)
+            except OSError as err:
+                self._lost(err)
 
     def flush(self):
         self.console.flush()
-        if self.file is not None:
-            self.file.flush()
-            os.fsync(self.file.fileno())
+        self._flush_file()
+
+    def _flush_file(self):
+        if self._file is not None:
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            except OSError as err:
+                self._lost(err)
+
+    def _lost(self, err):
+        """Writing to the file failed: say so once on stderr and write to the console only from now on."""
+        problem = write_error(err, self._fpath)
+        why = problem.reason if problem is not None else 'cannot write "{}": {}'.format(
+            self._fpath, err.strerror or err)
+        self.file_error = err
+        file, self._file = self._file, None
+        try:
+            file.close()
+        except OSError:
+            pass  # the rest of its buffer cannot be written either
+        print("warning: {}; the log continues on this terminal only".format(why), file=sys.stderr, flush=True)
 
     def isatty(self):
         """Whether the console this logger writes to is a terminal."""
@@ -58,9 +106,28 @@ class Logger:
 
     def close(self):
         """Close the log file. The console is left open (it is the process's stdout)."""
-        if getattr(self, "file", None) is not None:
-            self.file.close()
-            self.file = None
+        file = getattr(self, "_file", None)
+        if file is not None:
+            try:
+                file.close()
+            except OSError as err:
+                self._lost(err)
+            self._file = None
+
+
+class _LogFile:
+    """The log file of a :class:`Logger` on its own (what ``logger.file`` returns): writes that fail are handled
+    by the logger (reported once, then dropped)."""
+
+    def __init__(self, logger):
+        self._logger = logger
+
+    def write(self, msg):
+        self._logger._to_file(msg)
+        return len(msg)
+
+    def flush(self):
+        self._logger._flush_file()
 
 
 def _claim_log_name(fpath):
@@ -73,12 +140,17 @@ def _claim_log_name(fpath):
     candidate = fpath
     for _ in range(50):
         try:
-            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
             return candidate
         except FileExistsError:
             if candidate != fpath:
                 time.sleep(0.1)
             candidate = fpath + time.strftime("-%Y-%m-%d-%H-%M-%S")
+        except OSError as err:  # a read-only or full output folder: one line
+            problem = write_error(err, candidate)
+            if problem is None:
+                raise
+            raise problem from err
     return candidate
 
 

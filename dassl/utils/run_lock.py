@@ -20,7 +20,7 @@ import time
 import uuid
 
 from .errors import UserError
-from .tools import mkdir_if_missing
+from .tools import mkdir_if_missing, write_error
 
 __all__ = ["RunLock", "RunLockedError", "LOCK_FILE"]
 
@@ -114,16 +114,24 @@ class RunLock:
 
     def _create(self, record):
         tmp = osp.join(self.directory, ".{}.{}.tmp".format(LOCK_FILE, uuid.uuid4().hex[:12]))
-        with open(tmp, "w") as f:
-            json.dump(record, f)
-            f.write("\n")
         try:
+            with open(tmp, "w") as f:
+                json.dump(record, f)
+                f.write("\n")
             os.link(tmp, self.path)  # atomic, and fails if the lock exists
             return True
         except FileExistsError:
             return False
+        except OSError as err:  # a read-only or full output folder: one line
+            problem = write_error(err, self.path, tmp)
+            if problem is None:
+                raise
+            raise problem from err
         finally:
-            os.remove(tmp)
+            try:
+                os.remove(tmp)
+            except FileNotFoundError:
+                pass
 
     def _is_stale(self, owner, host):
         if not owner:  # empty or unreadable (not written by this class): stale once it is a minute old

@@ -8,9 +8,15 @@ adds ``rng_state`` (and the trainer may add more keys) so that a resumed run con
 Every file is written atomically (a temporary file in the same folder, then ``os.replace``), so an interrupted
 save never leaves a truncated checkpoint behind.
 """
+import collections
+import contextlib
+import functools
+import hashlib
+import os
 import os.path as osp
 import pickle
 import random
+import re
 import shutil
 import warnings
 from collections import OrderedDict
@@ -20,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import BadFileError, CheckpointNotFoundError
+from .errors import BadFileError, CheckpointNotFoundError, UntrustedFileError
 from .tools import atomic_write, mkdir_if_missing
 
 __all__ = [
@@ -40,9 +46,9 @@ __all__ = [
 ]
 
 
-def _write_text(text, path):
-    with open(path, "w") as f:
-        f.write(text)
+def _copy_into(src, f):
+    with open(src, "rb") as source:
+        shutil.copyfileobj(source, f)
 
 
 def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True, model_name=""):
@@ -69,28 +75,79 @@ def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True
     if not model_name:
         model_name = "model.pth.tar-" + str(state["epoch"])
     fpath = osp.join(save_dir, model_name)
-    atomic_write(fpath, partial(torch.save, state))
+    atomic_write(fpath, partial(torch.save, state), binary=True)
     print("Checkpoint saved to {}".format(fpath))
 
-    atomic_write(osp.join(save_dir, "checkpoint"), partial(_write_text, "{}\n".format(osp.basename(fpath))))
+    pointer = "{}\n".format(osp.basename(fpath))
+    atomic_write(osp.join(save_dir, "checkpoint"), lambda f: f.write(pointer))
 
     if is_best:
         best_fpath = osp.join(osp.dirname(fpath), "model-best.pth.tar")
-        atomic_write(best_fpath, partial(shutil.copyfile, fpath))
+        atomic_write(best_fpath, partial(_copy_into, fpath), binary=True)
         print('Best checkpoint saved to "{}"'.format(best_fpath))
 
 
-def load_checkpoint(fpath):
-    """Load a checkpoint file (onto the CPU when CUDA is unavailable).
+#: The environment variable naming checkpoint files the user trusts to hold any Python object: paths or SHA256
+#: digests (hex) of files, separated by ``os.pathsep`` (``:`` on Linux). Only those files are unpickled in full.
+TRUST_ENV = "DASSL_TRUSTED_CHECKPOINTS"
 
-    Checkpoints written by this package hold only tensors and plain Python values, so they are read with
-    ``torch.load(weights_only=True)``. Those written by the original Dassl also pickle the warmup scheduler's
-    successor object, which the safe loader refuses; such a file is then read with ``weights_only=False``
-    (only load checkpoints you trust, as with any pickle).
+
+def _dassl_globals():
+    """What a checkpoint of the original Dassl holds besides tensors and plain values, by name: its warm-up
+    scheduler's ``state_dict()`` pickles the ``successor`` scheduler object (Dassl's single_step, multi_step or
+    cosine: StepLR, MultiStepLR, CosineAnnealingLR), whose ``__dict__`` holds the optimizer object (sgd, adam,
+    amsgrad, adamw or rmsprop), whose state is a ``defaultdict(dict)``, read as a plain ``dict`` (torch's safe
+    loader fills no ``defaultdict``). Unpickling these runs no code of the file's choosing: the classes are only
+    created and given the file's values, and the engine keeps nothing of them but the successor's plain state."""
+    from torch.optim import SGD, Adam, AdamW, RMSprop
+    from torch.optim.lr_scheduler import CosineAnnealingLR, MultiStepLR, StepLR
+
+    allowed = [SGD, Adam, AdamW, RMSprop, StepLR, MultiStepLR, CosineAnnealingLR, collections.Counter, dict]
+    if _named_globals_supported():
+        allowed.append((_plain_dict, "collections.defaultdict"))
+    return allowed
+
+
+def _plain_dict(*args):
+    """Stands for ``collections.defaultdict(dict)`` in an original Dassl checkpoint: an empty plain dict."""
+    return {}
+
+
+@functools.lru_cache(maxsize=1)
+def _named_globals_supported():
+    """Whether torch's safe loader takes ``(object, "module.name")`` pairs (torch 2.6 and later); without them an
+    original Dassl checkpoint whose optimizer has state is refused (naming ``collections.defaultdict``)."""
+    try:
+        from torch._weights_only_unpickler import _get_user_allowed_globals
+
+        with torch.serialization.safe_globals([(dict, "dassl.probe")]):
+            return _get_user_allowed_globals().get("dassl.probe") is dict
+    except Exception:
+        return False
+
+
+def _admit(allowed):
+    """A context in which torch's safe loader also admits ``allowed`` (nothing more on a torch without
+    ``safe_globals``, before 2.5)."""
+    scoped = getattr(torch.serialization, "safe_globals", None)
+    return scoped(allowed) if scoped is not None and allowed else contextlib.nullcontext()
+
+
+def load_checkpoint(fpath):
+    """Load a checkpoint file (onto the CPU when CUDA is unavailable), without running code from it.
+
+    The file is read with ``torch.load(weights_only=True)``: tensors and plain Python values, plus, by name, the
+    few objects the original Dassl's checkpoints legitimately hold (its warm-up scheduler pickles its successor
+    scheduler and that one's optimizer, see :func:`_dassl_globals`), so its checkpoints still load. A file that
+    asks for any other Python object (a function, a class) is refused with :class:`UntrustedFileError`, naming
+    what it asks for: unpickling it could run any code. A file the user trusts can be named in the environment
+    variable ``DASSL_TRUSTED_CHECKPOINTS`` (its path, or the SHA256 of its bytes; several separated by
+    ``os.pathsep``); only such a file is unpickled in full.
 
     Raises:
         ValueError: ``fpath`` is None.
         CheckpointNotFoundError: the file does not exist (a ``FileNotFoundError``).
+        UntrustedFileError: the file names Python objects the safe loader does not admit (a ``BadFileError``).
         BadFileError: the file is empty, truncated, corrupt or not a checkpoint (the message says which and what
             to do; PyTorch's own message, which may advise ``weights_only=False``, is not passed on).
     """
@@ -103,15 +160,96 @@ def load_checkpoint(fpath):
     if osp.getsize(fpath) == 0:
         raise _bad_checkpoint(fpath, "the file is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=UserWarning)  # garbage makes torch warn about protocols
-            checkpoint = _torch_load(fpath, map_location)
+        checkpoint = _safe_torch_load(fpath, map_location)
+    except UntrustedFileError as err:
+        if not _trusted(fpath):
+            raise _untrusted_checkpoint(fpath, err.names) from None
+        print('Loading "{}" with full unpickling: it is trusted by {}'.format(fpath, TRUST_ENV))
+        try:
+            checkpoint = _torch_load_trusted(fpath, map_location)
+        except Exception as err2:
+            raise _bad_checkpoint(fpath, "it cannot be unpickled ({})".format(_first_line(err2))) from None
     except Exception as err:  # any failure to decode the file
         print('Unable to load checkpoint from "{}"'.format(fpath))
         raise _bad_checkpoint(fpath, _why_unreadable(fpath)) from err
     if not isinstance(checkpoint, dict):
         raise _bad_checkpoint(fpath, "it holds a {}, not a checkpoint dict".format(type(checkpoint).__name__))
     return checkpoint
+
+
+def _safe_torch_load(path, map_location):
+    """``torch.load(path, weights_only=True)`` admitting, for this call only, what the original Dassl's checkpoints
+    hold (:func:`_dassl_globals`) besides tensors and plain values.
+
+    Raises :class:`UntrustedFileError` (with ``names``: the ``module.name`` of each object the file asks for that
+    is not admitted) for a file that needs more; any other failure to read the file propagates as torch raises it.
+    """
+    allowed = _dassl_globals()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)  # garbage makes torch warn about protocols
+            with _admit(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        names = _refused_globals(path, err, allowed)
+        if names is None:
+            raise
+        raise UntrustedFileError('"{}" asks for {}'.format(path, ", ".join(names)), names) from None
+
+
+def _refused_globals(path, err, allowed):
+    """The globals a file asks for that the safe loader refused (``None``: ``err`` is no such refusal)."""
+    text = str(err)
+    if "Weights only load failed" not in text:
+        return None
+    admitted = {g[1] if isinstance(g, tuple) else "{}.{}".format(g.__module__, g.__qualname__) for g in allowed}
+    names = []
+    try:  # every global the file names (zip archives: read without unpickling)
+        names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(path) if n not in admitted]
+    except Exception:
+        pass
+    named = re.search(r"GLOBAL (\S+) was not an allowed global", text)
+    if named and named.group(1) not in names:
+        names.insert(0, named.group(1))
+    return names or None  # refused for another reason: a damaged file (random bytes read as pickle opcodes)
+
+
+def _untrusted_checkpoint(fpath, names):
+    return UntrustedFileError(
+        'refused to load the checkpoint "{}": it asks for {}, which a checkpoint of this project or of Dassl never '
+        "holds, and unpickling it could run any code. If you trust the file (you made it), add its path or SHA256 "
+        "to the environment variable {} (README, \"Security\")".format(fpath, ", ".join(names), TRUST_ENV),
+        names)
+
+
+def _trusted(fpath):
+    """Whether ``DASSL_TRUSTED_CHECKPOINTS`` names ``fpath`` (by path, or by the SHA256 of its bytes)."""
+    entries = [e.strip() for e in os.environ.get(TRUST_ENV, "").split(os.pathsep) if e.strip()]
+    if not entries:
+        return False
+    real = osp.realpath(fpath)
+    if any(not _is_sha256(e) and osp.realpath(osp.expanduser(e)) == real for e in entries):
+        return True
+    digests = {e.lower() for e in entries if _is_sha256(e)}
+    return bool(digests) and _sha256_of(fpath) in digests
+
+
+def _is_sha256(text):
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _first_line(err):
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if len(line) <= 160 else line[:157] + "..."
 
 
 def _bad_checkpoint(fpath, why):
@@ -130,16 +268,11 @@ def _why_unreadable(fpath):
     return "it is not a PyTorch checkpoint file (unknown or damaged format)"
 
 
-def _torch_load(fpath, map_location):
-    try:
-        return torch.load(fpath, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # holds pickled objects (a checkpoint of the original Dassl)
-    except UnicodeDecodeError:
-        pass  # written by Python 2
+def _torch_load_trusted(fpath, map_location):
+    """Full unpickling, for a file the user named as trusted (``DASSL_TRUSTED_CHECKPOINTS``) only."""
     try:
         return torch.load(fpath, map_location=map_location, weights_only=False)
-    except UnicodeDecodeError:
+    except UnicodeDecodeError:  # written by Python 2
         return torch.load(fpath, map_location=map_location, weights_only=False, encoding="latin1")
 
 

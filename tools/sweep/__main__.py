@@ -6,7 +6,9 @@ ones (``result.json``), submits the rest as their dependencies finish, shows liv
 (it resumes from its last checkpoint), lists the jobs that still failed with their log and last error line,
 and prints the spec's tables through ``python -m tools.results``.
 
-Exit status: 0 when every job finished, 1 when some failed, 2 for a bad spec or flag (nothing submitted).
+Exit status: 0 when every job finished, 1 when some failed, 2 for a bad spec or flag (nothing submitted), 3 when
+Slurm refused a submission or could not be asked about the jobs (sbatch/squeue failed; one line with Slurm's own
+words; what was submitted is in state.json, and the same command continues once Slurm works).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import argparse
 import sys
 
 from . import driver, spec as specs
-from .executors import LocalExecutor, SlurmExecutor
+from .executors import LocalExecutor, SchedulerError, SlurmExecutor
 
 
 def build_parser():
@@ -50,12 +52,7 @@ def make_executor(spec, args, folder):
     if spec["executor"] == "local":
         workers = args.workers or spec["local"].get("workers")
         return LocalExecutor(folder / "logs", workers=int(workers) if workers else None)
-    opts = dict(spec["slurm"])
-    for k in specs.SLURM_KEYS:
-        v = getattr(args, k, None)
-        if v is not None:
-            opts[k] = v
-    return SlurmExecutor(folder / "logs", job_name=spec["name"], **opts)
+    return SlurmExecutor(folder / "logs", job_name=spec["name"], **spec["slurm"])
 
 
 def main(argv=None):
@@ -63,9 +60,11 @@ def main(argv=None):
     try:
         spec = specs.load(args.spec, {"executor": args.executor, "output": args.output, "data": args.data,
                                       "seeds": args.seeds, "max_attempts": args.max_attempts})
-        jobs = specs.expand(spec)
+        flags = {k: getattr(args, k) for k in specs.SECTION_VALUES["slurm"] if getattr(args, k) is not None}
+        spec["slurm"] = specs.check_section("slurm", dict(spec["slurm"], **flags), "the command line")
         if args.workers is not None and args.workers < 1:
-            raise specs.SpecError("--workers must be at least 1")
+            raise specs.SpecError(f"--workers must be at least 1, got {args.workers}")
+        jobs = specs.expand(spec)
     except specs.SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -78,7 +77,11 @@ def main(argv=None):
     except (RuntimeError, TypeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    counts = driver.Sweep(spec, jobs, executor, poll_s=args.poll).run()
+    try:
+        counts = driver.Sweep(spec, jobs, executor, poll_s=args.poll).run()
+    except SchedulerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     if not args.no_tables and counts["done"]:
         driver.tables(spec)
     return 0 if counts["done"] == len(jobs) else 1

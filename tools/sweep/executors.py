@@ -6,13 +6,21 @@ or a scheduler's accounting (the test cluster has none, and a crashed run must n
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .spec import REPO
+
+class SchedulerError(RuntimeError):
+    """Slurm refused a submission or could not be asked about the jobs (``sbatch``/``squeue`` failed); the message
+    is one line with Slurm's own words and what to do. ``python -m tools.sweep`` exits with status 3."""
+
 
 ACTIVE_QUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SUSPENDED", "STOPPED", "RESV_DEL_HOLD"}
 ACTIVE_RUNNING = {"RUNNING", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING"}
@@ -110,6 +118,21 @@ class LocalExecutor:
             fh.close()
 
 
+def _is_submission_failure(err):
+    """sbatch exited with an error (submitit's FailedJobError) or could not be started at all."""
+    return type(err).__name__ == "FailedJobError" or isinstance(err, (OSError, subprocess.SubprocessError))
+
+
+def _slurm_words(text, err):
+    """Slurm's error lines as one line (``sbatch: error: `` prefixes dropped)."""
+    if isinstance(err, OSError) and not text.strip():
+        return f"sbatch cannot be run ({err.strerror or err})"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    words = [ln.split("error:", 1)[1].strip() if "error:" in ln else ln for ln in lines]
+    line = "; ".join(dict.fromkeys(w for w in words if w)) or "no message"
+    return line if len(line) <= 400 else line[:397] + "..."
+
+
 def _visible_gpus():
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
@@ -132,6 +155,8 @@ class SlurmExecutor:
     """
 
     name = "slurm"
+    #: how long ``squeue`` may fail in a row (a restarting controller) before the sweep stops with one line
+    squeue_patience_s = 600.0
 
     def __init__(self, log_dir, partition=None, time=60, gpus=None, cpus=None, mem=None, account=None,
                  max_concurrent=256, signal_delay_s=90, constraint=None, qos=None, job_name="sweep"):
@@ -158,8 +183,17 @@ class SlurmExecutor:
 
     def submit(self, jobs_attempts):
         calls = [(job, ScriptCall(job.command, job.env)) for job, _ in jobs_attempts]
-        with self.executor.batch():
-            handles = [self.executor.submit(call) for _, call in calls]
+        told = io.StringIO()  # submitit prints sbatch's stderr itself before raising: it goes into the one line
+        try:
+            with contextlib.redirect_stderr(told), self.executor.batch():
+                handles = [self.executor.submit(call) for _, call in calls]
+        except Exception as err:
+            if not _is_submission_failure(err):
+                raise
+            raise SchedulerError(
+                f"sbatch refused the {len(calls)} job(s): {_slurm_words(str(err) or told.getvalue(), err)}; check "
+                "the slurm options (partition, account, qos, time, gpus, cpus, mem, constraint) and run the same "
+                "command again (finished jobs are skipped)") from None
         return {job.key: {"slurm_id": h.job_id, "log": str(h.paths.stderr), "stdout": str(h.paths.stdout)}
                 for (job, _), h in zip(calls, handles)}
 
@@ -167,10 +201,25 @@ class SlurmExecutor:
         ids = {r["slurm_id"]: key for key, r in records.items() if r.get("slurm_id")}
         if not ids:
             return {}
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True)
-        if out.returncode:
-            print(f"warning: squeue failed ({out.stderr.strip()}); keeping the last known states", file=sys.stderr)
+        try:
+            out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True)
+            failure = _slurm_words(out.stderr, None) if out.returncode else None
+        except OSError as err:  # no squeue on this machine
+            failure = f"squeue cannot be run ({err.strerror or err})"
+        if failure is not None:
+            now = time.time()
+            self._squeue_failing_since = getattr(self, "_squeue_failing_since", None) or now
+            if now - self._squeue_failing_since >= self.squeue_patience_s:
+                raise SchedulerError(
+                    f"squeue has failed for {now - self._squeue_failing_since:.0f} s ({failure}); the submitted jobs "
+                    "may still run: once Slurm answers, run the same command again to follow them (their ids are in "
+                    "state.json)")
+            if not getattr(self, "_squeue_warned", False):
+                print(f"warning: squeue failed ({failure}); keeping the last known states and trying again for "
+                      f"{self.squeue_patience_s:.0f} s", file=sys.stderr)
+                self._squeue_warned = True
             return None
+        self._squeue_failing_since, self._squeue_warned = None, False
         seen = dict(line.split() for line in out.stdout.splitlines() if len(line.split()) == 2)
         states = {}
         for sid, key in ids.items():

@@ -19,6 +19,7 @@ intercepted), by the rules of ``scripts/protocol.sh``.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,9 +100,7 @@ SPEC_KEYS = {
     "slurm": "slurm executor: partition, time (minutes), gpus, cpus, mem (e.g. 16GB), account, "
              "max_concurrent, signal_delay_s, constraint, qos",
 }
-LOCAL_KEYS = ("workers",)
-SLURM_KEYS = ("partition", "time", "gpus", "cpus", "mem", "account", "max_concurrent", "signal_delay_s",
-              "constraint", "qos")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass
@@ -235,13 +234,81 @@ def output_dirs(command, env, output, dataset, seed, shots, source):
 # --- loading and checking ----------------------------------------------------------------------------------
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _int_list(spec, key, default):
     value = spec.get(key, default)
-    if isinstance(value, int):
+    if _is_int(value):
         value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, int) and v >= 0 for v in value):
+    if not isinstance(value, list) or not value or not all(_is_int(v) and v >= 0 for v in value):
         raise SpecError(f"{key!r} must be a non-empty list of non-negative integers, got {value!r}")
     return value
+
+
+def _int(where, key, value, minimum):
+    """``value`` as an int of at least ``minimum`` (a YAML string of digits is taken too), else one line."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not _is_int(value) or value < minimum:
+        raise SpecError(f"{where}: {key!r} must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def _text(where, key, value, what="a string"):
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(f"{where}: {key!r} must be {what}, got {value!r}")
+    return value
+
+
+_SCALARS = (str, int, float, bool)
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+#: slurm's --mem: a number of megabytes, or with a unit K, M, G or T (an optional B is accepted, as in "32GB")
+_MEM_RE = re.compile(r"^[0-9]+([KMGTkmgt][Bb]?)?$")
+#: the checks of the local: and slurm: sections (and of the command-line flags that override them):
+#: key -> (minimum for a whole number | None for text, what is allowed)
+SECTION_VALUES = {
+    "local": {"workers": (1, None)},
+    "slurm": {"partition": (None, "a partition name"), "time": (1, None), "gpus": (0, None), "cpus": (1, None),
+              "mem": (None, "a memory size such as 16000 (MB), 32G or 32GB"), "account": (None, "an account name"),
+              "max_concurrent": (1, None), "signal_delay_s": (0, None), "constraint": (None, "a node feature"),
+              "qos": (None, "a QOS name")},
+}
+
+
+def check_section(section, values, where="the spec"):
+    """The ``local:`` or ``slurm:`` mapping with every value checked (type and range); returns a checked copy.
+
+    Raises :class:`SpecError` naming the key, the value and what is allowed."""
+    keys = SECTION_VALUES[section]
+    if values is None:
+        values = {}
+    if not isinstance(values, dict) or set(values) - set(keys):
+        raise SpecError(f"{where}: {section!r} must be a mapping with the keys {', '.join(keys)}, got {values!r}")
+    out = {}
+    for key, value in values.items():
+        minimum, what = keys[key]
+        name = f"{section}.{key}"
+        if minimum is not None:
+            out[key] = _int(where, name, value, minimum)
+        elif key == "mem":
+            text = str(value) if _is_int(value) else value
+            if not isinstance(text, str) or not _MEM_RE.match(text):
+                raise SpecError(f"{where}: {name!r} must be {what}, got {value!r}")
+            out[key] = text
+        else:
+            out[key] = _text(where, name, value, what)
+    return out
+
+
+def check_name(name, where="the spec"):
+    """The sweep's name: one folder name under ``OUTPUT/sweeps/`` (letters, digits, ``_ . + -``), so nothing the
+    sweep writes can land outside the output folder."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name in (".", ".."):
+        raise SpecError(f"{where}: 'name' must be one folder name (letters, digits, '_', '.', '+', '-'; not "
+                        f"starting with '.' or '-'), got {name!r}; its logs and status go to OUTPUT/sweeps/NAME/")
+    return name
 
 
 def _names(spec, key):
@@ -274,9 +341,10 @@ def load(path, overrides=None):
 
 
 def check(spec, where="the spec"):
-    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    unknown = sorted(set(spec) - set(SPEC_KEYS), key=str)
     if unknown:
-        raise SpecError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(SPEC_KEYS)}")
+        raise SpecError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; valid keys: {', '.join(SPEC_KEYS)}")
+    check_name(spec.get("name"), where)
     protocol = spec.get("protocol")
     if protocol not in PROTOCOLS:
         raise SpecError(f"{where}: unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
@@ -296,24 +364,30 @@ def check(spec, where="the spec"):
     valid = dataset_names()
     ds = _names(spec, "datasets")
     source = spec.get("source", "imagenet")
+    if not isinstance(source, str):
+        raise SpecError(f"{where}: 'source' must be a dataset name, got {source!r}")
     for d in ds + ([source] if protocol in ("crossdataset", "dg") else []):
         if d not in valid:
             raise SpecError(f"{where}: unknown dataset {d!r}; valid datasets: {', '.join(valid)}")
     opts = spec.get("opts") or []
     if isinstance(opts, dict):
         opts = [x for kv in opts.items() for x in kv]
-    if not isinstance(opts, list) or len(opts) % 2:
-        raise SpecError(f"{where}: 'opts' must be KEY VALUE pairs (an even-length list or a mapping), got {opts!r}")
+    if not isinstance(opts, list) or len(opts) % 2 or not all(isinstance(o, _SCALARS) for o in opts):
+        raise SpecError(f"{where}: 'opts' must be KEY VALUE pairs of single values (an even-length list or a "
+                        f"mapping), got {opts!r}")
     env = spec.get("env") or {}
-    if not isinstance(env, dict):
-        raise SpecError(f"{where}: 'env' must be a mapping NAME: VALUE, got {env!r}")
+    if not isinstance(env, dict) or not all(isinstance(k, str) and _ENV_NAME_RE.match(k) for k in env) or not all(
+            isinstance(v, _SCALARS) for v in env.values()):
+        raise SpecError(f"{where}: 'env' must be a mapping NAME: VALUE (variable names, single values), got {env!r}")
     executor = spec.get("executor", "local")
     if executor not in ("local", "slurm"):
         raise SpecError(f"{where}: unknown executor {executor!r}; valid executors: local, slurm")
-    for section, keys in (("local", LOCAL_KEYS), ("slurm", SLURM_KEYS)):
-        sub = spec.get(section) or {}
-        if not isinstance(sub, dict) or set(sub) - set(keys):
-            raise SpecError(f"{where}: {section!r} must be a mapping with the keys {', '.join(keys)}, got {sub!r}")
+    sections = {section: check_section(section, spec.get(section), where) for section in SECTION_VALUES}
+    folders = {}
+    for key, default in (("data", os.environ.get("DATA") or "./data"),
+                         ("output", os.environ.get("OUTPUT") or "./output")):
+        value = spec.get(key) or default
+        folders[key] = _text(where, key, value, "a folder path")
     caspl = spec.get("caspl", False)
     if not isinstance(caspl, bool):
         raise SpecError(f"{where}: 'caspl' must be true or false, got {caspl!r}")
@@ -325,16 +399,12 @@ def check(spec, where="the spec"):
             if not method.trains or method.name == "CasPL":
                 raise SpecError(f"{where}: with caspl: true every method trains beside the boosting prompts; "
                                 f"{method.name} does not (remove it, or run it in a spec without caspl)")
-    out = dict(spec, methods=chosen, datasets=ds, caspl=caspl, seeds=_int_list(spec, "seeds", [1, 2, 3]),
-               shots=_int_list(spec, "shots", [16]), source=source, opts=[str(o) for o in opts],
-               env={str(k): str(v) for k, v in env.items()}, executor=executor,
-               checkpoint_every=int(spec.get("checkpoint_every", 1)), max_attempts=int(spec.get("max_attempts", 3)),
-               data=str(spec.get("data") or os.environ.get("DATA") or "./data"),
-               output=str(spec.get("output") or os.environ.get("OUTPUT") or "./output"),
-               local=dict(spec.get("local") or {}), slurm=dict(spec.get("slurm") or {}))
-    if out["max_attempts"] < 1:
-        raise SpecError(f"{where}: 'max_attempts' must be at least 1")
-    return out
+    return dict(spec, methods=chosen, datasets=ds, caspl=caspl, seeds=_int_list(spec, "seeds", [1, 2, 3]),
+                shots=_int_list(spec, "shots", [16]), source=source, opts=[str(o) for o in opts],
+                env={str(k): str(v) for k, v in env.items()}, executor=executor,
+                checkpoint_every=_int(where, "checkpoint_every", spec.get("checkpoint_every", 1), 0),
+                max_attempts=_int(where, "max_attempts", spec.get("max_attempts", 3), 1),
+                data=folders["data"], output=folders["output"], local=sections["local"], slurm=sections["slurm"])
 
 
 # --- expansion ---------------------------------------------------------------------------------------------
@@ -430,7 +500,18 @@ def expand(spec):
                             dirs=[str(d) for d in output_dirs(command, wenv, root, run_on, fields["seed"],
                                                               fields["shots"], fields["source"])],
                             after=after)
+    for job in jobs.values():  # what the spec's env makes of the folders (CFG, SHOTS, ...) stays in the output folder
+        outside = [d for d in job.dirs if not _inside(d, output)]
+        if outside:
+            raise SpecError(f"job {job.key} would write {os.path.normpath(outside[0])}, outside the output folder "
+                            f"{output}; the folder names come from the spec's env (CFG, CFG_B2N, CFG_XD, SHOTS, ...): "
+                            "use plain names")
     return list(jobs.values())
+
+
+def _inside(path, folder):
+    path, folder = os.path.normpath(os.path.abspath(path)), os.path.normpath(os.path.abspath(folder))
+    return os.path.commonpath([path, folder]) == folder and path != folder
 
 
 def _key(method, protocol, phase, fields):
