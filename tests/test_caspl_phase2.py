@@ -12,7 +12,6 @@ import torch
 import yaml
 
 import clip
-import train
 import trainers
 from datasets.fixtures import make_fixture
 from tools import method_defaults

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 import clip
-import train
 import trainers
 from dassl.utils import set_random_seed
 from datasets.fixtures import make_fixture

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import clip
-import train
 from clip import LayerOp
 from dassl.engine import build_trainer
 from dassl.utils import save_checkpoint

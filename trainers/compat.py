@@ -49,9 +49,10 @@ except ImportError:
 try:
     from dassl.utils import atomic_write
 except ImportError:
-    def atomic_write(path, write_fn):
-        """The real Dassl has no atomic writes: the file is written in place."""
-        write_fn(path)
+    def atomic_write(path, write, binary=False):
+        """The real Dassl has no atomic writes: ``write(f)`` fills the file in place."""
+        with open(path, "wb" if binary else "w") as f:
+            write(f)
 
 try:
     from dassl.data.datasets import DATASET_REGISTRY

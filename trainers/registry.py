@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os.path as osp
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from dassl.engine import TRAINER_REGISTRY

@@ -105,12 +105,7 @@ def load_for_evaluation(trainer, model_dir, epoch):
 def write_config(cfg, out_dir) -> str:
     """``<out_dir>/config.yaml``: the resolved config, written atomically; returns its path."""
     path = osp.join(out_dir, CONFIG_FILE)
-
-    def dump(tmp):
-        with open(tmp, "w") as f:
-            f.write(cfg.dump())
-
-    atomic_write(path, dump)
+    atomic_write(path, lambda f: f.write(cfg.dump()))
     return path
 
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import os.path as osp
-import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from dassl.utils import load_checkpoint
+
+from .compat import atomic_write
 
 #: ``KD.TEACHER_MODE`` values: ``online`` runs the teacher on every augmented batch (the fork's behaviour),
 #: ``cached`` once per training image on a fixed view
@@ -146,23 +146,12 @@ def load_features(path: str, key: str, impaths: Sequence[str]) -> Tuple[Optional
 
 def save_features(path: str, key: str, impaths: Sequence[str], features: torch.Tensor,
                   info: Optional[dict] = None) -> None:
-    """Write the cache atomically: a temporary file in the same folder, flushed to disk, then ``os.replace``."""
+    """Write the cache atomically (the project's one ``atomic_write``: a synced temporary file, then renamed)."""
     features = features.detach().cpu().contiguous()
     payload = {"format": FORMAT, "key": key, "impaths": list(impaths), "features": features,
                "dtype": str(features.dtype), "features_sha256": features_sha256(features),
                "info": json.dumps(info or {}, sort_keys=True)}
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = osp.join(folder, f".{osp.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda fh: torch.save(payload, fh), binary=True)
 
 
 class BatchRows:
