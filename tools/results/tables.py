@@ -37,7 +37,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .names import (DG_TARGETS, canonical_dataset, cascade_method, dataset_sort_key, display_dataset, method_sort_key,
+from .names import (DG_TARGETS, cascade_method, dataset_sort_key, display_dataset, method_sort_key, resolve_dataset,
                     same_method)
 from .published import AVERAGE, Published
 from .render import Cell, Table, text
@@ -219,7 +219,8 @@ def _labels(variants) -> dict:
 
 def _datasets(found, opts: Options) -> list[str]:
     if opts.datasets:
-        return [canonical_dataset(d) for d in opts.datasets]
+        found = set(found)
+        return [resolve_dataset(d, found) for d in opts.datasets]
     return sorted(set(found), key=dataset_sort_key)
 
 
@@ -433,7 +434,7 @@ def base2new(coll: Collection, opts: Options) -> Report:
 # ---------------------------------------------------------------------------------------------- cross-dataset, DG
 def crossdataset(coll: Collection, opts: Options, protocol: str = "crossdataset") -> Report:
     notes: list[str] = []
-    source = canonical_dataset(opts.source)
+    source = resolve_dataset(opts.source, {r.dataset for r in coll.runs})
     runs = _eligible(coll, protocol, opts, lambda r: r.subsample == "all", notes)
     in_protocol = (lambda d: d in DG_TARGETS) if protocol == "dg" else (lambda d: d not in DG_TARGETS)
     target_runs = [r for r in runs if r.eval_only and r.dataset != source and in_protocol(r.dataset)]
