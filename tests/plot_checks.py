@@ -8,6 +8,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.image import AxesImage
 from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
+from matplotlib.text import Annotation, Text
 
 #: pixels two boxes may share at their borders (antialiasing, rounding) without counting as overlapping
 SLACK = 1.0
@@ -23,34 +24,48 @@ def _shrunk(box):
 
 
 def _drawn_texts(fig):
-    """The Text artists a figure draws: its own texts (suptitle), and per visible axes its titles, axis labels and
-    tick labels (when its axes are on), annotations and legend texts."""
-    out = list(fig.texts) + ([fig._suptitle] if fig._suptitle is not None else [])
+    """``[(text, axes, axis name)]`` of the Text artists a figure draws: its own texts (suptitle), and per visible
+    axes its titles, axis labels and tick labels (when its axes are on; axis name "x"/"y", for those whose tick may
+    lie beyond the limits), annotations and legend texts."""
+    out = [(t, None, None) for t in fig.texts]
     for ax in fig.axes:
         if not ax.get_visible():
             continue
-        out += [ax.title, ax._left_title, ax._right_title, *ax.texts]
+        out += [(t, ax, None) for t in (ax.title, ax._left_title, ax._right_title, *ax.texts)]
         if ax.axison:
-            for axis in (ax.xaxis, ax.yaxis):
+            for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
                 if axis.get_visible():
-                    out += [axis.label, axis.get_offset_text(), *axis.get_ticklabels()]
+                    out += [(axis.label, ax, None), (axis.get_offset_text(), ax, None)]
+                    out += [(t, ax, name) for t in axis.get_ticklabels()]
         legend = ax.get_legend()
         if legend is not None:
-            out += [legend.get_title(), *legend.get_texts()]
-    out += [t for leg in fig.legends for t in (leg.get_title(), *leg.get_texts())]
-    return list({id(t): t for t in out}.values())  # once each (the suptitle is among fig.texts too)
+            out += [(t, ax, None) for t in (legend.get_title(), *legend.get_texts())]
+    out += [(t, None, None) for leg in fig.legends for t in (leg.get_title(), *leg.get_texts())]
+    return list({id(t): (t, ax, name) for t, ax, name in out}.values())  # once each (the suptitle is in fig.texts)
 
 
 def texts(fig):
     """``[(text, box)]`` of every visible, non-empty text (titles, labels, ticks, annotations, legends, colour bars)."""
     renderer = render(fig)
     out = []
-    for t in _drawn_texts(fig):
+    for t, ax, axis in _drawn_texts(fig):
         if t.get_visible() and t.get_text().strip():
-            box = t.get_window_extent(renderer)
-            if box.width > 0 and box.height > 0:
+            if isinstance(t, Annotation):
+                t.update_positions(renderer)
+            box = Text.get_window_extent(t, renderer)  # the words only (an annotation's extent adds its line)
+            if box.width > 0 and box.height > 0 and not _beyond_limits(ax, axis, box, renderer):
                 out.append((t, box))
     return out
+
+
+def _beyond_limits(ax, axis, box, renderer):
+    """A tick label of a tick outside the axis' view limits (matplotlib keeps it, but does not draw it)."""
+    if axis is None:
+        return False
+    frame = ax.get_window_extent(renderer)
+    if axis == "x":
+        return not frame.x0 - SLACK <= (box.x0 + box.x1) / 2 <= frame.x1 + SLACK
+    return not frame.y0 - SLACK <= (box.y0 + box.y1) / 2 <= frame.y1 + SLACK
 
 
 def text_overlaps(fig):
