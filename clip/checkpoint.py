@@ -1,8 +1,9 @@
 """Reading CLIP checkpoint files and :func:`load`.
 
 Accepted files: OpenAI's released TorchScript archives (their ``state_dict()`` is taken; the JIT model itself is
-never used), and plain state dicts saved with ``torch.save`` (read with ``weights_only=True``), optionally wrapped
-as ``{"state_dict": ...}``.
+never used), plain state dicts saved with ``torch.save`` (read with ``weights_only=True``), optionally wrapped
+as ``{"state_dict": ...}``, and ``.safetensors`` files. A Hugging Face ``transformers`` CLIPModel folder (or one of
+its weight files, beside its ``config.json``) is converted by :mod:`clip.hf_transformers`.
 
 A file that is not one of those -- empty, truncated, corrupt, another format, or the weights of another kind of
 model -- raises :class:`CheckpointFileError` (a ``ValueError``) whose message names the file and what to do. The
@@ -21,6 +22,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from . import hf_transformers
 from .model import CLIP, build_model
 from .precision import Precision, resolve_precision
 from .openclip import convert_state_dict
@@ -68,6 +70,9 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, Tensor]:
             warnings.filterwarnings("ignore", category=UserWarning)
             if is_torchscript_archive(path):
                 return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+                return load_file(str(path), device="cpu")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any failure to decode the file: say so in our words
         raise _bad_file(path, _why_unreadable(path, err)) from None
@@ -84,6 +89,10 @@ def _why_unreadable(path: Path, err: Exception) -> str:
     if names:
         return (f"it asks for the Python object(s) {', '.join(names)}, which a CLIP checkpoint never holds "
                 "(unpickling them could run any code), so it is not read")
+    if isinstance(err, ImportError):
+        return f"reading it needs the {err.name or 'missing'} package (pip install {err.name or '...'})"
+    if path.suffix == ".safetensors":
+        return "it is not a readable safetensors file (truncated or corrupted)"
     if zipfile.is_zipfile(path):
         return "the archive is damaged (a truncated or corrupted download)"
     with open(path, "rb") as f:
@@ -114,20 +123,25 @@ def build_state_dict_model(state_dict: Dict[str, Tensor], path: Union[str, Path]
     try:
         return build_model(state_dict, **build_args)
     except (KeyError, RuntimeError, ValueError, IndexError, AttributeError, TypeError) as err:
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if len(detail) > 160:
-            detail = detail[:157] + "..."
-        raise _bad_file(Path(path), f"its tensors do not describe a CLIP model ({detail})") from None
+        raise _bad_file(Path(path), f"its tensors do not describe a CLIP model ({_one_line(err)})") from None
+
+
+def _one_line(err: Exception, limit: int = 160) -> str:
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return detail if len(detail) <= limit else detail[:limit - 3] + "..."
 
 
 def load(name_or_path: Union[str, Path], device: Union[str, torch.device] = "cpu", jit: bool = False,
          download_root: Union[str, Path, None] = None,
          precision: Union[str, Precision, None] = None, activation: Optional[str] = None,
-         mean=None, std=None) -> Tuple[CLIP, "object"]:
+         mean=None, std=None, revision: Optional[str] = None, token: Union[str, bool, None] = None
+         ) -> Tuple[CLIP, "object"]:
     """Load a CLIP model and its image preprocessing transform.
 
     Args:
-        name_or_path: a registered name (see :func:`clip.available_models`) or a checkpoint file.
+        name_or_path: a registered name (see :func:`clip.available_models`), ``hf-hub:ORG/REPO`` (a transformers
+            CLIPModel repository, through ``huggingface_hub``), a checkpoint file, or a transformers CLIPModel
+            folder (``config.json`` + weights, e.g. a snapshot in the Hugging Face cache).
         device: where the model goes.
         jit: not supported (the TorchScript model is never used; its weights are).
         download_root: cache folder for downloads (default ``$CLIP_CACHE_DIR`` or ``~/.cache/clip``).
@@ -136,7 +150,11 @@ def load(name_or_path: Union[str, Path], device: Union[str, torch.device] = "cpu
         activation: the MLP activation, ``"quick_gelu"`` or ``"gelu"``; default: the one registered with the name
             (open_clip's models, :mod:`clip.openclip`), else OpenAI's ``"quick_gelu"``. Give it for a local file
             of an open_clip model.
-        mean, std: normalisation of the returned transform; default: the registered ones, else OpenAI's.
+        mean, std: normalisation of the returned transform; default: the registered ones (a transformers
+            folder's ``preprocessor_config.json``), else OpenAI's.
+        revision, token: for names fetched from the Hugging Face hub through ``huggingface_hub`` (open_clip's
+            names, ``hf-hub:``): a branch, tag or commit, and an access token for gated or private repositories
+            (default: huggingface_hub's own, ``$HF_TOKEN`` or a saved login).
 
     Returns:
         ``(model, preprocess)``: the model in eval mode, and a PIL image -> tensor transform.
@@ -150,10 +168,18 @@ def load(name_or_path: Union[str, Path], device: Union[str, torch.device] = "cpu
     if not isinstance(precision, Precision):
         precision = resolve_precision(precision, device)
     path = Path(name_or_path).expanduser()
-    options = {} if path.is_file() else pretrained_options(str(name_or_path))
-    if not path.is_file():
-        path = pretrained_path(str(name_or_path), download_root)
-    model = build_state_dict_model(convert_state_dict(read_state_dict(path)), path,
+    options = {} if path.exists() else pretrained_options(str(name_or_path))
+    if not path.exists():
+        path = pretrained_path(str(name_or_path), download_root, revision=revision, token=token)
+    state_dict = None if path.is_dir() or path.name.endswith(".index.json") else read_state_dict(path)
+    if state_dict is None or hf_transformers.is_transformers_state_dict(state_dict):
+        try:
+            state_dict, hf_options = hf_transformers.read_folder(path, state_dict)
+        except (ValueError, OSError, RuntimeError) as err:  # unsupported, or a weight file that cannot be read
+            raise CheckpointFileError(f'"{path}" is not a transformers CLIPModel checkpoint this project loads: '
+                                      f"{_one_line(err)}") from None
+        options = {**hf_options, **options}
+    model = build_state_dict_model(convert_state_dict(state_dict), path,
                                    activation=activation or options.get("activation", "quick_gelu"))
     precision.cast_model(model)
     model.to(device)

@@ -10,10 +10,12 @@ checkpoint here:
   resize mode; the input size is read from the checkpoint, as for every model.
 
 Names are ``<open_clip architecture>:<pretrained tag>``, e.g. ``clip.load("ViT-B-16:laion2b_s34b_b88k")`` or
-``MODEL.BACKBONE.NAME ViT-B-16:laion2b_s34b_b88k``. The weights are downloaded from the Hugging Face hub
-(``$HF_ENDPOINT``, default ``https://huggingface.co``, read when this module is imported) into the CLIP cache
-under a name of their own; the hub publishes no SHA256 that open_clip records, so none is checked (give one with
-:func:`register_openclip` to check it). Training checkpoints of open_clip (``{"state_dict": {"module.…"}}``)
+``MODEL.BACKBONE.NAME ViT-B-16:laion2b_s34b_b88k``. The weights come from the Hugging Face hub: with
+``huggingface_hub`` installed, through it into the Hugging Face cache that other tools share (a revision and a
+token can be given, see :mod:`clip.hf_hub`); without it, downloaded from ``$HF_ENDPOINT`` (default
+``https://huggingface.co``, read when this module is imported) into the CLIP cache under a name of their own.
+The hub publishes no SHA256 that open_clip records, so none is checked (give one with :func:`register_openclip`
+to check it). Training checkpoints of open_clip (``{"state_dict": {"module.…"}}``)
 load too: :func:`convert_state_dict` strips the ``module.`` prefix of distributed training.
 
 Not registered: the architectures whose attention head width is not 64 (ViT-H/14: 80, ViT-g/14 and bigG/14),
@@ -49,21 +51,23 @@ OPENCLIP_MODELS: Dict[str, tuple] = {
 }
 
 
-def hub_url(repo: str, filename: str = HUB_FILE, endpoint: Optional[str] = None) -> str:
-    """The download URL of ``filename`` in the hub repository ``repo`` (main branch)."""
+def hub_url(repo: str, filename: str = HUB_FILE, endpoint: Optional[str] = None, revision: Optional[str] = None) -> str:
+    """The download URL of ``filename`` in the hub repository ``repo`` (``revision``, default the main branch)."""
     base = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-    return f"{base}/{repo}/resolve/main/{filename}"
+    return f"{base}/{repo}/resolve/{revision or 'main'}/{filename}"
 
 
 def register_openclip(name: str, repo: str, *, activation: str = "gelu", mean: Sequence[float] = OPENAI_MEAN,
                       std: Sequence[float] = OPENAI_STD, interpolation: str = "bicubic",
                       resize_mode: str = "shortest", sha256: Optional[str] = None, endpoint: Optional[str] = None,
-                      filename: str = HUB_FILE) -> None:
-    """Register an open_clip checkpoint (a hub repository holding ``filename``) under ``name`` for clip.load."""
+                      filename: str = HUB_FILE, revision: Optional[str] = None) -> None:
+    """Register an open_clip checkpoint (a hub repository holding ``filename``) under ``name`` for clip.load;
+    ``revision`` pins a branch, tag or commit (through ``huggingface_hub``, or in the downloader's URL)."""
     cache_name = "open_clip-" + name.replace("/", "-").replace(":", "-") + os.path.splitext(filename)[1]
-    register_pretrained(name, url=hub_url(repo, filename, endpoint), sha256=sha256, filename=cache_name,
+    register_pretrained(name, url=hub_url(repo, filename, endpoint, revision), sha256=sha256, filename=cache_name,
                         options={"activation": activation, "mean": tuple(mean), "std": tuple(std),
-                                 "interpolation": interpolation, "resize_mode": resize_mode})
+                                 "interpolation": interpolation, "resize_mode": resize_mode},
+                        hub=(repo, filename, revision, endpoint))
 
 
 def convert_state_dict(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:

@@ -6,7 +6,10 @@ produces the file in the cache (used for checkpoints the project makes itself). 
 imports nothing else of the project; the project's own models (``tiny-digits``) are registered by ``pretrain``
 when it is imported (``trainers`` imports it).
 
-Cache folder: the ``download_root`` argument, else ``$CLIP_CACHE_DIR``, else ``~/.cache/clip``.
+Cache folder: the ``download_root`` argument, else ``$CLIP_CACHE_DIR``, else ``~/.cache/clip``. Entries that live
+in a Hugging Face hub repository (open_clip's, :mod:`clip.openclip`) are fetched through ``huggingface_hub`` into
+the Hugging Face cache when it is installed (:mod:`clip.hf_hub`), with a revision and a token; without it, by the
+downloader into the CLIP cache. A file the downloader already put in the CLIP cache is used either way.
 """
 from __future__ import annotations
 
@@ -15,9 +18,10 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-from .download import download
+from . import hf_hub
+from .download import DownloadError, download, sha256_of
 
 __all__ = ["available_models", "register_pretrained", "pretrained_path", "pretrained_options", "cache_dir",
            "PretrainedSpec"]
@@ -48,6 +52,8 @@ class PretrainedSpec:
     #: ``resize_mode`` (see :mod:`clip.openclip`); empty for OpenAI's models
     options: Mapping[str, Any] = ()
     filename_override: Optional[str] = None
+    #: ``(repository, file, revision or None, endpoint or None)`` of a file on the Hugging Face hub
+    hub: Optional[Tuple[str, str, Optional[str], Optional[str]]] = None
 
     @property
     def filename(self) -> str:
@@ -61,15 +67,17 @@ _REGISTRY: Dict[str, PretrainedSpec] = {}
 
 def register_pretrained(name: str, *, url: Optional[str] = None, sha256: Optional[str] = None,
                         builder: Optional[Callable[[Path], Union[str, Path]]] = None,
-                        options: Optional[Mapping[str, Any]] = None, filename: Optional[str] = None) -> None:
+                        options: Optional[Mapping[str, Any]] = None, filename: Optional[str] = None,
+                        hub: Optional[Tuple[str, str, Optional[str], Optional[str]]] = None) -> None:
     """Register a checkpoint under ``name`` for :func:`clip.load`.
 
     Give either ``url`` (downloaded into the cache, checked against ``sha256`` if given, or against a 64-hex-digit
     path component of the URL as in OpenAI's URLs) or ``builder``, a callable ``builder(cache_dir) -> path`` that
     returns the path of a checkpoint file (creating it if needed). ``options`` tell :func:`clip.load` how to build
     and preprocess the model (``activation``, ``mean``, ``std``, ``interpolation``, ``resize_mode``); ``filename``
-    is the name in the cache (default: the URL's last component). Registering an existing name replaces it with a
-    warning.
+    is the name in the cache (default: the URL's last component). ``hub``: ``(repository, file, revision,
+    endpoint)`` when the URL is a Hugging Face hub file, fetched through ``huggingface_hub`` when it is installed.
+    Registering an existing name replaces it with a warning.
     """
     if (url is None) == (builder is None):
         raise ValueError(f"register_pretrained({name!r}): give exactly one of url= or builder=")
@@ -77,7 +85,7 @@ def register_pretrained(name: str, *, url: Optional[str] = None, sha256: Optiona
         match = re.search(r"/([0-9a-f]{64})/[^/]+$", url)
         sha256 = match.group(1) if match else None
     spec = PretrainedSpec(name=name, url=url, sha256=sha256, builder=builder,
-                          options=tuple(sorted((options or {}).items())), filename_override=filename)
+                          options=tuple(sorted((options or {}).items())), filename_override=filename, hub=hub)
     if name in _REGISTRY and _REGISTRY[name] != spec:
         warnings.warn(f"pretrained checkpoint {name!r} is registered again; the new entry replaces the old one")
     _REGISTRY[name] = spec
@@ -106,12 +114,29 @@ def cache_dir(download_root: Union[str, Path, None] = None) -> Path:
     return Path(os.path.expanduser(str(root)))
 
 
-def pretrained_path(name: str, download_root: Union[str, Path, None] = None, progress: bool = True) -> Path:
-    """Path of the checkpoint registered as ``name``, downloading or building it into the cache if needed."""
+def pretrained_path(name: str, download_root: Union[str, Path, None] = None, progress: bool = True,
+                    revision: Optional[str] = None, token: Union[str, bool, None] = None) -> Path:
+    """Path of the checkpoint registered as ``name``, downloading or building it into the cache if needed
+    (``hf-hub:ORG/REPO``: the folder of a transformers CLIPModel in the Hugging Face cache).
+
+    ``revision`` and ``token`` apply to files on the Hugging Face hub and need ``huggingface_hub``.
+    """
+    if name.startswith(hf_hub.HF_HUB_PREFIX):
+        return hf_hub.transformers_folder(name, revision, token)
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}: not a file, and not one of {available_models()}")
     spec = _REGISTRY[name]
     root = cache_dir(download_root)
+    if spec.hub is not None and hf_hub.module() is not None:
+        repo, filename, pinned, endpoint = spec.hub
+        fetched = root / spec.filename  # what the downloader fetched before huggingface_hub was installed
+        if revision is None and pinned is None and fetched.is_file() and \
+                (spec.sha256 is None or sha256_of(fetched) == spec.sha256):
+            return fetched
+        return hf_hub.hub_file(repo, filename, revision or pinned, token, endpoint, spec.sha256)
+    if revision is not None or token is not None:
+        need = "huggingface_hub (pip install huggingface_hub)" if spec.hub else "a file on the Hugging Face hub"
+        raise DownloadError(f"{name}: revision= and token= need {need}")
     if spec.builder is not None:
         root.mkdir(parents=True, exist_ok=True)
         path = Path(spec.builder(root))

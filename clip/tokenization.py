@@ -18,7 +18,8 @@ from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["BPETokenizer", "tokenizer", "tokenize", "DEFAULT_CONTEXT_LENGTH", "SOT_TEXT", "EOT_TEXT"]
+__all__ = ["BPETokenizer", "tokenizer", "tokenize", "DEFAULT_CONTEXT_LENGTH", "SOT_TEXT", "EOT_TEXT", "VOCAB_SIZE",
+           "EOT_ID"]
 
 DEFAULT_CONTEXT_LENGTH = 77
 SOT_TEXT = "<|startoftext|>"
@@ -27,6 +28,9 @@ END_OF_WORD = "</w>"
 BPE_PATH = Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
 #: merges used by CLIP: the vocabulary is 256 bytes x 2 (with and without </w>) + merges + 2 specials = 49408
 N_MERGES = 49152 - 256 - 2
+VOCAB_SIZE = 2 * 256 + N_MERGES + 2
+#: the end-of-text id, the vocabulary's last (so the largest id of a row marks its end, as OpenAI pools)
+EOT_ID = VOCAB_SIZE - 1
 #: words (letters), single digits, runs of other non-space characters; English contractions split off
 _PIECE_PATTERN = (
     r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""

@@ -13,7 +13,7 @@ PYTHON=${PYTHON:-python3}
 SEED=${1:-1}
 export DATA=${DATA:-./data} OUTPUT=${OUTPUT:-./output/demo} PYTHON
 
-if ! "$PYTHON" -c "import torch, torchvision, yacs, sklearn, ftfy, regex, tabulate, matplotlib" 2>/dev/null; then
+if ! "$PYTHON" -c "import torch, torchvision, yaml, yacs, sklearn, ftfy, regex, tabulate, matplotlib" 2>/dev/null; then
     echo "Installing the runtime requirements (requirements.txt) ..."
     "$PYTHON" -m pip install -r requirements.txt
 fi

@@ -7,24 +7,54 @@ from PIL import Image
 
 import clip
 import train
-from tools.inspect import main, nearest_words
+import tools.inspect
+from tools.inspect import MIN_TSNE_IMAGES, main, nearest_words
+
+from plot_checks import covered_points, text_overlaps, texts_on_images, texts_outside
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inspect")
-    run_dir = root / "output/base2new/train_base/digits/shots_1/MPL/tiny_digits/seed1"
+def demo_train(root, trainer):
+    """A short demo run (Digits, tiny-digits, 1 shot, 1 epoch) of ``trainer``; its run folder."""
+    run_dir = root / f"output/base2new/train_base/digits/shots_1/{trainer}/tiny_digits/seed1"
     mp = pytest.MonkeyPatch()
     try:
-        rc = train.main(["--root", str(root / "data"), "--seed", "1", "--trainer", "MPL",
+        rc = train.main(["--root", str(root / "data"), "--seed", "1", "--trainer", trainer,
                          "--dataset-config-file", "configs/datasets/digits.yaml",
-                         "--config-file", "configs/trainers/MPL/tiny_digits.yaml", "--output-dir", str(run_dir),
+                         "--config-file", f"configs/trainers/{trainer}/tiny_digits.yaml", "--output-dir", str(run_dir),
                          "DATASET.NUM_SHOTS", "1", "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.MAX_EPOCH", "1",
-                         "DATALOADER.NUM_WORKERS", "0", "TRAINER.MPL.PREC", "fp32"])
+                         "DATALOADER.NUM_WORKERS", "0"])
     finally:
         mp.undo()
     assert rc == 0
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    return demo_train(tmp_path_factory.mktemp("inspect"), "MPL")
+
+
+@pytest.fixture(scope="module")
+def text_only_run(tmp_path_factory):
+    """CoOp: prompts on the text side only, so its image features and rollout are the frozen CLIP's."""
+    return demo_train(tmp_path_factory.mktemp("inspect_coop"), "CoOp")
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures tools.inspect saves, by file name (they are still written)."""
+    saved = {}
+    real = tools.inspect._save
+    monkeypatch.setattr(tools.inspect, "_save", lambda fig, path: (saved.__setitem__(path.name, fig),
+                                                                    real(fig, path))[1])
+    return saved
+
+
+def assert_readable(fig):
+    """Nothing overlaps: texts with texts or images, texts inside the figure, no legend or label on a point."""
+    assert text_overlaps(fig) == [] and texts_outside(fig) == [] and texts_on_images(fig) == []
+    for ax in fig.axes:
+        assert covered_points(fig, ax) == []
 
 
 def test_inspect_writes_words_tsne_and_rollout(demo_run, capsys):
@@ -42,7 +72,7 @@ def test_inspect_writes_words_tsne_and_rollout(demo_run, capsys):
             assert sum(1 for n in im.convert("L").histogram() if n) > 50  # a picture, not a blank canvas
         assert f"wrote {name.split('.')[0]}: {out / name}" in printed
     summary = json.loads((out / "inspect.json").read_text())
-    assert summary["method"] == "MPL" and summary["test_images_in_tsne"] == 25
+    assert summary["method"] == "MPL" and summary["test_images_in_features"] == 25
     assert sorted(p.name for p in demo_run.iterdir()) == sorted(
         ["config.yaml", "inspect", "log.txt", "result.json", "tensorboard", "MultiModalPromptLearner"])
 
@@ -63,3 +93,43 @@ def test_nearest_words_finds_the_word_itself():
     found = nearest_words(ctx, model.token_embedding.weight, k=2)
     assert [row[0][0] for row in found] == ["cat", "tree"]
     assert all(row[0][1] < row[1][1] for row in found)
+
+
+def test_pictures_of_a_method_with_vision_prompts_are_readable(demo_run, figures, capsys):
+    assert main([str(demo_run), "--max-images", "30", "--rollout-images", "3", "--out",
+                 str(demo_run / "inspect_pictures")]) == 0
+    tsne, rollout = figures["tsne.png"], figures["attention_rollout.png"]
+    assert [ax.get_title() for ax in tsne.axes if ax.collections][:2] == ["frozen CLIP (no prompts)",
+                                                                         "with the learned prompts"]
+    images = [ax for ax in rollout.axes if ax.get_images()]
+    assert len(images) == 3 * 4  # image, frozen, prompted, difference per test image
+    diffs = [ax.get_images()[0].get_array() for ax in images if ax.get_title().startswith("prompts minus frozen")]
+    assert len(diffs) == 3 and all(float(abs(d).max()) > tools.inspect.ROLLOUT_ATOL for d in diffs)  # not blank
+    for fig in (tsne, rollout):
+        assert_readable(fig)
+    # colour bars print plain tick labels: no offset or power-of-ten text over the titles
+    bars = [ax for ax in rollout.axes if not ax.get_images() and ax.get_visible()]
+    assert bars and all(ax.yaxis.get_offset_text().get_text() == "" for ax in bars)
+
+
+def test_a_text_only_method_draws_no_empty_panels(text_only_run, figures, capsys):
+    assert main([str(text_only_run), "--max-images", "30", "--rollout-images", "3"]) == 0
+    tsne, rollout = figures["tsne.png"], figures["attention_rollout.png"]
+    panels = [ax for ax in tsne.axes if ax.collections]
+    assert len(panels) == 1 and "CoOp has no vision prompts" in panels[0].get_title()
+    images = [ax for ax in rollout.axes if ax.get_images()]
+    assert len(images) == 3 * 2 and not any("minus" in ax.get_title() for ax in images)  # no blank differences
+    assert "CoOp's prompts leave the image encoder as the frozen CLIP's" in rollout.get_suptitle()
+    for fig in (tsne, rollout):
+        assert_readable(fig)
+
+
+def test_too_few_images_for_t_sne_are_drawn_by_pca(text_only_run, figures, capsys):
+    out = text_only_run / "inspect_few"
+    assert main([str(text_only_run), "--max-images", str(MIN_TSNE_IMAGES - 8), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"PCA instead of t-SNE: {MIN_TSNE_IMAGES - 8} test images" in printed
+    assert (out / "pca.png").is_file() and not (out / "tsne.png").exists()
+    fig = figures["pca.png"]
+    assert f"t-SNE needs at least {MIN_TSNE_IMAGES} images" in fig.get_suptitle()
+    assert_readable(fig)

@@ -70,8 +70,10 @@ def test_training_checkpoint_with_module_prefix_loads(oracle_file):
 
 
 def test_registered_names_download_from_the_hub_layout(oracle_file, tmp_path, monkeypatch):
-    """A registered name is fetched from <endpoint>/<repo>/resolve/main/open_clip_pytorch_model.bin into the
-    cache under its own name, built with GELU and preprocessed with its registered mean/std."""
+    """Without huggingface_hub, a registered name is fetched from
+    <endpoint>/<repo>/resolve/main/open_clip_pytorch_model.bin into the cache under its own name, built with GELU
+    and preprocessed with its registered mean/std (through huggingface_hub: tests/test_clip_hf.py)."""
+    monkeypatch.setattr(clip.hf_hub, "module", lambda: None)
     ref, path = oracle_file
     assert hub_url("laion/CLIP-ViT-B-16-laion2B-s34B-b88K") == \
         "https://huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K/resolve/main/open_clip_pytorch_model.bin"

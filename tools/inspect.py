@@ -10,11 +10,15 @@ learned prompts and writes, under ``RUN_DIR/inspect/`` (``--out``):
   vocabulary words whose token embeddings are nearest (Euclidean distance, as CoOp's interpretation), with the
   distances; also printed.
 - ``tsne.png``: t-SNE of test image features, coloured by class: the frozen CLIP (no prompts) beside the same
-  images through the learned prompts (for methods without vision prompts both panels show the same features).
+  images through the learned prompts; one panel, so labelled, for methods without vision prompts (the features
+  are the same). Below :data:`MIN_TSNE_IMAGES` (16) images t-SNE's perplexity would fall under 5 and the picture
+  would be noise, so ``pca.png`` (the first two principal components) is drawn instead.
 - ``attention_rollout.png`` (ViT backbones): attention rollout (Abnar & Zuidema, 2020: head-averaged attention
   plus identity, multiplied over layers) from CLS to the image patches, for a few test images, without and with
-  the prompts. Prompt tokens are left out of the rollout (their number can change from layer to layer); the
-  attention among CLS and patches is renormalised.
+  the prompts, and their difference. Prompt tokens are left out of the rollout (their number can change from layer
+  to layer); the attention among CLS and patches is renormalised. For a method whose prompts leave the image
+  encoder unchanged (CoOp and the other text-only methods) the two rollouts are one, so the figure shows the image
+  and that rollout, and no blank difference panel.
 - ``inspect.json``: what was done, with the file names.
 
 The run folder is not modified apart from ``inspect/``. Bad input (no ``result.json``: an unfinished run; no
@@ -198,19 +202,34 @@ def image_features(trainer, max_images: int):
     return torch.cat(frozen).cpu(), torch.cat(prompted).cpu(), torch.cat(labels)
 
 
-def _tsne(x, seed: int):
-    from sklearn.manifold import TSNE
+#: t-SNE keeps each point's ``perplexity`` nearest neighbours apart from the rest; below 5 its neighbourhoods hold
+#: a point or two and the picture is noise (8 points gave perplexity 2.3). With perplexity (n - 1) / 3 that means
+#: fewer than 16 images, which are drawn by PCA instead (a linear projection: meaningful for any number of points).
+MIN_PERPLEXITY = 5.0
+MIN_TSNE_IMAGES = int(3 * MIN_PERPLEXITY) + 1
+
+
+def _embed(x, seed: int):
+    """``(points (n, 2), method name)``: t-SNE from :data:`MIN_TSNE_IMAGES` points on, else PCA."""
+    import torch
 
     x = x / x.norm(dim=1, keepdim=True)
-    perplexity = max(2.0, min(30.0, (len(x) - 1) / 3))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x.numpy())
+    if len(x) < MIN_TSNE_IMAGES:
+        centred = x - x.mean(dim=0, keepdim=True)
+        _, _, v = torch.linalg.svd(centred.double(), full_matrices=False)
+        return (centred.double() @ v[:2].T).numpy(), "PCA"
+    from sklearn.manifold import TSNE
+
+    perplexity = min(30.0, (len(x) - 1) / 3)
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x.numpy()), "t-SNE"
 
 
 def _figure(width: int, height: int, dpi: int = 100):
+    """A Figure on its own Agg canvas whose constrained layout keeps titles, labels and legends apart."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=((width + 1e-3) / dpi, (height + 1e-3) / dpi), dpi=dpi)
+    fig = Figure(figsize=((width + 1e-3) / dpi, (height + 1e-3) / dpi), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -228,31 +247,44 @@ def _run_title(trainer, result) -> str:
             f"backbone {cfg.MODEL.BACKBONE.NAME})")
 
 
-def plot_tsne(trainer, result, frozen, prompted, labels, classnames, path: Path, seed: int) -> Path:
+def vision_unchanged(frozen, prompted, atol: float = 1e-6) -> bool:
+    """The learned prompts leave the image features as the frozen CLIP's (methods without vision prompts)."""
     import torch
 
-    has_vision = not torch.allclose(frozen, prompted, atol=1e-6)
-    fig = _figure(1300, 620)
-    fig.suptitle(f"t-SNE of {len(labels)} test image features, coloured by class: {_run_title(trainer, result)}",
-                 fontsize=11)
-    panels = [("frozen CLIP (no prompts)", frozen),
-              ("with the learned prompts" if has_vision else
-               "with the learned prompts (this method has no vision prompts: same features)", prompted)]
+    return torch.allclose(frozen, prompted, atol=atol)
+
+
+def plot_features(trainer, result, frozen, prompted, labels, classnames, out: Path, seed: int) -> Path:
+    """``tsne.png`` (or ``pca.png`` below :data:`MIN_TSNE_IMAGES` images): test image features by class, the
+    frozen CLIP beside the prompted model; one panel when the prompts do not change the image features."""
+    import math
+
+    same = vision_unchanged(frozen, prompted)
+    panels = [("frozen CLIP (no prompts)", frozen), ("with the learned prompts", prompted)]
+    if same:
+        panels = [(f"frozen CLIP = with the learned prompts ({trainer.cfg.TRAINER.NAME} has no vision prompts: "
+                   "the same features)", frozen)]
+    n_classes = len(set(labels.tolist()))
+    columns = max(1, math.ceil(n_classes / 25))
+    fig = _figure(620 * len(panels) + 140 * columns, 640)
+    method = None
     for i, (title, feats) in enumerate(panels):
-        ax = fig.add_subplot(1, 2, i + 1)
-        xy = _tsne(feats, seed)
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        xy, method = _embed(feats, seed)
         for c in sorted(set(labels.tolist())):
             m = (labels == c).numpy()
             ax.scatter(xy[m, 0], xy[m, 1], s=14, color=f"C{c % 10}", marker="os^Dv<>ph*"[(c // 10) % 10],
                        label=classnames[c] if c < len(classnames) else str(c))
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=10, wrap=True)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_xlabel("t-SNE 1")
-        ax.set_ylabel("t-SNE 2")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="class")
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    return _save(fig, path)
+        ax.set_xlabel(f"{method} 1")
+        ax.set_ylabel(f"{method} 2")
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, title="class", ncols=columns)
+    why = "" if method == "t-SNE" else f" (t-SNE needs at least {MIN_TSNE_IMAGES} images)"
+    fig.suptitle(f"{method} of {len(labels)} test image features{why}, coloured by class\n"
+                 f"{_run_title(trainer, result)}", fontsize=11)
+    return _save(fig, out / ("tsne.png" if method == "t-SNE" else "pca.png"))
 
 
 # ---------------------------------------------------------------------------------------------- attention rollout
@@ -296,9 +328,17 @@ def attention_rollout(visual, run, n_tokens: int):
     return maps / maps.amax(dim=(1, 2), keepdim=True)
 
 
+#: a rollout map (scaled to a maximum of 1) that moves by less than this is the same map (float rounding)
+ROLLOUT_ATOL = 1e-4
+
+
 def plot_rollout(trainer, result, classnames, path: Path, n_images: int) -> Path | None:
+    """``attention_rollout.png``: per test image, the image, the frozen CLIP's rollout and, when the prompts change
+    the image encoder, the prompted rollout and the difference (a method without vision prompts gets two columns:
+    its rollout is the frozen CLIP's, and a difference panel would be blank)."""
     import clip
     import torch
+    from matplotlib.ticker import FormatStrFormatter
 
     model = _clip_of(trainer)
     if not isinstance(model.visual, clip.VisionTransformer):
@@ -311,38 +351,46 @@ def plot_rollout(trainer, result, classnames, path: Path, n_images: int) -> Path
     prompted = attention_rollout(model.visual, lambda: trainer.model_inference(images), n_tokens)
     with torch.no_grad():
         predicted = trainer.model_inference(images).argmax(1).cpu()
+    changed = bool((prompted - frozen).abs().max() > ROLLOUT_ATOL)
     mean = torch.tensor(trainer.cfg.INPUT.PIXEL_MEAN).view(3, 1, 1)
     std = torch.tensor(trainer.cfg.INPUT.PIXEL_STD).view(3, 1, 1)
-    n = len(images)
-    fig = _figure(4 * 230, n * 230 + 70)
-    fig.suptitle("Attention rollout from CLS to the image patches (bright: attended; right: red = more attention "
-                 f"with the prompts)\n{_run_title(trainer, result)}", fontsize=10)
+    n, cols = len(images), 4 if changed else 2
+    fig = _figure(cols * 240 + 60 if changed else 640, n * 250 + (90 if changed else 110))
+    what = ("Attention rollout from CLS to the image patches (bright: attended; right: red = more attention with "
+            "the prompts)" if changed else "Attention rollout from CLS to the image patches (bright: attended)\n"
+            f"{trainer.cfg.TRAINER.NAME}'s prompts leave the image encoder as the frozen CLIP's: one rollout")
+    fig.suptitle(f"{what}\n{_run_title(trainer, result)}", fontsize=10)
     size = images.shape[-1]
+
+    def name(i):
+        return classnames[i] if i < len(classnames) else str(i)
+
     for i in range(n):
         img = (images[i].cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
-        name = classnames[int(labels[i])] if int(labels[i]) < len(classnames) else str(int(labels[i]))
-        guess = classnames[int(predicted[i])] if int(predicted[i]) < len(classnames) else str(int(predicted[i]))
-        change = (prompted[i] - frozen[i]).abs().max().item()
-        for j, (title, maps) in enumerate(((f"test image: {name}", None), ("frozen CLIP", frozen),
-                                           (f"learned prompts (predicts {guess})", prompted),
-                                           (f"prompts minus frozen (max {change:.3f})", "diff"))):
-            ax = fig.add_subplot(n, 4, 4 * i + j + 1)
-            if isinstance(maps, str):
-                diff = (prompted[i] - frozen[i]).numpy()
-                lim = max(float(abs(diff).max()), 1e-6)
-                shown = ax.imshow(diff, cmap="coolwarm", vmin=-lim, vmax=lim, interpolation="nearest")
-                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
-                ax.set_title(title, fontsize=8)
-                ax.axis("off")
+        panels = [(f"test image: {name(int(labels[i]))}", None)]
+        if changed:
+            diff = prompted[i] - frozen[i]
+            panels += [("frozen CLIP", frozen), (f"learned prompts (predicts {name(int(predicted[i]))})", prompted),
+                       (f"prompts minus frozen (max {diff.abs().max().item():.3f})", diff)]
+        else:
+            panels += [(f"rollout (predicts {name(int(predicted[i]))})", frozen)]
+        for j, (title, maps) in enumerate(panels):
+            ax = fig.add_subplot(n, cols, cols * i + j + 1)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+            if maps is not None and maps.dim() == 2:  # the difference, on a symmetric scale
+                lim = max(float(maps.abs().max()), ROLLOUT_ATOL)
+                shown = ax.imshow(maps.numpy(), cmap="coolwarm", vmin=-lim, vmax=lim, interpolation="nearest")
+                bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+                bar.set_ticks([-lim / 2, 0, lim / 2])  # inside the bar: an end tick's label would stick out
+                bar.ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))  # no offset or power text
+                bar.ax.tick_params(labelsize=7)
                 continue
             ax.imshow(img, interpolation="nearest")
             if maps is not None:
                 heat = torch.nn.functional.interpolate(maps[i][None, None], size=(size, size), mode="bilinear",
                                                        align_corners=False)[0, 0].numpy()
                 ax.imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=1, interpolation="bilinear")
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return _save(fig, path)
 
 
@@ -384,16 +432,19 @@ def main(argv=None) -> int:
 
     frozen, prompted, labels = image_features(trainer, args.max_images)
     if len(labels) >= 5:
-        files["tsne"] = plot_tsne(trainer, result, frozen, prompted, labels, classnames, out / "tsne.png", args.seed)
+        picture = plot_features(trainer, result, frozen, prompted, labels, classnames, out, args.seed)
+        files[picture.stem] = picture
+        if picture.stem == "pca":
+            print(f"PCA instead of t-SNE: {len(labels)} test images (t-SNE needs at least {MIN_TSNE_IMAGES})")
     else:
-        print(f"no t-SNE: only {len(labels)} test image(s)")
+        print(f"no feature plot: only {len(labels)} test image(s)")
     rollout = plot_rollout(trainer, result, classnames, out / "attention_rollout.png", args.rollout_images)
     if rollout is not None:
         files["attention_rollout"] = rollout
     else:
         print("no attention rollout: the backbone is not a Vision Transformer")
     summary = {"run_dir": str(run_dir), "method": trainer.cfg.TRAINER.NAME, "dataset": trainer.cfg.DATASET.NAME,
-               "test_images_in_tsne": int(len(labels)), "context_words": words,
+               "test_images_in_features": int(len(labels)), "context_words": words,
                "files": {k: str(v) for k, v in files.items()}}
     tmp = out / "inspect.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1) + "\n")

@@ -46,9 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", help="rows, in this order: METHOD or METHOD/CONFIG (default: all found)")
     p.add_argument("--datasets", nargs="+",
                    help="expected datasets (targets for crossdataset/dg) in column order; names as in "
-                        "cfg.DATASET.NAME or the dataset config (e.g. eurosat, oxford_pets); default: all found")
+                        "cfg.DATASET.NAME or the dataset config (e.g. eurosat, oxford_pets; a dataset made by "
+                        "datasets.imagefolder by its --name); default: all found")
     p.add_argument("--shots", type=int, nargs="+", help="fewshot: expected numbers of shots (default: all found)")
-    p.add_argument("--source", default="ImageNet", help="crossdataset/dg: the source dataset (default: ImageNet)")
+    p.add_argument("--source", default="ImageNet", help="crossdataset/dg: the source dataset, named as --datasets "
+                   "(default: ImageNet)")
     p.add_argument("--published", nargs="*", metavar="REF",
                    help="add published numbers with deltas; optionally only these sources, in this order "
                         "(refs are in tools/published/<protocol>.json)")

@@ -27,6 +27,12 @@ DATASETS = {
 }
 DG_TARGETS = ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
 
+# A dataset made by ``python -m datasets.imagefolder FOLDER --name NAME`` runs as cfg.DATASET.NAME
+# ``ImageFolder_NAME`` (datasets/imagefolder_dataset.py) and is called NAME everywhere else: the scripts' dataset
+# argument, its config file, a sweep spec, ``--datasets``. That key is kept (it cannot collide with a built-in
+# name or alias); it is shown, and found, as NAME.
+OWN_PREFIX = "ImageFolder_"
+
 _ALIASES = {
     # dataset config stems (configs/datasets/<stem>.yaml) and the short names papers use
     "oxfordflowers": "OxfordFlowers", "flowers102": "OxfordFlowers", "flowers": "OxfordFlowers",
@@ -75,7 +81,24 @@ def canonical_dataset(name: str | None) -> str | None:
 
 
 def display_dataset(name: str) -> str:
-    return DATASETS.get(name, name)
+    """The column name: ``"OxfordFlowers"`` -> ``"Flowers102"``, an own dataset ``"ImageFolder_ecofruit"`` ->
+    ``"ecofruit"``."""
+    if name in DATASETS:
+        return DATASETS[name]
+    return name[len(OWN_PREFIX):] if name.startswith(OWN_PREFIX) and len(name) > len(OWN_PREFIX) else name
+
+
+def resolve_dataset(name: str, found=()) -> str:
+    """A dataset named by a user (``--datasets``, ``--source``, a sweep spec) -> the canonical key of the runs.
+
+    An own dataset is named by its own name (``ecofruit`` for ``ImageFolder_ecofruit``); among the datasets
+    ``found`` in the runs it wins over a built-in alias of the same spelling (an own dataset may be called ``pets``).
+    """
+    if name in found:
+        return name
+    if OWN_PREFIX + name in found:
+        return OWN_PREFIX + name
+    return canonical_dataset(name)
 
 
 def dataset_sort_key(name: str):

@@ -17,7 +17,10 @@ How numbers are computed (the conventions of the CoOp/MaPLe/PromptSRC papers and
 - Cross-dataset and domain generalisation: the source accuracy is the source training run's final test (ImageNet,
   all classes); a target is an eval-only run on another dataset. Targets are linked to their source run through
   ``model_dir``; the average is over targets.
-- Few-shot: training runs on all classes, per number of shots and dataset; the average is over datasets.
+- Few-shot: training runs on all classes, per number of shots and dataset; the average is over datasets. The
+  zero-shot reference (CoOp's figure puts it at 0 shots) is a row with 0 shots: eval-only runs without a trained
+  model (no ``model_dir``) on all classes, taken from any protocol's folders (``scripts/zsclip/xd_test.sh DATASET
+  SEED`` writes one); such a run learns from no example, so the seeds expected for it are those found.
 - Training time (plot): the mean ``train_time_s`` of a method's training runs, averaged first over seeds and then
   over datasets, i.e. the average wall time of one training run (the MPL paper's Figure 2 plots "average running
   time"). Eval-only runs (zero-shot CLIP) count 0 s. For cross-dataset/DG it is the source training run.
@@ -37,7 +40,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .names import (DG_TARGETS, canonical_dataset, cascade_method, dataset_sort_key, display_dataset, method_sort_key,
+from .names import (DG_TARGETS, cascade_method, dataset_sort_key, display_dataset, method_sort_key, resolve_dataset,
                     same_method)
 from .published import AVERAGE, Published
 from .render import Cell, Table, text
@@ -219,7 +222,8 @@ def _labels(variants) -> dict:
 
 def _datasets(found, opts: Options) -> list[str]:
     if opts.datasets:
-        return [canonical_dataset(d) for d in opts.datasets]
+        found = set(found)
+        return [resolve_dataset(d, found) for d in opts.datasets]
     return sorted(set(found), key=dataset_sort_key)
 
 
@@ -433,7 +437,7 @@ def base2new(coll: Collection, opts: Options) -> Report:
 # ---------------------------------------------------------------------------------------------- cross-dataset, DG
 def crossdataset(coll: Collection, opts: Options, protocol: str = "crossdataset") -> Report:
     notes: list[str] = []
-    source = canonical_dataset(opts.source)
+    source = resolve_dataset(opts.source, {r.dataset for r in coll.runs})
     runs = _eligible(coll, protocol, opts, lambda r: r.subsample == "all", notes)
     in_protocol = (lambda d: d in DG_TARGETS) if protocol == "dg" else (lambda d: d not in DG_TARGETS)
     target_runs = [r for r in runs if r.eval_only and r.dataset != source and in_protocol(r.dataset)]
@@ -517,17 +521,27 @@ def fewshot(coll: Collection, opts: Options) -> Report:
     runs = _eligible(coll, "fewshot", opts, lambda r: r.subsample == "all" and not r.eval_only and (r.shots or 0) > 0,
                      notes)
     chosen, dups = _pick(runs, lambda r: (r.variant, r.shots, r.dataset, r.seed), "fewshot")
-    variants = _variants(runs, opts)
-    labels = _labels(variants)
-    datasets = _datasets([d for (_, _, d, _) in chosen], opts)
     shots = sorted(opts.shots or {k for (_, k, _, _) in chosen})
-    seeds = opts.seeds
+    # the zero-shot reference: no trained model, all classes, any protocol's folder (module docstring)
+    zero = [r for r in map(_labelled, coll.runs) if r.eval_only and not r.model_dir and r.subsample == "all"
+            and r.seed in opts.seeds and _wanted(r, opts.methods)]
+    zero_chosen, zero_dups = _pick(zero, lambda r: (r.variant, 0, r.dataset, r.seed), "fewshot")
+    # the columns are the trained runs' datasets: zero-shot runs of other datasets add none
+    datasets = _datasets([d for (_, _, d, _) in (chosen or zero_chosen)], opts)
+    chosen.update(zero_chosen)
+    dups += zero_dups
+    variants = _variants(runs + zero, opts)
+    labels = _labels(variants)
+    trained = {r.variant for r in runs}
+    zero_seeds = {v: tuple(sorted({s for (w, _, _, s) in zero_chosen if w == v})) for v in variants}
 
     t = Table("Few-shot accuracy", ["Method", "Shots"] + [display_dataset(d) for d in datasets] + ["Average", "src"],
               notes=["Average: mean over datasets; — unless every dataset has results."])
     missing, csv_rows, json_rows, points, used_refs = [], [], [], [], set()
     for v in variants:
-        for k in shots:
+        rows_shots = ([0] if zero_seeds[v] else []) + (shots if v in trained or not zero_seeds[v] else [])
+        for k in rows_shots:
+            seeds = zero_seeds[v] if k == 0 else opts.seeds
             st, used = {}, []
             for d in datasets:
                 rs = {s: chosen[(v, k, d, s)] for s in seeds if (v, k, d, s) in chosen}
@@ -557,7 +571,7 @@ def fewshot(coll: Collection, opts: Options) -> Report:
                                      "published_source": e["source"]})
             time_s = _mean_train_time({d: [chosen[(v, k, d, s)] for s in seeds if (v, k, d, s) in chosen]
                                        for d in datasets})
-            if st[AVERAGE].mean is not None and time_s is not None:
+            if st[AVERAGE].mean is not None and time_s is not None and k > 0:  # zero-shot trains for no time
                 points.append({"label": f"{labels[v]} {k}-shot", "group": labels[v], "time_s": time_s,
                                "value": st[AVERAGE].mean, "partial": not st[AVERAGE].complete, "annotation": f"{k}"})
     boosting = _boosting_runs(list(chosen.values()), variants, labels)
