@@ -140,8 +140,9 @@ def test_killed_log_ends_with_the_last_line_written(root):
 
 def test_temporary_files_of_killed_writes_are_removed_on_the_next_start(root):
     out = root / "killed_write"
-    # events: 3 steps, then the first rolling checkpoint's move into place: killed with its temporary file written
-    status = _in_child(_argv(root, out), kill_at=4)
+    # events: 1 file move (config.yaml), 3 steps, then the first rolling checkpoint's move into place: killed with
+    # its temporary file written
+    status = _in_child(_argv(root, out), kill_at=5)
     assert os.WIFSIGNALED(status)
     left = [f for f in os.listdir(out / "linear_probe") if f.endswith(".tmp")]
     assert len(left) == 1 and left[0].startswith(".model-last.pth.tar.")

@@ -51,7 +51,6 @@ def malicious(path, marker, legacy=False, state_dict=None):
 @pytest.fixture(autouse=True)
 def no_trust(monkeypatch):
     monkeypatch.delenv("DASSL_TRUSTED_CHECKPOINTS", raising=False)
-    monkeypatch.setattr(train, "collect_env_info", lambda: "(environment report skipped in tests)")
 
 
 def one_error(capsys):

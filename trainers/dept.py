@@ -141,11 +141,14 @@ class DePT(Extension):
     }
 
     def enabled(self, cfg) -> bool:
-        return str(cfg.TRAINER.get("LINEAR_PROBE", {}).get("TYPE", "")) == "linear"
+        c = cfg.TRAINER.get("LINEAR_PROBE")
+        if c is None:
+            return False
+        check_choice(c, "TYPE", "TRAINER.LINEAR_PROBE.TYPE", TYPES)  # the switch: checked wherever it is read
+        return c.TYPE == "linear"
 
     def check_config(self, cfg) -> None:
         c = cfg.TRAINER.LINEAR_PROBE
-        check_choice(c, "TYPE", "TRAINER.LINEAR_PROBE.TYPE", TYPES)
         check_range(c.WEIGHT, "TRAINER.LINEAR_PROBE.WEIGHT", 0, 1)
         check_range(c.LR_MULT, "TRAINER.LINEAR_PROBE.LR_MULT", 1e-12, None, what=" (a positive multiplier)")
 

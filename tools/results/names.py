@@ -48,21 +48,31 @@ METHOD_ORDER = ("ZeroshotCLIP", "CLIP", "CoOp", "CoCoOp", "ProDA", "KgCoOp", "Pr
 # Published tables call zero-shot CLIP "CLIP"; CoOp's trainer for it is "ZeroshotCLIP".
 METHOD_ALIASES = {"zeroshotclip": "clip", "zsclip": "clip"}
 
-# A method cascaded with CasPL's frozen boosting prompts (CasPL phase 2) is shown as "<Method> + CasPL", in the
-# row right after "<Method>". Which runs these are is decided from result.json (tools.results.tables.is_cascade).
-CASCADE_SUFFIX = " + CasPL"
-_CASCADE = re.compile(r"\s*\+\s*caspl\s*$", re.IGNORECASE)
+# A method run with extensions (result.json's "extensions": CasPL's frozen boosting prompts, DePT's head) is
+# shown as "<Method> + <Extension>", in the rows right after "<Method>" (tools.results.tables.extensions_of).
+
+
+def split_extensions(name: str) -> tuple[str, tuple[str, ...]]:
+    """``"PromptSRC + CasPL"`` (or ``"PromptSRC+CasPL"``) -> ``("PromptSRC", ("CasPL",))``; ``"MPL"`` ->
+    ``("MPL", ())``."""
+    base, *extensions = [part.strip() for part in name.split("+")]
+    return (base, tuple(e for e in extensions if e)) if base else (name, ())
 
 
 def split_cascade(name: str) -> tuple[str, bool]:
-    """``"PromptSRC + CasPL"`` (or ``"PromptSRC+CasPL"``) -> ``("PromptSRC", True)``; ``"MPL"`` -> ``("MPL", False)``."""
-    match = _CASCADE.search(name)
-    return (name[:match.start()], True) if match and match.start() > 0 else (name, False)
+    """``"PromptSRC + CasPL"`` -> ``("PromptSRC", True)``; ``"MPL"`` -> ``("MPL", False)``."""
+    base, extensions = split_extensions(name)
+    return base, "caspl" in {e.lower() for e in extensions}
+
+
+def with_extensions(method: str, extensions) -> str:
+    """The display name of ``method`` run with ``extensions``: ``("MaPLe", ["CasPL"])`` -> ``"MaPLe + CasPL"``."""
+    return " + ".join([split_extensions(method)[0], *extensions])
 
 
 def cascade_method(method: str) -> str:
     """The display name of ``method`` run with CasPL boosting prompts: ``"MaPLe"`` -> ``"MaPLe + CasPL"``."""
-    return split_cascade(method)[0] + CASCADE_SUFFIX
+    return with_extensions(method, ["CasPL"])
 
 
 def _squash(name: str) -> str:
@@ -106,22 +116,23 @@ def dataset_sort_key(name: str):
     return (order.index(name), "") if name in order else (len(order), name)
 
 
-def _method_key(name: str) -> tuple[str, bool]:
-    base, cascaded = split_cascade(name)
+def _method_key(name: str) -> tuple[str, tuple[str, ...]]:
+    base, extensions = split_extensions(name)
     base = base.strip().lower()
-    return METHOD_ALIASES.get(base, base), cascaded
+    return METHOD_ALIASES.get(base, base), tuple(sorted(e.lower() for e in extensions))
 
 
 def same_method(a: str, b: str) -> bool:
     """Case-insensitive, with zero-shot CLIP's two names treated as one; ``"X + CasPL"`` and ``"X+CasPL"`` are one
-    method, different from ``"X"``."""
+    method, different from ``"X"`` and from ``"X + DePT"``."""
     return _method_key(a) == _method_key(b)
 
 
 def method_sort_key(name: str):
-    """The papers' row order; ``"<Method> + CasPL"`` right after ``"<Method>"``."""
-    base, cascaded = split_cascade(name)
+    """The papers' row order; ``"<Method> + <Extension>"`` rows right after ``"<Method>"``."""
+    base, extensions = split_extensions(name)
+    ext = tuple(e.lower() for e in extensions)
     for i, m in enumerate(METHOD_ORDER):
         if same_method(m, base):
-            return (i, "", cascaded)
-    return (len(METHOD_ORDER), base.strip().lower(), cascaded)
+            return (i, "", ext)
+    return (len(METHOD_ORDER), base.strip().lower(), ext)

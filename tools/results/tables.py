@@ -24,11 +24,11 @@ How numbers are computed (the conventions of the CoOp/MaPLe/PromptSRC papers and
 - Training time (plot): the mean ``train_time_s`` of a method's training runs, averaged first over seeds and then
   over datasets, i.e. the average wall time of one training run (the MPL paper's Figure 2 plots "average running
   time"). Eval-only runs (zero-shot CLIP) count 0 s. For cross-dataset/DG it is the source training run.
-- CasPL: a run whose result.json has a ``cascade`` entry (a non-empty object, e.g. ``{"boosting_run": PATH,
-  "sha256": ...}``: the method's adapting prompts were trained beside frozen CasPL boosting prompts) is shown as
-  ``<method> + CasPL`` (``method`` is the adapting method's name, e.g. ``PromptSRC``), in the row right after the
-  method itself; ``--methods "PromptSRC + CasPL"`` selects it and published ``PromptSRC + CasPL`` numbers pair
-  with it. The boosting runs each such row used are listed under ``boosting_runs`` in the JSON summary. A run
+- Extensions: a run whose result.json lists ``extensions`` (``["CasPL"]``: the method's prompts trained beside
+  frozen CasPL boosting prompts; ``["DePT"]``: DePT's head on the method), or, from before that key, has a
+  ``cascade`` entry (CasPL), is shown as ``<method> + <extension>`` (``method`` is the method's name, e.g.
+  ``PromptSRC``), in the rows right after the method itself; ``--methods "PromptSRC + CasPL"`` selects it and
+  published ``PromptSRC + CasPL`` numbers pair with it. The boosting runs each such row used are listed under ``boosting_runs`` in the JSON summary. A run
   known only from its log (no result.json) cannot be told apart and shows as the plain method.
 - Duplicates (the same method, config, dataset, seed and part found twice): one is used, preferring a run whose
   folder names this protocol, then result.json over a log, then (for base/source) the training run over an
@@ -40,7 +40,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .names import (DG_TARGETS, cascade_method, dataset_sort_key, display_dataset, method_sort_key, resolve_dataset,
+from .names import (DG_TARGETS, with_extensions, dataset_sort_key, display_dataset, method_sort_key, resolve_dataset,
                     same_method)
 from .published import AVERAGE, Published
 from .render import Cell, Table, text
@@ -151,9 +151,21 @@ def is_cascade(run: Run) -> bool:
     return run.source == "json" and isinstance(run.record.get("cascade"), dict) and bool(run.record["cascade"])
 
 
+def extensions_of(run: Run) -> list:
+    """The extensions a run was trained with: result.json's ``extensions`` (``["CasPL"]``, ``["DePT"]``); a run from
+    before that key with a ``cascade`` entry is a CasPL phase-2 run."""
+    if run.source != "json":
+        return []
+    recorded = run.record.get("extensions")
+    if isinstance(recorded, list):
+        return [str(e) for e in recorded]
+    return ["CasPL"] if is_cascade(run) else []
+
+
 def _labelled(run: Run) -> Run:
-    """The run with ``method`` as the tables show it: ``"<method> + CasPL"`` for a CasPL phase-2 run."""
-    return dataclasses.replace(run, method=cascade_method(run.method)) if is_cascade(run) else run
+    """The run with ``method`` as the tables show it: ``"<method> + <extension>"`` for a run with extensions."""
+    extensions = extensions_of(run)
+    return dataclasses.replace(run, method=with_extensions(run.method, extensions)) if extensions else run
 
 
 def _boosting_runs(runs: list[Run], variants, labels) -> dict[str, list[str]]:
