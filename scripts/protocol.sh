@@ -62,7 +62,8 @@ pick_cfg() {  # $1: dataset, $2: default config name -> config name
     else echo "$2"; fi
 }
 
-check_data() {  # fails with instructions when the dataset is not prepared
+check_data() {  # fails with instructions when the dataset is not prepared (scripts/method.sh checked it already)
+    [ "${DATA_CHECKED:-}" = "$1" ] && return 0
     "$PYTHON" -m datasets.prepare "$1" --root "$DATA" --check
 }
 

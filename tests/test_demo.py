@@ -1,7 +1,7 @@
 """The offline demo end to end, as the README's first command runs it: Digits with the shipped tiny CLIP.
 
 Zero-shot CLIP, then MPL trained on the base classes (0-4) through the real scripts: MPL must beat zero-shot
-on the base classes, and its new-class accuracy (5-9) must be reported.
+on the base classes by a stated margin and stay near it on the new classes (5-9).
 """
 import json
 import os
@@ -48,7 +48,10 @@ def test_mpl_beats_zero_shot_on_base_and_reports_new(demo):
     zs_base = result(out, "test_base", "ZeroshotCLIP", "tiny_digits")
     mpl_base = result(out, "train_base", "MPL", "tiny_digits")
     mpl_new = result(out, "test_new", "MPL", "tiny_digits")
-    assert mpl_base["subsample"] == "base" and mpl_new["subsample"] == "new"
-    assert mpl_base["accuracy"] > zs_base["accuracy"]
-    assert mpl_new["num_test"] > 0 and 0 <= mpl_new["accuracy"] <= 100
+    zs_new = result(out, "test_new", "ZeroshotCLIP", "tiny_digits")
+    assert mpl_base["subsample"] == "base" and mpl_new["subsample"] == "new" and mpl_new["num_test"] > 0
+    # seed 1, measured: zero-shot 83.76 / 87.36 (base / new), MPL 86.72 / 86.62. MPL learns the base digits (at
+    # least 2 points above zero-shot) and keeps the new ones (at most 2 points below zero-shot)
+    assert mpl_base["accuracy"] >= zs_base["accuracy"] + 2.0
+    assert mpl_new["accuracy"] >= zs_new["accuracy"] - 2.0
     assert "* accuracy:" in printed

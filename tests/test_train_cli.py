@@ -165,8 +165,15 @@ def test_best_val_mode_saves_and_deploys_the_best_model(runs, tmp_path):
     assert len([line for line in log.splitlines() if line.startswith("epoch [")]) == 6  # 3 batches < PRINT_FREQ
     assert "Deploy the model with the best val performance" in log
     best = torch.load(out / "linear_probe" / "model-best.pth.tar", weights_only=True)
-    assert best["val_result"] is not None and 0 <= best["val_result"] <= 100
     assert sorted(os.listdir(out / "linear_probe")) == ["checkpoint", "model-best.pth.tar", "model.pth.tar-2"]
+    # the selected epoch is the first with the best validation accuracy of those the log printed
+    val = [float(m) for m in re.findall(r"Evaluate on the \*val\* set\n=> result\n(?:.*\n){2}\* accuracy: "
+                                        r"(\d+\.\d)%", log)]
+    assert len(val) == 2 and best["val_result"] == pytest.approx(max(val), abs=0.05)
+    assert best["epoch"] == val.index(max(val)) + 1
+    last = torch.load(out / "linear_probe" / "model.pth.tar-2", weights_only=True)
+    same = all(torch.equal(v, last["state_dict"][k]) for k, v in best["state_dict"].items())
+    assert same == (best["epoch"] == 2)  # the deployed weights are the selected epoch's
 
 
 # ------------------------------------------------------------------------------------------------------------------

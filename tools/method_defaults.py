@@ -2,7 +2,8 @@
 
     python -m tools.method_defaults METHOD PROTOCOL [DATASET [SHOTS]]
 
-prints shell assignments (``TRAINER=... CFG_B2N=...``) for ``scripts/method.sh``. ``METHOD`` is a registered
+prints shell assignments (``TRAINER=... CFG_B2N=...``) for ``scripts/method.sh``, after checking that the dataset
+the protocol reads is prepared (as ``python -m datasets.prepare NAME --check``; one Python start-up for both). ``METHOD`` is a registered
 method in any letter case (``mpl``, ``MaPLe``) or an alias (``zsclip``). The config names come from the method's
 registration (``scripts`` of :func:`trainers.register_method`: keys ``base2new``, ``crossdataset``, ``fewshot``,
 ``digits``; ``<key>@<dataset>`` for a dataset of its own, e.g. CoOp's ``base2new@imagenet``; for few-shot also
@@ -108,19 +109,42 @@ def with_environment(env: dict, environ) -> dict:
     return out
 
 
+def dataset_of(protocol: str, first_arg: str) -> str:
+    """The dataset a protocol script reads, from its first argument (``xd_train SEED`` reads ImageNet)."""
+    if protocol == "xd_train" and (not first_arg or first_arg.isdigit()):
+        return "imagenet"
+    return "" if first_arg.isdigit() else first_arg
+
+
+def check_data(name: str, root: str) -> int:
+    """``python -m datasets.prepare NAME --root ROOT --check`` in this process (its messages on stderr, since stdout
+    carries the shell assignments); 0 when the dataset is ready."""
+    import contextlib
+
+    from datasets.prepare import main as prepare
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return prepare([name, "--root", root, "--check"])
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) < 2:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
+    first = argv[2] if len(argv) > 2 else ""
     try:
         shots = script_shots(argv[3] if len(argv) > 3 else "", os.environ)
         variant = os.environ.get("VARIANT", "") or ("caspl" if os.environ.get("CASPL", "") not in ("", "0") else "")
-        env = with_environment(defaults(argv[0], argv[1], argv[2] if len(argv) > 2 else "", shots, variant),
-                               os.environ)
+        env = with_environment(defaults(argv[0], argv[1], first, shots, variant), os.environ)
     except KeyError as err:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 2
+    dataset = dataset_of(argv[1], first)
+    if dataset and os.environ.get("CHECK_DATA", "1") != "0":  # the protocol's data check, in this process
+        if check_data(dataset, os.environ.get("DATA", "./data")) != 0:
+            return 2
+        env["DATA_CHECKED"] = dataset
     print(" ".join(f"export {k}={shlex.quote(v)};" for k, v in env.items()))
     return 0
 
