@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import statistics
 import sys
 import time
@@ -194,6 +195,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-reuse-memory", action="store_true",
                         help="on a CPU, leave glibc's malloc thresholds alone (train.py's CPU_REUSE_MEMORY False)")
+    parser.add_argument("--json", default=None, help="also write every measurement to this JSON file")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -418,6 +420,24 @@ def main(argv=None):
         print(f"the same against MPL's own image encoder, no text (its vision prompts: {vision_tokens})")
         for what, value in extra:
             print(f"  {what:48s} {value:8.3f}")
+    if args.json:
+        report = {
+            "arch": args.arch, "device": str(device), "precision": str(precision), "batch": args.batch,
+            "threads": torch.get_num_threads(), "clock": clock, "vision_tokens": trace, "plain_tokens": plain,
+            "floor_s": t_floor,
+            "rows": [{"name": name, "seconds": t, "x_floor": t / t_floor, "peak_mib": mib, "wall_s": wall}
+                     for name, t, mib, wall in rows],
+            "train": {str(n): {mode: {"seconds": train[n, mode][0], "peak_mib": train[n, mode][1]}
+                               for mode in ("floor", "prompted floor", *MODES, "budget") if (n, mode) in train}
+                      for n in args.classes},
+            "largest_relative_logit_difference": {str(n): diffs[n] for n in args.classes},
+            "eval": {k: v for k, v in evals.items()}, "largest_feature_difference": diffs.get("eval"),
+            "summary": summary, "targets": [{"what": w, "value": v, "target": g, "met": bool(m)}
+                                            for w, v, g, m in targets],
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"report: {args.json}")
 
 
 if __name__ == "__main__":

@@ -64,10 +64,9 @@ def runs(tmp_path_factory):
     return out
 
 
-def test_training_run_logs_checkpoints_and_result(runs):
+def test_training_log_has_dassls_lines_in_order(runs):
     assert runs["rc_A"] == 0
-    a = runs["A"]
-    log = _read(a / "log.txt")
+    log = _read(runs["A"] / "log.txt")
     lines = log.splitlines()
     iter_lines = [line for line in lines if line.startswith("epoch [")]
     assert len(iter_lines) == 4 and all(ITER_LINE.match(line) for line in iter_lines)  # PRINT_FREQ 2 of 3 batches
@@ -79,12 +78,18 @@ def test_training_run_logs_checkpoints_and_result(runs):
     assert block and block.start() > log.index("Finish training")
     assert "Setting fixed seed" not in log  # printed before the logger starts, as in the original
 
-    ckpt_dir = a / "linear_probe"
+
+def test_training_checkpoints_are_dassls_layout(runs):
+    ckpt_dir = runs["A"] / "linear_probe"
     assert sorted(os.listdir(ckpt_dir)) == ["checkpoint"] + [f"model.pth.tar-{e}" for e in range(1, 5)]
     assert _read(ckpt_dir / "checkpoint") == "model.pth.tar-4\n"
     ckpt = torch.load(ckpt_dir / "model.pth.tar-4", weights_only=True)
     assert {"state_dict", "epoch", "optimizer", "scheduler", "val_result"} <= set(ckpt) and ckpt["epoch"] == 4
+    assert (runs["A"] / "tensorboard").is_dir() and os.listdir(runs["A"] / "tensorboard")
 
+
+def test_result_json_records_the_run(runs):
+    a = runs["A"]
     rec = json.loads(_read(a / "result.json"))
     assert rec["schema"] == 1 and rec["status"] == "finished" and rec["eval_only"] is False
     assert (rec["method"], rec["config"], rec["dataset"], rec["dataset_config"]) == (
@@ -92,13 +97,13 @@ def test_training_run_logs_checkpoints_and_result(runs):
     assert (rec["seed"], rec["epochs"], rec["split"], rec["num_test"], rec["num_classes"]) == (1, 4, "test", 9, 3)
     assert rec["subsample"] == "all" and rec["shots"] == -1 and rec["device"] == "cpu"
     assert rec["learnable_params"] == 3 * 8 * 8 * 3 + 3
-    assert "{:.1f}".format(rec["accuracy"]) == block.group(1)
+    assert "{:.1f}".format(rec["accuracy"]) == RESULT_BLOCK.search(_read(a / "log.txt")).group(1)
     assert rec["error"] == pytest.approx(100 - rec["accuracy"])
     assert rec["train_time_s"] > 0 and rec["train_images_per_s"] > 0 and rec["eval_images_per_s"] > 0
     assert rec["model_dir"] is None and rec["output_dir"] == str(a)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", rec["finished_at"])
     assert set(rec["versions"]) == {"python", "torch", "torchvision", "project"}
-    assert (a / "tensorboard").is_dir() and os.listdir(a / "tensorboard")
+    assert rec["resolved_config"] == "config.yaml" and (a / "config.yaml").is_file()
 
 
 def test_eval_only_reloads_the_saved_model(runs):
