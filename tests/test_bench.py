@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a subprocess at ViT-B/32
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

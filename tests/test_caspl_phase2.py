@@ -151,8 +151,9 @@ def test_caspl_environment_and_cfg_overrides(monkeypatch, capsys):
         assert method_defaults.main(list(args)) == 0
         return capsys.readouterr().out
 
-    for var in ("CFG", "CFG_B2N", "CFG_XD", "CFG_FS", "CFG_DIGITS", "CFG_DIR", "TRAINER", "CASPL"):
+    for var in ("CFG", "CFG_B2N", "CFG_XD", "CFG_FS", "CFG_DIGITS", "CFG_DIR", "TRAINER", "CASPL", "VARIANT"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CHECK_DATA", "0")  # the configs only (no dataset here)
     assert "CFG_B2N=vit_b16_c2_ep5_batch4_2ctx;" in printed("maple", "base2new_train", "dtd")
     monkeypatch.setenv("CASPL", "1")
     assert "CFG_B2N=caspl_vit_b16_c8_ep5_batch4_8ctx_l12;" in printed("maple", "base2new_train", "dtd")
@@ -290,6 +291,7 @@ def test_every_protocol_through_run_sh_with_the_boosting_run(scripts_env):
     assert tested["num_classes"] == 6
 
 
+@pytest.mark.slow
 def test_run_sh_refuses_a_test_without_the_phase1_run(scripts_env):
     _, small, environ = scripts_env
     done = run_sh(environ, "CoOp", "xd_test", "dtd", "1", "--", *small, expect=1, SOURCE="dtd")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end through the real scripts
+
 REPO = Path(__file__).resolve().parents[1]
 
 

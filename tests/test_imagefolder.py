@@ -177,6 +177,7 @@ def test_files_are_made_with_the_users_permissions_and_check_needs_no_second_pas
     assert len(opened) == 80
 
 
+@pytest.mark.slow
 def test_worked_example_base2new_through_the_scripts(tmp_path, dataset_name):
     src = make_images(tmp_path / "my_images", n_per_class=8)
     data, out = tmp_path / "data", tmp_path / "output"

@@ -100,6 +100,7 @@ def test_nearest_words_finds_the_word_itself():
     assert all(row[0][1] < row[1][1] for row in found)
 
 
+@pytest.mark.slow
 def test_pictures_of_a_method_with_vision_prompts_are_readable(demo_run, figures, capsys):
     assert main([str(demo_run), "--max-images", "30", "--rollout-images", "3", "--out",
                  str(demo_run / "inspect_pictures")]) == 0

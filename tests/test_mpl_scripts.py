@@ -18,6 +18,8 @@ from datasets.fixtures import make_fixture
 
 from tiny_clip import write_tiny_checkpoint
 
+pytestmark = pytest.mark.slow  # end to end through the real scripts
+
 REPO = Path(__file__).resolve().parents[1]
 TAIL = "eurosat/shots_2/MPL/vit_b4_c1_add2_rm1/seed1"
 

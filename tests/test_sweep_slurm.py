@@ -129,6 +129,7 @@ def test_a_bad_spec_submits_nothing(cluster, data_root, tmp_path, capsys):
     assert cluster.squeue() == [""] and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_an_sbatch_refusal_is_one_line_and_exit_status_3(cluster, data_root, tmp_path, capsys):
     """A partition the cluster does not have: sbatch itself refuses the first wave."""
