@@ -249,9 +249,11 @@ def _log_traceback():
 def main(argv=None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run, and return the exit status (0; 2 for bad input; 130 when
     training was interrupted)."""
-    stdout = sys.stdout
+    stdout, finished = sys.stdout, False
     try:
-        return run(parse_args(sys.argv[1:] if argv is None else argv))
+        status = run(parse_args(sys.argv[1:] if argv is None else argv))
+        finished = True
+        return status
     except UserError as err:
         _report(f"error: {err}")
         return 2
@@ -263,7 +265,7 @@ def main(argv=None) -> int:
         _report(f"error: {lost}")
         return 1
     finally:
-        distributed.shutdown()
+        distributed.shutdown(finished)
         logger, sys.stdout = sys.stdout, stdout
         if logger is not stdout and isinstance(logger, Logger):
             logger.close()

@@ -152,8 +152,16 @@ def lost_process_message(err):
             "atomically, the others only read); run the same command again to resume from the last one")
 
 
-def shutdown():
+def shutdown(finished=False):
+    """Leave the process group. After a finished run every rank first waits for the others, so that no rank tears
+    its connections down while a peer still uses them (gloo then aborts that peer at exit, seen as "terminate called
+    without an active exception" and SIGABRT after a run that had written its result)."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            try:
+                dist.barrier()
+            except (RuntimeError, ValueError, OSError):
+                pass  # a peer is already gone; its own error says why
         dist.destroy_process_group()
 
 
