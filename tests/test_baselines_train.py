@@ -32,9 +32,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("baselines")
     make_fixture("eurosat", root / "data", n_per_class=4, image_size=32)
     ckpt = write_tiny_checkpoint(root / "tiny.pt", kind="vit")
-    mp = pytest.MonkeyPatch()
     yield root, ckpt
-    mp.undo()
 
 
 def argv(root, ckpt, trainer, folder, out, flags=(), opts=()):

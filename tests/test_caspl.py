@@ -27,9 +27,7 @@ def env(tmp_path_factory):
     # a teacher larger than the student, with another embedding width (only logits are compared)
     teacher = write_tiny_checkpoint(root / "teacher.pt", kind="vit", seed=3, vision_layers=4, vision_width=128,
                                     transformer_width=128, embed_dim=48)
-    mp = pytest.MonkeyPatch()
     yield root, student, teacher
-    mp.undo()
 
 
 def argv(root, student, trainer, out, opts=(), flags=()):

@@ -20,6 +20,8 @@ from trainers.caspl import CasPL, distillation_loss
 from tiny_clip import write_tiny_checkpoint
 from trainers.api import build_cfg
 
+pytestmark = pytest.mark.numeric  # rerun under other CPU kernel sets (tests/suite.py)
+
 REPO = Path(__file__).resolve().parent.parent
 N_IMAGES = 20  # eurosat fixture: 10 classes x 2 training images
 TEST_BATCH = 16
@@ -35,12 +37,10 @@ def env(tmp_path_factory):
                                     transformer_width=128, embed_dim=48, image_resolution=48)
     other = write_tiny_checkpoint(root / "other.pt", kind="vit", seed=4, vision_layers=2, vision_width=128,
                                   transformer_width=128, embed_dim=48, image_resolution=48)
-    mp = pytest.MonkeyPatch()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is fastest, and other jobs share the cores
     yield root, student, teacher, other
     torch.set_num_threads(threads)
-    mp.undo()
 
 
 def argv(env, out, mode=None, opts=(), epochs=2):

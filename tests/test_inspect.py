@@ -16,15 +16,11 @@ from plot_checks import covered_points, text_overlaps, texts_on_images, texts_ou
 def demo_train(root, trainer):
     """A short demo run (Digits, tiny-digits, 1 shot, 1 epoch) of ``trainer``; its run folder."""
     run_dir = root / f"output/base2new/train_base/digits/shots_1/{trainer}/tiny_digits/seed1"
-    mp = pytest.MonkeyPatch()
-    try:
-        rc = train.main(["--root", str(root / "data"), "--seed", "1", "--trainer", trainer,
-                         "--dataset-config-file", "configs/datasets/digits.yaml",
-                         "--config-file", f"configs/trainers/{trainer}/tiny_digits.yaml", "--output-dir", str(run_dir),
-                         "DATASET.NUM_SHOTS", "1", "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.MAX_EPOCH", "1",
-                         "DATALOADER.NUM_WORKERS", "0"])
-    finally:
-        mp.undo()
+    rc = train.main(["--root", str(root / "data"), "--seed", "1", "--trainer", trainer,
+                     "--dataset-config-file", "configs/datasets/digits.yaml",
+                     "--config-file", f"configs/trainers/{trainer}/tiny_digits.yaml", "--output-dir", str(run_dir),
+                     "DATASET.NUM_SHOTS", "1", "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.MAX_EPOCH", "1",
+                     "DATALOADER.NUM_WORKERS", "0"])
     assert rc == 0
     return run_dir
 

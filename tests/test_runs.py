@@ -2,7 +2,6 @@
 itself (``config.yaml``), and ``--eval-only`` finds the checkpoint the README says.
 """
 import json
-from pathlib import Path
 
 import pytest
 import yaml
