@@ -7,6 +7,8 @@ from clip.ops import LayerOp, PromptSegment, compose
 
 from tiny_clip import make_tiny_clip
 
+pytestmark = pytest.mark.numeric  # rerun under other CPU kernel sets (tests/suite.py)
+
 
 def tokens(*ids):
     """(n, 1) 'tokens' whose single channel is their identity, so sequences can be read back exactly."""

@@ -16,6 +16,8 @@ from clip import hf_hub
 from clip.checkpoint import CheckpointFileError
 from clip.download import DownloadError
 
+pytestmark = pytest.mark.numeric  # rerun under other CPU kernel sets (tests/suite.py)
+
 transformers = pytest.importorskip("transformers")
 
 # Tolerance of the feature comparison, in fp32. Both sides compute the same sums in different orders (fused SDPA

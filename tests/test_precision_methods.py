@@ -21,6 +21,8 @@ from trainers.base import PromptTrainer
 
 from tiny_runs import build_for_classes, earlier_opts, fixed_batch, tiny_cfg
 
+pytestmark = pytest.mark.numeric  # rerun under other CPU kernel sets (tests/suite.py)
+
 PRECISIONS = ["fp32", "bf16", "fp16", "amp"]
 TOLERANCE = {"fp32": 0.0, "bf16": 0.05, "fp16": 0.01, "amp": 0.01}  # relative to the largest fp32 logit
 METHODS = [m.name for m in trainers.list_methods()]
