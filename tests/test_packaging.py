@@ -68,6 +68,15 @@ def test_constraints_pin_what_the_tests_install():
     assert (REPO / ".ci/run").read_text().count("-c constraints.txt -r requirements-dev.txt") == 1
 
 
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    tests = readme[readme.index("\n## Tests\n"):]
+    command = tests.split("```bash\n", 1)[1].split("\n```", 1)[0].strip()
+    assert command.count("&&") == 1 and "tests/suite.py" in command
+    assert command in (REPO / ".ci/run").read_text().splitlines()
+    assert f"{command}  # 2. the tests" in readme  # the quick start's second command
+
+
 def wheel_files(tmp_path):
     """Build the wheel from a copy of the tracked files, offline (the installed setuptools)."""
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
