@@ -129,7 +129,8 @@ def load_datum_pickle(path, what, fix):
         raise
     except pickle.UnpicklingError as err:
         raise UserError(f"cannot read the {what} {path}: {_short(err)}; {fix}") from None
-    except (EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError, OSError, MemoryError) as err:
+    except (EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError, OSError, MemoryError,
+            ArithmeticError, RecursionError) as err:  # random bytes can decode as a huge length (OverflowError)
         raise UserError(f"cannot read the {what} {path}: it is truncated or not a pickle of Datum lists "
                         f"({type(err).__name__}); {fix}") from None
 
