@@ -44,6 +44,12 @@ def cross_entropy_only(trainer, batch, out):
     return {"loss": _ce(out, batch)}
 
 
+def clip_lora(trainer, batch, out):
+    """CE on 100 * cos(image, text): the reference's fixed logit scale, not CLIP's learned one."""
+    logits = 100.0 * _n(out.image_features.float()) @ _n(out.text_features.float()).t()
+    return {"loss": F.cross_entropy(logits, batch["label"])}
+
+
 def kgcoop(trainer, batch, out):
     """CE + W * (1 - mean_c cos(t_c, hand-written t_c)) (Yao et al. 2023, eq. 5)."""
     anchor = _n(_text(trainer.model.clip_model, trainer.classnames, EUROSAT))
@@ -131,7 +137,8 @@ def with_dept(base):
 REFERENCE_LOSSES = {
     "CoOp": cross_entropy_only, "CoCoOp": cross_entropy_only, "VPT": cross_entropy_only, "IVLP": cross_entropy_only,
     "MaPLe": cross_entropy_only, "MPL": cross_entropy_only, "KgCoOp": kgcoop, "TCP": tcp, "ProGrad": prograd,
-    "PromptSRC": promptsrc, "CasPL": caspl, "PromptKD": promptkd,
+    "PromptSRC": promptsrc, "CasPL": caspl, "PromptKD": promptkd, "MMA": cross_entropy_only,
+    "CLIPLoRA": clip_lora,
 }
 
 #: options that switch a method's regularisers off, and the loss it must then equal (on the same output)
