@@ -82,7 +82,8 @@ class Attention(nn.Module):
                 all of them, then (under ``causal``) to its own and earlier positions of ``x``: the result equals
                 running the whole sequence and keeping its last ``L`` positions.
             return_kv: also return this call's own ``(k, v)`` (``(B, H, L, D/H)``), for a later continuation.
-            query_at: ``(B,)`` one position per row, or an int for the same position in every row: only its
+            query_at: ``(B,)`` one position per row, or an int for the same position in every row (or, without
+                ``causal``, a tuple of positions shared by every row, giving ``(B, n, D)``): only its
                 output is computed (``(B, 1, D)``; every position's key and value still count, under ``causal``
                 those up to it), which is all an encoder's last layer needs (text: the EOT position; vision: CLS).
             updates: :class:`clip.LowRank` updates of ``q``, ``k``, ``v`` and ``out_proj``, added to the projections'
@@ -102,7 +103,9 @@ class Attention(nn.Module):
             q = F.linear(xq, self.in_proj_weight[:width], self.in_proj_bias[:width])
             if updates:
                 q = q + _packed_delta(xq, updates, ("q",), width)
-            q = q.view(batch, 1, heads, width // heads).transpose(1, 2)
+            q = q.view(batch, xq.shape[1], heads, width // heads).transpose(1, 2)
+            if causal and isinstance(query_at, tuple):
+                raise ValueError("several query positions need non-causal attention (the image encoder)")
             if causal:  # every key visible when the query is the last position: no mask
                 if isinstance(query_at, int):
                     at_end = query_at == length - 1
@@ -157,7 +160,10 @@ def _packed_delta(x: torch.Tensor, updates: Sequence, targets: Tuple[str, ...], 
 
 
 def _select(x: torch.Tensor, at) -> torch.Tensor:
-    """``(B, 1, D)``: position ``at`` of every row (an int, or ``(B,)`` positions)."""
+    """``(B, 1, D)``: position ``at`` of every row (an int, or ``(B,)`` positions); ``(B, n, D)`` for a tuple of
+    ``n`` positions shared by every row."""
+    if isinstance(at, tuple):
+        return x[:, list(at)]
     if isinstance(at, int):
         at = at + x.shape[1] if at < 0 else at
         return x[:, at:at + 1]

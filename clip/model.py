@@ -53,7 +53,7 @@ class Transformer(nn.Module):
     def forward(self, x: Tensor, ops: Ops = None, segment: Optional[PromptSegment] = None,
                 entry: Optional[nn.Module] = None, trace: Optional[List[int]] = None,
                 prefix_kv: Optional[Sequence[KV]] = None, kv_out: Optional[List[KV]] = None,
-                query_at: Optional[Tensor] = None, block_ops: BlockOps = None) -> Tensor:
+                query_at: Optional[Tensor] = None, block_ops: BlockOps = None, query_segment: bool = False) -> Tensor:
         """Run the blocks on ``x`` ``(B, L, D)``.
 
         Before block i: ``ops[i]`` is applied (through ``segment``, whose default is an empty prompt segment at the
@@ -66,6 +66,8 @@ class Transformer(nn.Module):
         ``x``'s own positions. ``query_at`` ``(B,)`` or an int: the last block computes only that position of every
         row, so the output is ``(B, 1, D)`` (all a text sequence needs from it is its EOT, an image its CLS).
         ``block_ops[i]`` (:class:`clip.BlockOp`): residual branches and low-rank updates inside block i.
+        ``query_segment`` (with ``query_at=0``, the image encoder): the last block also computes the prompt
+        segment's positions, ``(B, 1 + n, D)``: CLS, then the segment's n tokens.
         """
         ops = check_ops(ops, self.layers)
         block_ops = check_block_ops(block_ops, self.layers)
@@ -87,6 +89,8 @@ class Transformer(nn.Module):
             bop = block_ops[i] if i < len(block_ops) else None
             if kv_out is None:
                 at = query_at if i == len(self.resblocks) - 1 else None
+                if at is not None and query_segment:
+                    at = (at, *range(segment.start, segment.end))
                 x = block(x, causal=self.causal, prefix_kv=prefix, query_at=at, op=bop)
             else:
                 x, kv = block(x, causal=self.causal, prefix_kv=prefix, return_kv=True, op=bop)
@@ -123,7 +127,9 @@ class VisionTransformer(nn.Module):
         return self.positional_embedding.shape[0]
 
     def forward(self, x: Tensor, ops: Ops = None, trace: Optional[List[int]] = None,
-                block_ops: BlockOps = None) -> Tensor:
+                block_ops: BlockOps = None, prompt_tokens: bool = False):
+        """``prompt_tokens``: also return the prompt segment's tokens after the last block and ``ln_post``
+        ``(B, n, W)`` (the last block computes CLS and those tokens only)."""
         x = self.conv1(x)                           # (B, W, g, g)
         x = x.flatten(2).transpose(1, 2)            # (B, g*g, W)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
@@ -133,7 +139,10 @@ class VisionTransformer(nn.Module):
         # Only CLS is read at the end, so the last block computes CLS alone (every token's key and value still
         # count): exact, and most of one block in twelve saved (a ViT-B/16 forward measured about 5% faster).
         x = self.transformer(x, ops=ops, segment=PromptSegment(start=x.shape[1]), entry=self.ln_pre, trace=trace,
-                             query_at=0, block_ops=block_ops)
+                             query_at=0, block_ops=block_ops, query_segment=prompt_tokens)
+        if prompt_tokens:
+            x = self.ln_post(x)
+            return x[:, 0] @ self.proj, x[:, 1:]
         x = self.ln_post(x[:, 0])
         return x @ self.proj
 
@@ -380,9 +389,12 @@ class CLIP(nn.Module):
         return isinstance(self.visual, VisionTransformer)
 
     def encode_image(self, image: Tensor, ops: Ops = None, trace: Optional[List[int]] = None,
-                     block_ops: BlockOps = None) -> Tensor:
+                     block_ops: BlockOps = None, prompt_tokens: bool = False):
         """Image features ``(B, embed_dim)``; ``ops`` act on the ViT's token sequence and ``block_ops`` inside its
-        blocks (see :mod:`clip.ops`)."""
+        blocks (see :mod:`clip.ops`). ``prompt_tokens`` (a ViT): returns ``(features, tokens)``, ``tokens`` the
+        prompt segment's ``(B, n, width)`` after the last block and ``ln_post`` (a second head reads them)."""
+        if prompt_tokens:
+            return self.visual(image.to(self.dtype), ops=ops, trace=trace, block_ops=block_ops, prompt_tokens=True)
         if block_ops is None:
             return self.visual(image.to(self.dtype), ops=ops, trace=trace)
         return self.visual(image.to(self.dtype), ops=ops, trace=trace, block_ops=block_ops)

@@ -271,3 +271,42 @@ def test_merged_schedules_add_up(vit, images):
         want = ref_image(vit, images, [b, a])
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert clip.merge_block_ops([None, []]) is None
+
+
+# ---------------------------------------------------------------------------------------------- representation tokens
+def test_prompt_tokens_come_back_after_ln_post_from_a_last_block_of_cls_and_those_tokens(vit, images):
+    """Tokens added at a middle block (MMRL's representation tokens) and read after the last block: the last block
+    computes CLS and them only, and both equal the full computation written by hand."""
+    width = vit.visual.width
+    first, second = _rand(3, width, seed=21), _rand(3, width, seed=22)
+    ops = [None, LayerOp(add=first)]
+    v = vit.visual
+    with torch.no_grad():
+        feats, tokens = vit.encode_image(images, ops=ops, prompt_tokens=True)
+        x = v.conv1(images).flatten(2).transpose(1, 2)
+        x = v.ln_pre(torch.cat([v.class_embedding.expand(3, 1, -1), x], 1) + v.positional_embedding)
+        x = ref_block(v.transformer.resblocks[0], x, False, None)
+        x = ref_block(v.transformer.resblocks[1], torch.cat([x, first.expand(3, -1, -1)], 1), False, None)
+        x = v.ln_post(x)
+        torch.testing.assert_close(feats, x[:, 0] @ v.proj, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(tokens, x[:, -3:], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(feats, vit.encode_image(images, ops=ops), rtol=1e-6, atol=1e-6)
+        # replaced at the next block: the new tokens are the ones read
+        feats2, tokens2 = vit.encode_image(images, ops=[LayerOp(add=first), LayerOp(replace=second)],
+                                           prompt_tokens=True)
+    assert tokens2.shape == (3, 3, width) and not torch.allclose(tokens2, tokens)
+
+
+def test_text_tokens_added_at_a_middle_block_stay_exact_with_the_shared_prefix(monkeypatch):
+    """MMRL's text side: tokens inserted after SOS at a middle block (EOT moves), replaced at the next."""
+    vit = make_tiny_clip("vit", seed=1, transformer_layers=4)
+    width = vit.transformer.width
+    ids = class_ids(vit)
+    ops = [None, None, LayerOp(add=_rand(5, width, seed=31)), LayerOp(replace=_rand(5, width, seed=32))]
+    monkeypatch.setattr(vit, "text_pass_overhead", 0)
+    with torch.no_grad():
+        shared = vit.encode_text_embeddings(vit.token_embedding(ids), ids, ops=ops)
+        monkeypatch.setattr(vit, "text_prefix_sharing", False)
+        monkeypatch.setattr(vit, "text_truncation", False)
+        plain = vit.encode_text_embeddings(vit.token_embedding(ids), ids, ops=ops)
+    torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-5)

@@ -38,8 +38,9 @@ from method_losses import REFERENCE_LOSSES, WITHOUT_REGULARISERS, cross_entropy_
 from tiny_runs import CLASSNAMES, REPO, build_for_classes, earlier_opts, fixed_batch, tiny_cfg
 
 PROMPT_METHODS = [m.name for m in trainers.list_methods() if issubclass(m.cls, PromptTrainer)]
-#: the methods whose loss has a cross-entropy, which DePT reweights (distillation-only methods have none)
-CE_METHODS = [n for n in PROMPT_METHODS if n not in ("CasPL", "PromptKD")]
+#: the methods whose loss has a cross-entropy of weight 1, which DePT reweights (distillation-only methods have
+#: none; MMRL's two heads share theirs)
+CE_METHODS = [n for n in PROMPT_METHODS if n not in ("CasPL", "PromptKD", "MMRL")]
 DEPT = ["TRAINER.LINEAR_PROBE.TYPE", "linear"]
 OTHER_METHODS = [m.name for m in trainers.list_methods() if m.name not in PROMPT_METHODS]
 OTHER_NAMES = ["Pasture Land", "Permanent Crop Land", "Residential Buildings", "River", "Sea or Lake"]

@@ -180,3 +180,78 @@ def test_clip_lora_iterations_need_shots(root, tiny_ckpt):
         tiny_cfg(root, tiny_ckpt, "CLIPLoRA", root / "x", ["DATASET.NUM_SHOTS", "-1"])
     with pytest.raises(UserError, match="PARAMS"):
         tiny_cfg(root, tiny_ckpt, "CLIPLoRA", root / "x", ["TRAINER.CLIPLORA.PARAMS", "['q', 'qkv']"])
+
+
+# ------------------------------------------------------------------------------------------------------ MMRL
+OTHER_NAMES = ["Pasture Land", "Permanent Crop Land", "Residential Buildings", "River", "Sea or Lake"]
+
+
+def test_mmrl_fuses_its_heads_only_on_the_dataset_and_classes_it_was_trained_on(root, tiny_ckpt, tmp_path):
+    trained = build(root, tiny_ckpt, "MMRL")
+    with torch.no_grad():
+        for p in trained.model.prompt_learner.parameters():
+            p.add_(torch.randn(p.shape) * 0.05)
+    images = fixed_batch(3)["img"]
+    trained.set_model_mode("eval")
+    with torch.no_grad():
+        out = trained.model(images)
+    assert torch.equal(eval_logits(trained, images), out.logits)  # its own classes: fused
+    fused = 0.7 * out.extras["logits_cls"] + 0.3 * out.extras["logits_rep"]
+    torch.testing.assert_close(out.logits, fused)
+    trained.save_model(0, str(tmp_path))
+
+    def loaded(names, opts=()):
+        t = build_for_classes(tiny_cfg(root, tiny_ckpt, "MMRL", root / "run", list(opts)), names, seed=1)
+        t.load_model(str(tmp_path), epoch=1)
+        t.set_model_mode("eval")
+        with torch.no_grad():
+            return t, t.model(images)
+
+    again, out_again = loaded(CLASSNAMES)
+    assert again.uses_fused_logits() and torch.equal(eval_logits(again, images), out_again.logits)
+    new, out_new = loaded(OTHER_NAMES)  # new classes: the class-token logits
+    assert not new.uses_fused_logits()
+    assert torch.equal(eval_logits(new, images), out_new.extras["logits_cls"])
+    other, _ = loaded(CLASSNAMES, ["DATASET.NAME", "ImageNetV2", "TRAINER.MMRL.REP_DIM", "2048"])  # same names,
+    # another dataset (outside the table, so its REP_DIM is given as the training run had it)
+    assert not other.uses_fused_logits()
+
+
+def test_mmrl_dataset_table_overrides_the_yaml_and_cross_dataset_turns_it_off(root, tiny_ckpt):
+    from trainers.mmrl import settings
+
+    eurosat = tiny_cfg(root, tiny_ckpt, "MMRL", root / "run", ["TRAINER.MMRL.REG_WEIGHT", "3.0"])
+    assert eurosat.DATASET.NAME == "EuroSAT" and settings(eurosat) == (0.01, 2048)
+    off = tiny_cfg(root, tiny_ckpt, "MMRL", root / "run", ["TRAINER.MMRL.DATASET_TABLE", "False",
+                                                           "TRAINER.MMRL.REG_WEIGHT", "0.2"])
+    assert settings(off) == (0.2, 512)
+    xd = tiny_cfg(root, tiny_ckpt, "MMRL", root / "run", config="vit_b16_cross_datasets")
+    assert settings(xd) == (0.2, 512)
+    trainer = build(root, tiny_ckpt, "MMRL")
+    assert trainer.model.prompt_learner.compound_rep_tokens.shape == (5, 2048)
+    assert trainer.result_extras()["mmrl"] == {"reg_weight": 0.01, "rep_dim": 2048}
+
+
+def test_mmrl_vit_b16_tokens_enter_at_block_6_and_are_replaced_to_12(tmp_path):
+    from trainers.api import build_cfg
+    from trainers.mmrl import RepresentationLearner
+
+    method = trainers.method_of("MMRL")
+    cfg = build_cfg(["--trainer", "MMRL", "--config-file", method.config_path("vit_b16"), "--output-dir",
+                     str(tmp_path)], check=False)
+    model = clip.create_model("ViT-B/16", device="meta")
+    learner = RepresentationLearner(cfg, ["a", "b"], model)
+    prompts = learner()
+    for ops, width in ((prompts.text_ops, 512), (prompts.vision_ops, 768)):
+        assert [i + 1 for i, op in enumerate(ops) if op is not None] == list(range(6, 13))
+        assert ops[5].add.shape == (5, width) and ops[5].replace is None
+        assert all(op.replace.shape == (5, width) and op.add is None for op in ops[6:])
+    assert learner.proj_rep.shape == (768, 512)
+
+
+def test_mmrl_projections_start_as_copies_and_proj_rep_random(root, tiny_ckpt):
+    learner = build(root, tiny_ckpt, "MMRL").model.prompt_learner
+    for projections in (learner.compound_rep_tokens_r2vproj, learner.compound_rep_tokens_r2tproj):
+        assert all(torch.equal(p.weight, projections[0].weight) for p in projections)
+    width = learner.proj_rep.shape[0]
+    assert learner.proj_rep.std().item() == pytest.approx(width ** -0.5, rel=0.2)

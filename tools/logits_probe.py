@@ -64,6 +64,7 @@ V = {
     "MMA+CasPL": ("MMA", "MMA", ["TRAINER.MMA.PREC", "fp32", "KD.BOOST_DIR", "{boost}", *KD]),
     "CLIPLoRA": ("CLIPLoRA", "CLIPLoRA", ["TRAINER.CLIPLORA.PREC", "fp32", "TRAINER.CLIPLORA.PARAMS",
                                           "['q', 'k', 'v', 'out_proj']"]),
+    "MMRL": ("MMRL", "MMRL", ["TRAINER.MMRL.PREC", "fp32", "TRAINER.MMRL.REP_LAYERS", "[2, 3, 4]"]),
 }
 #: variants whose learned state is written out as a file that later variants read
 WRITES = {"CasPL": "boost", "PromptSRC": "teacher"}
