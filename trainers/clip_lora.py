@@ -7,7 +7,8 @@ Reference behaviour (MaxZanella/CLIP-LoRA; facts in ``shared/reference/methods-w
   Kaiming-uniform (a = sqrt 5, i.e. U(+-1/sqrt D)), B ``(D, r)`` zeros, r = 2, alpha = 1 (scale 0.707, the
   rsLoRA-style factor the reference uses), dropout 0.25 on the update's input in training. 184,320 learnable
   parameters at ViT-B/16;
-* fixed text "a photo of a {class}." for every dataset; logits ``100 * cos`` (a fixed 100: ``PromptedCLIP.fixed_logit_scale``); plain cross-entropy;
+* fixed text "a photo of a {class}." for every dataset; logits ``100 * cos`` (a fixed 100, set through
+  ``PromptedCLIP.fixed_logit_scale``); plain cross-entropy;
 * AdamW lr 2e-4, wd 1e-2, betas (0.9, 0.999), batch 32; a cosine schedule over ``500 x shots`` iterations down to
   1e-6, stepped every iteration, no warm-up; the final model is evaluated.
 

@@ -37,6 +37,7 @@ from typing import Dict, Tuple
 import torch
 import torch.nn as nn
 
+import clip
 from clip import MASTER_DTYPE, LayerOp
 
 from .base import LossOutput, PromptTrainer, cross_entropy
@@ -113,8 +114,6 @@ class RepresentationLearner(nn.Module):
         self.layers, self.n_tokens = layers, int(c.N_REP_TOKENS)
         self.n_text_layers, self.n_vision_layers = dims.text_layers, dims.vision_layers
         template = dataset_template(cfg.DATASET.NAME)
-        import clip
-
         ids = clip.tokenize([template.format(n.replace("_", " ")) for n in classnames],
                             context_length=clip_model.context_length)
         self.register_buffer("token_ids", ids.to(clip_model.token_embedding.weight.device), persistent=False)
@@ -193,8 +192,8 @@ class MMRL(PromptTrainer):
         model.register_buffer("anchor", zeroshot_text_features(clip_model, classnames, [template]), persistent=False)
         weight, dim = settings(cfg)
         self.result_extras()["mmrl"] = {"reg_weight": weight, "rep_dim": dim}
-        print(f"MMRL: REG_WEIGHT {weight}, REP_DIM {dim}"
-              f"{' (the dataset table)' if self.method_cfg.DATASET_TABLE and cfg.DATASET.NAME in DATASET_TABLE else ''}")
+        table = self.method_cfg.DATASET_TABLE and cfg.DATASET.NAME in DATASET_TABLE
+        print(f"MMRL: REG_WEIGHT {weight}, REP_DIM {dim}{' (the dataset table)' if table else ''}")
         return model
 
     def loss(self, batch, out):
