@@ -12,7 +12,7 @@ from .configs import MODEL_CONFIGS, create_model, model_config
 from .download import DownloadError
 from .model import CLIP, ModifiedResNet, Transformer, VisionTransformer, build_model, config_from_state_dict
 from .openclip import register_openclip
-from .ops import LayerOp, LayoutTrace, compose
+from .ops import BlockOp, Branch, LayerOp, LayoutTrace, LowRank, compose, merge_block_ops
 from .precision import MASTER_DTYPE, PRECISIONS, Precision, resolve_precision
 from .pretrained import available_models, cache_dir, pretrained_options, register_pretrained
 from .tokenization import DEFAULT_CONTEXT_LENGTH, tokenize, tokenizer
@@ -23,6 +23,7 @@ __all__ = [
     "cache_dir", "DownloadError",
     "build_model", "config_from_state_dict", "model_config", "create_model", "MODEL_CONFIGS",
     "CLIP", "VisionTransformer", "ModifiedResNet", "Transformer", "LayerOp", "LayoutTrace", "compose",
+    "BlockOp", "Branch", "LowRank", "merge_block_ops",
     "tokenize", "tokenizer", "DEFAULT_CONTEXT_LENGTH", "image_transform",
     "Precision", "resolve_precision", "PRECISIONS", "MASTER_DTYPE",
 ]

@@ -5,7 +5,7 @@ Activations are batch-first, ``(B, L, D)``.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +71,7 @@ class Attention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: torch.Tensor, causal: bool = False, prefix_kv: Optional[KV] = None,
-                return_kv: bool = False, query_at: Optional[torch.Tensor] = None):
+                return_kv: bool = False, query_at: Optional[torch.Tensor] = None, updates: Sequence = ()):
         """Attention of ``x`` ``(B, L, D)``, optionally continuing a prefix that was run separately.
 
         Args:
@@ -82,9 +82,12 @@ class Attention(nn.Module):
                 all of them, then (under ``causal``) to its own and earlier positions of ``x``: the result equals
                 running the whole sequence and keeping its last ``L`` positions.
             return_kv: also return this call's own ``(k, v)`` (``(B, H, L, D/H)``), for a later continuation.
-            query_at: ``(B,)`` one position per row, or an int for the same position in every row: only its
+            query_at: ``(B,)`` one position per row, or an int for the same position in every row (or, without
+                ``causal``, a tuple of positions shared by every row, giving ``(B, n, D)``): only its
                 output is computed (``(B, 1, D)``; every position's key and value still count, under ``causal``
                 those up to it), which is all an encoder's last layer needs (text: the EOT position; vision: CLS).
+            updates: :class:`clip.LowRank` updates of ``q``, ``k``, ``v`` and ``out_proj``, added to the projections'
+                outputs (the frozen weights are not touched; the fused kernel still runs).
         """
         batch, length, width = x.shape
         heads = self.heads
@@ -93,10 +96,16 @@ class Attention(nn.Module):
             query_at += length
         if query_at is not None:  # keys and values of every position, one query per row
             kv = F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:])
+            if updates:
+                kv = kv + _packed_delta(x, updates, ("k", "v"), width)
             k, v = kv.view(batch, length, 2, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
             xq = _select(x, query_at)
             q = F.linear(xq, self.in_proj_weight[:width], self.in_proj_bias[:width])
-            q = q.view(batch, 1, heads, width // heads).transpose(1, 2)
+            if updates:
+                q = q + _packed_delta(xq, updates, ("q",), width)
+            q = q.view(batch, xq.shape[1], heads, width // heads).transpose(1, 2)
+            if causal and isinstance(query_at, tuple):
+                raise ValueError("several query positions need non-causal attention (the image encoder)")
             if causal:  # every key visible when the query is the last position: no mask
                 if isinstance(query_at, int):
                     at_end = query_at == length - 1
@@ -105,6 +114,8 @@ class Attention(nn.Module):
                     at_end = bool((query_at == length - 1).all())
         else:
             qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+            if updates:
+                qkv = qkv + _packed_delta(x, updates, ("q", "k", "v"), width)
             qkv = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)  # each (B, H, L, D/H)
         own = (k, v)
@@ -122,12 +133,37 @@ class Attention(nn.Module):
         # with neither a prefix nor a single query, the fused causal kernel
         causal = causal and prefix_kv is None and query_at is None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-        out = self.out_proj(out.transpose(1, 2).reshape(batch, q.shape[2], width))
+        out = out.transpose(1, 2).reshape(batch, q.shape[2], width)
+        if updates:
+            out = self.out_proj(out) + _delta(out, updates, "out_proj")
+        else:
+            out = self.out_proj(out)
         return (out, own) if return_kv else out
 
 
+def _delta(x: torch.Tensor, updates: Sequence, target: str):
+    """The sum of the low-rank updates of ``target`` on input ``x`` (0 when there is none)."""
+    out = 0
+    for u in updates:
+        if u.target == target:
+            out = out + u.delta(x)
+    return out
+
+
+def _packed_delta(x: torch.Tensor, updates: Sequence, targets: Tuple[str, ...], width: int) -> torch.Tensor:
+    """The updates of a packed projection (q, k, v thirds, in that order), ``(..., len(targets) * width)``."""
+    parts = []
+    for t in targets:
+        d = _delta(x, updates, t)
+        parts.append(d if torch.is_tensor(d) else x.new_zeros(*x.shape[:-1], width))
+    return torch.cat(parts, dim=-1)
+
+
 def _select(x: torch.Tensor, at) -> torch.Tensor:
-    """``(B, 1, D)``: position ``at`` of every row (an int, or ``(B,)`` positions)."""
+    """``(B, 1, D)``: position ``at`` of every row (an int, or ``(B,)`` positions); ``(B, n, D)`` for a tuple of
+    ``n`` positions shared by every row."""
+    if isinstance(at, tuple):
+        return x[:, list(at)]
     if isinstance(at, int):
         at = at + x.shape[1] if at < 0 else at
         return x[:, at:at + 1]
@@ -166,9 +202,12 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = LayerNorm(width)
 
     def forward(self, x: torch.Tensor, causal: bool = False, prefix_kv: Optional[KV] = None,
-                return_kv: bool = False, query_at: Optional[torch.Tensor] = None):
+                return_kv: bool = False, query_at: Optional[torch.Tensor] = None, op=None):
         """``prefix_kv`` / ``return_kv`` / ``query_at``: see :meth:`Attention.forward` (returns ``(x, (k, v))``
-        with ``return_kv``; ``x`` holds only the position ``query_at`` of every row with it, ``(B, 1, D)``)."""
+        with ``return_kv``; ``x`` holds only the position ``query_at`` of every row with it, ``(B, 1, D)``).
+        ``op``: a :class:`clip.BlockOp` (residual branches, low-rank updates); None runs the plain block."""
+        if op is not None:
+            return self._forward_op(x, op, causal, prefix_kv, return_kv, query_at)
         attn = self.attn(self.ln_1(x), causal=causal, prefix_kv=prefix_kv, return_kv=return_kv, query_at=query_at)
         if return_kv:
             attn, kv = attn
@@ -177,3 +216,27 @@ class ResidualAttentionBlock(nn.Module):
         x = x + attn
         x = x + self.mlp(self.ln_2(x))
         return (x, kv) if return_kv else x
+
+    def _forward_op(self, x, op, causal, prefix_kv, return_kv, query_at):
+        """The block with a :class:`clip.BlockOp`: low-rank updates added to their projections' outputs, then
+        every branch's ``scale * fn(read)`` added to the output (reads taken at the positions the block returns)."""
+        updates = tuple(op.updates)
+        h1 = self.ln_1(x)
+        attn = self.attn(h1, causal=causal, prefix_kv=prefix_kv, return_kv=return_kv, query_at=query_at,
+                         updates=updates)
+        if return_kv:
+            attn, kv = attn
+        if query_at is not None:
+            x, h1 = _select(x, query_at), _select(h1, query_at)
+        mid = x + attn
+        h2 = self.ln_2(mid)
+        if any(u.target in ("c_fc", "c_proj") for u in updates):
+            hidden = self.mlp.gelu(self.mlp.c_fc(h2) + _delta(h2, updates, "c_fc"))
+            mlp = self.mlp.c_proj(hidden) + _delta(hidden, updates, "c_proj")
+        else:
+            mlp = self.mlp(h2)
+        out = mid + mlp
+        reads = {"input": x, "ln_1": h1, "mid": mid, "ln_2": h2}
+        for branch in op.branches:
+            out = out + (branch.scale * branch.fn(reads[branch.reads])).to(out.dtype)
+        return (out, kv) if return_kv else out

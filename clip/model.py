@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .layers import KV, LayerNorm, ResidualAttentionBlock
-from .ops import LayerOp, PromptSegment, check_ops
+from .ops import BlockOp, LayerOp, PromptSegment, block_ops_have_dropout, check_block_ops, check_ops
 from .precision import DEFAULT_DTYPE
 from .text_prefix import find_shared_prefix, plan_buckets
 
@@ -25,6 +25,7 @@ __all__ = ["CLIP", "Transformer", "VisionTransformer", "ModifiedResNet", "Attent
            "build_model", "config_from_state_dict"]
 
 Ops = Optional[Sequence[Optional[LayerOp]]]
+BlockOps = Optional[Sequence[Optional[BlockOp]]]
 
 #: OpenAI's rule for the number of attention heads: one head per 64 channels.
 HEAD_WIDTH = 64
@@ -52,7 +53,7 @@ class Transformer(nn.Module):
     def forward(self, x: Tensor, ops: Ops = None, segment: Optional[PromptSegment] = None,
                 entry: Optional[nn.Module] = None, trace: Optional[List[int]] = None,
                 prefix_kv: Optional[Sequence[KV]] = None, kv_out: Optional[List[KV]] = None,
-                query_at: Optional[Tensor] = None) -> Tensor:
+                query_at: Optional[Tensor] = None, block_ops: BlockOps = None, query_segment: bool = False) -> Tensor:
         """Run the blocks on ``x`` ``(B, L, D)``.
 
         Before block i: ``ops[i]`` is applied (through ``segment``, whose default is an empty prompt segment at the
@@ -64,8 +65,12 @@ class Transformer(nn.Module):
         ``x`` or a divisor of it, see :meth:`clip.layers.Attention.forward`) are attended to by block i before
         ``x``'s own positions. ``query_at`` ``(B,)`` or an int: the last block computes only that position of every
         row, so the output is ``(B, 1, D)`` (all a text sequence needs from it is its EOT, an image its CLS).
+        ``block_ops[i]`` (:class:`clip.BlockOp`): residual branches and low-rank updates inside block i.
+        ``query_segment`` (with ``query_at=0``, the image encoder): the last block also computes the prompt
+        segment's positions, ``(B, 1 + n, D)``: CLS, then the segment's n tokens.
         """
         ops = check_ops(ops, self.layers)
+        block_ops = check_block_ops(block_ops, self.layers)
         if segment is None:
             segment = PromptSegment(start=x.shape[1])
         if not len(self.resblocks) and entry is not None:
@@ -81,11 +86,14 @@ class Transformer(nn.Module):
                 if hasattr(trace, "layout"):  # clip.LayoutTrace: where every prompt part sits
                     trace.layout.append(segment.layout())
             prefix = prefix_kv[i] if prefix_kv is not None else None
+            bop = block_ops[i] if i < len(block_ops) else None
             if kv_out is None:
                 at = query_at if i == len(self.resblocks) - 1 else None
-                x = block(x, causal=self.causal, prefix_kv=prefix, query_at=at)
+                if at is not None and query_segment:
+                    at = (at, *range(segment.start, segment.end))
+                x = block(x, causal=self.causal, prefix_kv=prefix, query_at=at, op=bop)
             else:
-                x, kv = block(x, causal=self.causal, prefix_kv=prefix, return_kv=True)
+                x, kv = block(x, causal=self.causal, prefix_kv=prefix, return_kv=True, op=bop)
                 kv_out.append(kv)
         return x
 
@@ -118,7 +126,10 @@ class VisionTransformer(nn.Module):
         """Sequence length without prompts (CLS + patches)."""
         return self.positional_embedding.shape[0]
 
-    def forward(self, x: Tensor, ops: Ops = None, trace: Optional[List[int]] = None) -> Tensor:
+    def forward(self, x: Tensor, ops: Ops = None, trace: Optional[List[int]] = None,
+                block_ops: BlockOps = None, prompt_tokens: bool = False):
+        """``prompt_tokens``: also return the prompt segment's tokens after the last block and ``ln_post``
+        ``(B, n, W)`` (the last block computes CLS and those tokens only)."""
         x = self.conv1(x)                           # (B, W, g, g)
         x = x.flatten(2).transpose(1, 2)            # (B, g*g, W)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
@@ -128,7 +139,10 @@ class VisionTransformer(nn.Module):
         # Only CLS is read at the end, so the last block computes CLS alone (every token's key and value still
         # count): exact, and most of one block in twelve saved (a ViT-B/16 forward measured about 5% faster).
         x = self.transformer(x, ops=ops, segment=PromptSegment(start=x.shape[1]), entry=self.ln_pre, trace=trace,
-                             query_at=0)
+                             query_at=0, block_ops=block_ops, query_segment=prompt_tokens)
+        if prompt_tokens:
+            x = self.ln_post(x)
+            return x[:, 0] @ self.proj, x[:, 1:]
         x = self.ln_post(x[:, 0])
         return x @ self.proj
 
@@ -234,11 +248,12 @@ class ModifiedResNet(nn.Module):
         layers += [Bottleneck(self._inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def forward(self, x: Tensor, ops: Ops = None, trace: Optional[List[int]] = None) -> Tensor:
-        """``ops`` must be None (or all None): token operations need a ViT. ``trace`` is left untouched."""
-        if ops is not None and any(op is not None for op in ops):
-            raise ValueError("per-layer token operations need a Vision Transformer image encoder; this CLIP has a "
-                             "ModifiedResNet (pass ops=None, or use a ViT backbone)")
+    def forward(self, x: Tensor, ops: Ops = None, trace: Optional[List[int]] = None,
+                block_ops: BlockOps = None) -> Tensor:
+        """``ops`` and ``block_ops`` must be None (or all None): they need a ViT. ``trace`` is left untouched."""
+        if any(op is not None for op in (*(ops or ()), *(block_ops or ()))):
+            raise ValueError("per-layer token and block operations need a Vision Transformer image encoder; this CLIP "
+                             "has a ModifiedResNet (pass ops=None and block_ops=None, or use a ViT backbone)")
         x = x.to(self.conv1.weight.dtype)
         x = self.relu1(self.bn1(self.conv1(x)))
         x = self.relu2(self.bn2(self.conv2(x)))
@@ -272,13 +287,14 @@ def _prefix_for_rows(prefix_kv: Sequence[KV], group: Tensor) -> List[KV]:
     return [(k.index_select(0, pick), v.index_select(0, pick)) for k, v in prefix_kv]
 
 
-def _run_chunks(run, chunks: Sequence[tuple], recompute: bool) -> Tensor:
+def _run_chunks(run, chunks: Sequence[tuple], recompute: bool, random: bool = False) -> Tensor:
     """``run(*chunk)`` for every chunk, concatenated; with ``recompute`` (a memory budget binds while autograd
-    records), each chunk is checkpointed: its activations are recomputed in backward instead of kept."""
+    records), each chunk is checkpointed: its activations are recomputed in backward instead of kept (``random``:
+    the pass draws random numbers, a dropout, so the recomputation replays the same ones)."""
     if len(chunks) == 1:
         return run(*chunks[0])
     if recompute:
-        out = [checkpoint(run, *chunk, use_reentrant=False, preserve_rng_state=False) for chunk in chunks]
+        out = [checkpoint(run, *chunk, use_reentrant=False, preserve_rng_state=random) for chunk in chunks]
     else:
         out = [run(*chunk) for chunk in chunks]
     return torch.cat(out, dim=0)
@@ -372,9 +388,16 @@ class CLIP(nn.Module):
     def is_vit(self) -> bool:
         return isinstance(self.visual, VisionTransformer)
 
-    def encode_image(self, image: Tensor, ops: Ops = None, trace: Optional[List[int]] = None) -> Tensor:
-        """Image features ``(B, embed_dim)``; ``ops`` act on the ViT's token sequence (see :mod:`clip.ops`)."""
-        return self.visual(image.to(self.dtype), ops=ops, trace=trace)
+    def encode_image(self, image: Tensor, ops: Ops = None, trace: Optional[List[int]] = None,
+                     block_ops: BlockOps = None, prompt_tokens: bool = False):
+        """Image features ``(B, embed_dim)``; ``ops`` act on the ViT's token sequence and ``block_ops`` inside its
+        blocks (see :mod:`clip.ops`). ``prompt_tokens`` (a ViT): returns ``(features, tokens)``, ``tokens`` the
+        prompt segment's ``(B, n, width)`` after the last block and ``ln_post`` (a second head reads them)."""
+        if prompt_tokens:
+            return self.visual(image.to(self.dtype), ops=ops, trace=trace, block_ops=block_ops, prompt_tokens=True)
+        if block_ops is None:
+            return self.visual(image.to(self.dtype), ops=ops, trace=trace)
+        return self.visual(image.to(self.dtype), ops=ops, trace=trace, block_ops=block_ops)
 
     def encode_text(self, text: Tensor) -> Tensor:
         """Plain CLIP text features ``(N, embed_dim)`` for token ids ``(N, L)``."""
@@ -383,7 +406,7 @@ class CLIP(nn.Module):
     def encode_text_embeddings(self, x: Tensor, text_ids: Tensor, ops: Ops = None,
                                n_prompt: Union[int, Sequence[int]] = 0,
                                trace: Optional[List[int]] = None,
-                               memory_budget: Optional[int] = None) -> Tensor:
+                               memory_budget: Optional[int] = None, block_ops: BlockOps = None) -> Tensor:
         """Text features ``(N, embed_dim)`` from token embeddings.
 
         Args:
@@ -399,6 +422,9 @@ class CLIP(nn.Module):
                 None: unbounded). Rows are encoded in chunks that fit (estimated by :meth:`text_memory_bytes`);
                 while autograd records, each chunk is checkpointed (recomputed in backward), so the budget
                 holds in training too.
+            block_ops: per-block :class:`clip.BlockOp` (residual branches, low-rank updates). Token-wise, so
+                truncation and the shared prefix stay exact; an update with dropout switches the shared prefix off
+                (each row must draw its own dropout mask).
         """
         if x.dim() != 3 or text_ids.shape != x.shape[:2]:
             raise ValueError(f"text embeddings {tuple(x.shape)} do not match token ids {tuple(text_ids.shape)}")
@@ -409,6 +435,7 @@ class CLIP(nn.Module):
         if budget is not None and budget <= 0:
             raise ValueError(f"memory_budget must be a positive number of bytes (or None), got {budget}")
         ops = check_ops(ops, self.transformer.layers)
+        block_ops = check_block_ops(block_ops, self.transformer.layers) or None
         eot = text_ids.argmax(dim=-1)
         length = x.shape[1]
         if self.text_truncation and x.device.type != "meta":
@@ -416,7 +443,7 @@ class CLIP(nn.Module):
             length = max(int(eot.max()) + 1, total + 1)
         x = x[:, :length].to(self.dtype) + self.positional_embedding[:length].to(self.dtype)
         shared = buckets = None
-        if self.text_prefix_sharing and x.device.type != "meta":
+        if self.text_prefix_sharing and x.device.type != "meta" and not block_ops_have_dropout(block_ops):
             shared = find_shared_prefix(x, text_ids[:, :length], eot, ops, total)
         if shared is not None:  # does it pay? tokens the first layer computes, plus the overhead of every pass
             overhead = self.text_pass_overhead
@@ -424,17 +451,19 @@ class CLIP(nn.Module):
             if shared.groups * shared.length + overhead + cost >= x.shape[0] * length + overhead:
                 shared = None
         if shared is None:
-            return self._encode_text_rows(x, eot, budget, ops=ops, n_prompt=n_prompt, trace=trace)
+            return self._encode_text_rows(x, eot, budget, ops=ops, n_prompt=n_prompt, trace=trace,
+                                          block_ops=block_ops)
         # The shared prefix runs once per group (its ops included); the rest of every row attends to its keys and
         # values. Under the causal mask the prefix never sees the rest, so this equals the plain path.
         k = shared.length
         prefix_kv: List = []
         mark = len(trace) if trace is not None else 0
         self.transformer(x[shared.first, :k], ops=ops, segment=PromptSegment(start=1, length=n_prompt),
-                         trace=trace, kv_out=prefix_kv)
+                         trace=trace, kv_out=prefix_kv, block_ops=block_ops)
         if trace is not None:  # report the whole sequence's length, as the plain path does
             trace[mark:] = [n + length - k for n in trace[mark:]]
-        return self._encode_text_suffixes(x[:, k:], eot - k, budget, prefix_kv, shared.group, buckets)
+        return self._encode_text_suffixes(x[:, k:], eot - k, budget, prefix_kv, shared.group, buckets,
+                                          block_ops=block_ops)
 
     def text_memory_bytes(self, rows: int, length: int, context: int = 0, grad: bool = True) -> int:
         """Estimated bytes of the text pass over ``rows`` sequences of ``length`` tokens.
@@ -452,7 +481,8 @@ class CLIP(nn.Module):
         return rows * per_layer * (layers if grad else 1) * itemsize
 
     def _encode_text_rows(self, x: Tensor, eot: Tensor, budget: Optional[int], ops: Sequence = (),
-                          n_prompt: Union[int, Sequence[int]] = 0, trace: Optional[List[int]] = None) -> Tensor:
+                          n_prompt: Union[int, Sequence[int]] = 0, trace: Optional[List[int]] = None,
+                          block_ops: BlockOps = None) -> Tensor:
         """Features of every whole sequence of ``x`` (the plain path), in chunks that fit ``budget``."""
         n, length = x.shape[:2]
         grad = torch.is_grad_enabled()
@@ -466,13 +496,15 @@ class CLIP(nn.Module):
             recorded.append(True)
             rows = torch.arange(lo, hi, device=x.device)
             segment = PromptSegment(start=1, length=n_prompt, eot=eot[lo:hi])
-            h = self.transformer(x[lo:hi], ops=_slice_ops(ops, lo, hi, n), segment=segment, trace=t)
+            h = self.transformer(x[lo:hi], ops=_slice_ops(ops, lo, hi, n), segment=segment, trace=t,
+                                 block_ops=block_ops)
             return self.ln_final(h)[rows - lo, segment.eot] @ self.text_projection
 
-        return _run_chunks(run, [(lo, min(lo + step, n)) for lo in range(0, n, step)], grad and step < n)
+        return _run_chunks(run, [(lo, min(lo + step, n)) for lo in range(0, n, step)], grad and step < n,
+                           random=block_ops_have_dropout(block_ops))
 
     def _encode_text_suffixes(self, x: Tensor, eot: Tensor, budget: Optional[int], prefix_kv: List[KV],
-                              group: Tensor, buckets: Sequence[Tuple[int, int]]) -> Tensor:
+                              group: Tensor, buckets: Sequence[Tuple[int, int]], block_ops: BlockOps = None) -> Tensor:
         """Features of every row from its own positions ``x`` ``(N, L, D)`` (those after the shared prefix), each
         row attending to its group's prefix keys and values (``prefix_kv[i]``: ``(G, H, P, d)`` for block i).
 
@@ -496,7 +528,8 @@ class CLIP(nn.Module):
 
         def run(rows: Tensor, length: int) -> Tensor:
             kv = _prefix_for_rows(prefix_kv, group.index_select(0, rows))
-            h = self.transformer(x[:, :length].index_select(0, rows), prefix_kv=kv, query_at=eot.index_select(0, rows))
+            h = self.transformer(x[:, :length].index_select(0, rows), prefix_kv=kv, query_at=eot.index_select(0, rows),
+                                 block_ops=block_ops)
             return self.ln_final(h[:, 0]) @ self.text_projection
 
         out = _run_chunks(run, chunks, grad and binds)

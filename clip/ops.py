@@ -39,12 +39,14 @@ before them are replaced in place by their own op at every layer, whatever MPL d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["LayerOp", "PromptSegment", "LayoutTrace", "check_ops", "compose"]
+__all__ = ["LayerOp", "PromptSegment", "LayoutTrace", "check_ops", "compose",
+           "Branch", "LowRank", "BlockOp", "BRANCH_READS", "LOW_RANK_TARGETS", "check_block_ops", "merge_block_ops",
+           "block_ops_tensors", "block_ops_have_dropout"]
 
 
 @dataclass
@@ -235,3 +237,127 @@ class PromptSegment:
                 rep = op.replace_weight * rep + (1 - op.replace_weight) * x[:, at:at + n]
             x = torch.cat([x[:, :at], rep, x[:, at + n:]], dim=1)
         return x
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Block operations: what happens inside a block (residual branches, low-rank weight updates)
+# ----------------------------------------------------------------------------------------------------------
+#: what a :class:`Branch` reads: the block's input, ``ln_1`` of it, ``mid`` (input plus attention), ``ln_2`` of mid
+BRANCH_READS = ("input", "ln_1", "mid", "ln_2")
+#: the linear maps of a block a :class:`LowRank` update can act on (the packed in-projection's three thirds, the
+#: attention's output projection, the MLP's two layers)
+LOW_RANK_TARGETS = ("q", "k", "v", "out_proj", "c_fc", "c_proj")
+
+
+@dataclass
+class Branch:
+    """A residual branch of one block: ``out = block(x) + scale * fn(read)``.
+
+    fn: a token-wise map ``(..., D) -> (..., D)`` (an ``nn.Module`` or a function); it must act on every token
+        alone (an adapter MLP), which keeps truncation, the shared text prefix and the last block's single query
+        exact. Its result is cast to the sequence's dtype.
+    scale: the factor on its output.
+    reads: one of :data:`BRANCH_READS`; ``ln_1``/``ln_2`` are the block's own (frozen) LayerNorms.
+    """
+
+    fn: Callable[[Tensor], Tensor]
+    scale: float = 1.0
+    reads: str = "input"
+
+
+@dataclass
+class LowRank:
+    """A low-rank update of one linear map of a block: ``y = W x + b + scale * up @ down @ dropout(x)``.
+
+    target: one of :data:`LOW_RANK_TARGETS`. down: ``(r, D_in)``; up: ``(D_out, r)``. dropout: the probability
+    on the update's input (0: none; the caller passes 0 in evaluation). The frozen weight is never copied or
+    changed, and attention keeps its fused kernel: the update is added to the projection's output.
+    """
+
+    target: str
+    down: Tensor
+    up: Tensor
+    scale: float = 1.0
+    dropout: float = 0.0
+
+    def delta(self, x: Tensor) -> Tensor:
+        """``scale * up @ down @ dropout(x)`` for ``x`` ``(..., D_in)``, in x's dtype."""
+        if self.dropout:
+            x = torch.nn.functional.dropout(x, self.dropout, training=True)
+        h = torch.nn.functional.linear(x, self.down.to(x.dtype))
+        return self.scale * torch.nn.functional.linear(h, self.up.to(x.dtype))
+
+
+@dataclass
+class BlockOp:
+    """What happens inside one block: residual ``branches`` (:class:`Branch`) and low-rank ``updates``
+    (:class:`LowRank`). Several on one block add up."""
+
+    branches: Tuple[Branch, ...] = ()
+    updates: Tuple[LowRank, ...] = ()
+
+    def updates_of(self, target: str) -> List[LowRank]:
+        return [u for u in self.updates if u.target == target]
+
+
+def check_block_ops(block_ops, n_layers: int) -> List[Optional[BlockOp]]:
+    """Validate a block-op schedule (one entry per block, None for none) against a transformer depth."""
+    if block_ops is None:
+        return []
+    block_ops = list(block_ops)
+    if len(block_ops) > n_layers:
+        raise ValueError(f"got {len(block_ops)} block ops for a transformer with {n_layers} layers")
+    for i, op in enumerate(block_ops):
+        if op is None:
+            continue
+        if not isinstance(op, BlockOp):
+            raise TypeError(f"block_ops[{i}] must be a clip.BlockOp or None, got {type(op).__name__}")
+        for b in op.branches:
+            if not isinstance(b, Branch) or b.reads not in BRANCH_READS:
+                raise ValueError(f"block_ops[{i}]: a branch must be a clip.Branch reading one of "
+                                 f"{', '.join(BRANCH_READS)}, got {b!r}")
+        for u in op.updates:
+            if not isinstance(u, LowRank) or u.target not in LOW_RANK_TARGETS:
+                raise ValueError(f"block_ops[{i}]: an update must be a clip.LowRank on one of "
+                                 f"{', '.join(LOW_RANK_TARGETS)}, got {getattr(u, 'target', u)!r}")
+            if u.down.dim() != 2 or u.up.dim() != 2 or u.up.shape[1] != u.down.shape[0]:
+                raise ValueError(f"block_ops[{i}]: LowRank {u.target} needs down (r, D_in) and up (D_out, r), got "
+                                 f"{tuple(u.down.shape)} and {tuple(u.up.shape)}")
+            if not 0 <= u.dropout < 1:
+                raise ValueError(f"block_ops[{i}]: LowRank {u.target} dropout must be in [0, 1), got {u.dropout}")
+    return block_ops
+
+
+def merge_block_ops(schedules) -> Optional[List[Optional[BlockOp]]]:
+    """Several sets' block-op schedules as one: on each block their branches and updates add up. None when every
+    schedule is None or empty."""
+    schedules = [list(s) for s in schedules if s]
+    if not schedules:
+        return None
+    if len(schedules) == 1:
+        return schedules[0]
+    n = max(len(s) for s in schedules)
+    out: List[Optional[BlockOp]] = []
+    for i in range(n):
+        ops = [s[i] for s in schedules if i < len(s) and s[i] is not None]
+        out.append(None if not ops else BlockOp(sum((tuple(o.branches) for o in ops), ()),
+                                                sum((tuple(o.updates) for o in ops), ())))
+    return out
+
+
+def block_ops_tensors(block_ops) -> List[Tensor]:
+    """Every tensor a schedule reads: the updates' factors and the parameters of branch modules."""
+    out: List[Tensor] = []
+    for op in block_ops or ():
+        if op is None:
+            continue
+        for u in op.updates:
+            out += [u.down, u.up]
+        for b in op.branches:
+            if isinstance(b.fn, nn.Module):
+                out += list(b.fn.parameters())
+    return out
+
+
+def block_ops_have_dropout(block_ops) -> bool:
+    return any(u.dropout for op in block_ops or () if op is not None for u in op.updates)

@@ -44,6 +44,36 @@ def cross_entropy_only(trainer, batch, out):
     return {"loss": _ce(out, batch)}
 
 
+def clip_lora(trainer, batch, out):
+    """CE on 100 * cos(image, text): the reference's fixed logit scale, not CLIP's learned one."""
+    logits = 100.0 * _n(out.image_features.float()) @ _n(out.text_features.float()).t()
+    return {"loss": F.cross_entropy(logits, batch["label"])}
+
+
+#: MMRL's lambda per dataset (the reference's trainers/config.py table; EuroSAT is what the tests use)
+MMRL_LAMBDA = {"EuroSAT": 0.01}
+
+
+def mmrl(trainer, batch, out):
+    """ALPHA CE(100 cos(f_cls, t)) + (1 - ALPHA) CE(100 cos(f_rep, t)) + lambda (1 - mean cos(f_cls, f_cls of frozen
+    CLIP on the batch)) + lambda (1 - mean cos(t, frozen CLIP's t of the dataset template)) (Guo & Gu 2025)."""
+    c = trainer.cfg.TRAINER.MMRL
+    alpha = c.ALPHA
+    lam = MMRL_LAMBDA.get(trainer.cfg.DATASET.NAME, c.REG_WEIGHT) if c.DATASET_TABLE else c.REG_WEIGHT
+    image, rep, text = (_n(t.float()) for t in (out.image_features, out.extras["rep_features"], out.text_features))
+    label = batch["label"]
+    ce_cls = F.cross_entropy(100 * image @ text.t(), label)
+    ce_rep = F.cross_entropy(100 * rep @ text.t(), label)
+    model = trainer.model.clip_model
+    with torch.no_grad():
+        zs_image = _n(model.encode_image(batch["img"]).float())
+    zs_text = _n(_text(model, trainer.classnames, EUROSAT))
+    image_reg = lam * (1 - (image * zs_image).sum(-1).mean())
+    text_reg = lam * (1 - (text * zs_text).sum(-1).mean())
+    return {"loss": alpha * ce_cls + (1 - alpha) * ce_rep + image_reg + text_reg, "cls": ce_cls, "rep": ce_rep,
+            "image_reg": image_reg, "text_reg": text_reg}
+
+
 def kgcoop(trainer, batch, out):
     """CE + W * (1 - mean_c cos(t_c, hand-written t_c)) (Yao et al. 2023, eq. 5)."""
     anchor = _n(_text(trainer.model.clip_model, trainer.classnames, EUROSAT))
@@ -131,7 +161,8 @@ def with_dept(base):
 REFERENCE_LOSSES = {
     "CoOp": cross_entropy_only, "CoCoOp": cross_entropy_only, "VPT": cross_entropy_only, "IVLP": cross_entropy_only,
     "MaPLe": cross_entropy_only, "MPL": cross_entropy_only, "KgCoOp": kgcoop, "TCP": tcp, "ProGrad": prograd,
-    "PromptSRC": promptsrc, "CasPL": caspl, "PromptKD": promptkd,
+    "PromptSRC": promptsrc, "CasPL": caspl, "PromptKD": promptkd, "MMA": cross_entropy_only,
+    "CLIPLoRA": clip_lora, "MMRL": mmrl,
 }
 
 #: options that switch a method's regularisers off, and the loss it must then equal (on the same output)

@@ -60,6 +60,11 @@ V = {
     "PromptKD": ("PromptKD", "PromptKD", ["TRAINER.PROMPTKD.PREC", "fp32", "TRAINER.PROMPTKD.TEACHER_DIR", "{teacher}",
                                           "TRAINER.PROMPTKD.TEACHER_NAME", "{ckpt}", "TRAINER.PROMPTKD.N_CTX_TEXT", "4",
                                           "TRAINER.PROMPTKD.PROMPT_DEPTH_TEXT", "3"]),
+    "MMA": ("MMA", "MMA", ["TRAINER.MMA.PREC", "fp32", "TRAINER.MMA.ADAPTER_START", "2", "TRAINER.MMA.ADAPTER_END", "4"]),
+    "MMA+CasPL": ("MMA", "MMA", ["TRAINER.MMA.PREC", "fp32", "KD.BOOST_DIR", "{boost}", *KD]),
+    "CLIPLoRA": ("CLIPLoRA", "CLIPLoRA", ["TRAINER.CLIPLORA.PREC", "fp32", "TRAINER.CLIPLORA.PARAMS",
+                                          "['q', 'k', 'v', 'out_proj']"]),
+    "MMRL": ("MMRL", "MMRL", ["TRAINER.MMRL.PREC", "fp32", "TRAINER.MMRL.REP_LAYERS", "[2, 3, 4]"]),
 }
 #: variants whose learned state is written out as a file that later variants read
 WRITES = {"CasPL": "boost", "PromptSRC": "teacher"}

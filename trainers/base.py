@@ -183,6 +183,17 @@ class PromptTrainer(ForClasses, TrainerX):
         """The evaluation logits from the model output. Default: ``out.logits``."""
         return out.logits
 
+    def training_iterations(self) -> Optional[int]:
+        """The run's length in optimizer steps, for a method whose reference counts iterations rather than epochs;
+        None (the default): ``OPTIM.MAX_EPOCH`` epochs. With a count N, the run takes the epochs N steps need (and
+        records them in ``OPTIM.MAX_EPOCH``), its last epoch stops at step N, and the schedule
+        (:meth:`lr_scheduler`) steps after every iteration instead of every epoch."""
+        return None
+
+    def lr_scheduler(self, optim):
+        """The learning-rate schedule (default: ``OPTIM``'s, by epoch)."""
+        return build_lr_scheduler(optim, self.cfg.OPTIM)
+
     def adjust_gradients(self, result: LossOutput) -> None:
         """Between backward and the optimizer step, with final gradients: unscaled under amp (a step the GradScaler
         skips for inf/NaN stays skipped), summed over processes under torchrun, before weight decay and momentum.
@@ -266,9 +277,34 @@ class PromptTrainer(ForClasses, TrainerX):
         self.model.to(self.device)
         self.model.refresh_text_dependency()
         self.optim = self.build_optimizer(learner, multipliers)
-        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self._iterations = self._plan_iterations()
+        self.sched = self.lr_scheduler(self.optim)
         self.register_model(self.METHOD.learner_name, learner, self.optim, self.sched)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.use_grad_scaler else None
+
+    def _plan_iterations(self) -> Optional[int]:
+        """:meth:`training_iterations`, and the epochs they take recorded (None without a count or a loader)."""
+        iterations = self.training_iterations()
+        loader = getattr(self, "train_loader_x", None)
+        if iterations is None or loader is None:
+            return None
+        self._full_train_loader = loader
+        epochs = -(-int(iterations) // max(len(loader), 1))
+        frozen = self.cfg.is_frozen()
+        self.cfg.defrost()
+        self.cfg.OPTIM.MAX_EPOCH = self.max_epoch = epochs
+        if frozen:
+            self.cfg.freeze()
+        print(f"{iterations} iterations of {len(loader)} batches per epoch: {epochs} epoch(s)")
+        return int(iterations)
+
+    def before_epoch(self):
+        """With an iteration count, the last epoch's loader stops at the count."""
+        super().before_epoch()
+        if getattr(self, "_iterations", None):
+            full = self._full_train_loader
+            left = self._iterations - self.epoch * len(full)
+            self.train_loader_x = full if left >= len(full) else _FirstBatches(full, self, left)
 
     def attach_extension_modules(self, learner: nn.Module, classnames, clip_model) -> Dict[str, float]:
         """Add the enabled extensions' modules to the learner (trained, saved and loaded with it); returns their
@@ -328,7 +364,7 @@ class PromptTrainer(ForClasses, TrainerX):
         summary = {"loss": result.loss.item(),
                    "acc": compute_accuracy(result.logits.to(MASTER_DTYPE), label)[0].item()}
         summary.update({name: float(torch.as_tensor(value).detach()) for name, value in result.terms.items()})
-        if (self.batch_idx + 1) == self.num_batches:
+        if getattr(self, "_iterations", None) or (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
 
@@ -396,6 +432,28 @@ class PromptTrainer(ForClasses, TrainerX):
         encoders' blocks): rename them to ``prompt_learner.<name>``.
         """
         return state_dict
+
+
+class _FirstBatches:
+    """A training loader cut after ``count`` batches of the epoch (a resumed epoch's skipped batches included)."""
+
+    def __init__(self, loader, trainer, count: int):
+        self.loader, self.trainer, self.count = loader, trainer, count
+
+    def __len__(self):
+        return self.count
+
+    @property
+    def batch_sampler(self):
+        return self.loader.batch_sampler
+
+    def __iter__(self):
+        if self.count <= 0:
+            return
+        for batch in self.loader:
+            yield batch
+            if self.trainer.batch_idx + 1 >= self.count:
+                return
 
 
 __all__ = ["PromptTrainer", "ForClasses", "LossOutput", "cross_entropy", "load_clip", "ADAPT"]

@@ -77,6 +77,8 @@ class PromptedCLIP(nn.Module):
         self._fixed_text: Optional[Tuple] = None  # (key, (raw, normalised)) when the text side has nothing to learn
         #: whether text features depend on nothing trainable; None: decided at the first forward
         self.text_is_fixed: Optional[bool] = None
+        #: a fixed logit scale instead of CLIP's learned ``logit_scale.exp()`` (a reference that hard-codes 100)
+        self.fixed_logit_scale: Optional[float] = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -100,17 +102,22 @@ class PromptedCLIP(nn.Module):
         """(C, E) class features before normalisation. The encoders cast inputs and op tensors to the model's
         dtype."""
         model = self.clip_model
-        if prompts.text_embeddings is None and prompts.text_ops is None:  # plain class prompts
-            return model.encode_text(prompts.text_ids)
+        if prompts.text_embeddings is None and prompts.text_ops is None and prompts.text_block_ops is None:
+            return model.encode_text(prompts.text_ids)  # plain class prompts
         emb = prompts.text_embeddings
         if emb is None:
             emb = model.token_embedding(prompts.text_ids)
+        if prompts.text_block_ops is None:
+            return model.encode_text_embeddings(emb, prompts.text_ids, ops=prompts.text_ops,
+                                                n_prompt=prompts.n_text_prompt)
         return model.encode_text_embeddings(emb, prompts.text_ids, ops=prompts.text_ops,
-                                            n_prompt=prompts.n_text_prompt)
+                                            n_prompt=prompts.n_text_prompt, block_ops=prompts.text_block_ops)
 
     def encode_image(self, image: torch.Tensor, prompts: Optional[Prompts] = None) -> torch.Tensor:
-        """(B, E) image features before normalisation, with the prompts' vision ops."""
-        return self.clip_model.encode_image(image, ops=prompts.vision_ops if prompts is not None else None)
+        """(B, E) image features before normalisation, with the prompts' vision ops (and block ops)."""
+        if prompts is None or prompts.vision_block_ops is None:
+            return self.clip_model.encode_image(image, ops=prompts.vision_ops if prompts is not None else None)
+        return self.clip_model.encode_image(image, ops=prompts.vision_ops, block_ops=prompts.vision_block_ops)
 
     def text_features(self, prompts: Prompts) -> Tuple[torch.Tensor, torch.Tensor]:
         """(raw, L2-normalised) class features, from the one cache when it is valid (evaluation, or a text side
@@ -140,6 +147,8 @@ class PromptedCLIP(nn.Module):
     # -- forward -------------------------------------------------------------------------------------------
     def forward(self, image: torch.Tensor) -> ModelOutput:
         scale = self.clip_model.logit_scale.exp()
+        if self.fixed_logit_scale is not None:
+            scale = torch.full_like(scale, self.fixed_logit_scale)
         prompts = self._cached_prompts
         if prompts is None or torch.is_grad_enabled():  # a graph is never reused across batches
             prompts = self.prompts()

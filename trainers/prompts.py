@@ -218,6 +218,8 @@ class Prompts:
     text_tokens: (n, D) layer-0 text tokens of a set that does not hold the class prompts.
     text_ops / vision_ops: per-layer token operations of this set (index = layer), or None.
     n_text_prompt: the tokens after SOS that form this set's part of the text prompt segment at layer 0.
+    text_block_ops / vision_block_ops: per-block operations inside the encoders' blocks (:class:`clip.BlockOp`:
+        residual branches, low-rank weight updates; index = block), or None. Several sets' add up.
     """
 
     text_ids: Optional[torch.Tensor] = None
@@ -226,6 +228,8 @@ class Prompts:
     text_ops: Optional[List[Optional[LayerOp]]] = None
     vision_ops: Optional[List[Optional[LayerOp]]] = None
     n_text_prompt: int = 0
+    text_block_ops: Optional[List[Optional[clip.BlockOp]]] = None
+    vision_block_ops: Optional[List[Optional[clip.BlockOp]]] = None
 
     def tensors(self):
         """Every tensor this set feeds into the text encoder (to tell whether text features can be cached)."""
@@ -234,7 +238,7 @@ class Prompts:
             for member in (op if isinstance(op, (tuple, list)) else (op,)):
                 if member is not None:
                     out += [t for t in (member.add, member.replace) if t is not None]
-        return out
+        return out + clip.ops.block_ops_tensors(self.text_block_ops)
 
 
 def compose_prompts(sets: Mapping[str, Prompts], text_order: Sequence[str], vision_order: Sequence[str],
@@ -287,6 +291,8 @@ def compose_prompts(sets: Mapping[str, Prompts], text_order: Sequence[str], visi
         text_ops=clip.compose([sets[n].text_ops for n in text_order]),
         vision_ops=clip.compose([sets[n].vision_ops for n in vision_order]),
         n_text_prompt=tuple(parts),
+        text_block_ops=clip.merge_block_ops([sets[n].text_block_ops for n in text_order]),
+        vision_block_ops=clip.merge_block_ops([sets[n].vision_block_ops for n in vision_order]),
     )
 
 
