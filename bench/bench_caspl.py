@@ -51,6 +51,7 @@ from trainers.prompted_clip import PromptedCLIP  # noqa: E402
 from trainers.prompts import DeepPrompts  # noqa: E402
 from trainers.templates import zeroshot_text_features  # noqa: E402
 
+from bench.bench_mpl import TINY  # noqa: E402
 from bench.common import CudaTimer, sync, trim_heap  # noqa: E402
 from clip.host_memory import reuse_freed_memory  # noqa: E402
 
@@ -97,8 +98,8 @@ def measure(fns, device, repeats: int, warmup: int = 1):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--student", default="ViT-B/16")
-    parser.add_argument("--teacher", default="ViT-L/14")
+    parser.add_argument("--student", default="ViT-B/16", help="an architecture, or tiny (plumbing checks)")
+    parser.add_argument("--teacher", default="ViT-L/14", help="an architecture, or tiny (plumbing checks)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--classes", type=int, default=10, help="class prompts (EuroSAT's 10)")
     parser.add_argument("--batch", type=int, default=4, help="training batch (the fork's 4); also the batch of the "
@@ -125,8 +126,8 @@ def main(argv=None):
     # as train.py does for a CPU run (CPU_REUSE_MEMORY, default True)
     reuse = device.type == "cpu" and not args.no_reuse_memory and reuse_freed_memory()
 
-    student = clip.create_model(args.student)
-    teacher = clip.create_model(args.teacher).eval()
+    student = clip.create_model(TINY if args.student == "tiny" else args.student)
+    teacher = clip.create_model(TINY if args.teacher == "tiny" else args.teacher).eval()
     names = classnames(args.classes)
     learner = DeepPrompts(student, n_text=args.n_ctx, depth_text=args.depth, n_vision=args.n_ctx,
                           depth_vision=args.depth, key="KD")

@@ -58,6 +58,10 @@ from trainers.prompted_clip import PromptedCLIP, normalise  # noqa: E402
 from bench.common import CudaTimer, sync, trim_heap  # noqa: E402
 from clip.host_memory import reuse_freed_memory  # noqa: E402
 
+#: ``--arch tiny``
+TINY = dict(embed_dim=32, image_resolution=32, vision_layers=3, vision_width=64, vision_patch_size=8,
+            context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=2)
+
 #: text modes: (text_truncation, text_prefix_sharing)
 MODES = {"shared": (True, True), "truncated": (True, False), "77-token": (False, False)}
 
@@ -191,7 +195,8 @@ def set_mode(model, mode):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="ViT-B/16")
+    parser.add_argument("--arch", default="ViT-B/16", help="an architecture of clip.MODEL_CONFIGS, or tiny "
+                                                           "(tools.selfcheck's 3-layer CLIP: plumbing checks)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default=None, help="fp32, fp16, bf16 or amp (default: fp16 on CUDA, fp32 on CPU)")
     parser.add_argument("--classes", type=int, nargs="+", default=[5, 100, 500], help="training class counts")
@@ -220,9 +225,11 @@ def main(argv=None):
     warmup = args.warmup if args.warmup is not None else (2 if device.type == "cuda" else 0)
     torch.manual_seed(0)
 
-    model = clip.create_model(args.arch)
+    model = clip.create_model(TINY if args.arch == "tiny" else args.arch)
     res = model.visual.input_resolution
     cfg = reference_cfg()
+    if args.arch == "tiny":  # the CPU mode of bench.gpu_check: MPL's schedule cut to the tiny model's depth
+        cfg.PROMPT_DEPTH = min(cfg.PROMPT_DEPTH, TINY["vision_layers"], TINY["transformer_layers"])
     # as train.py does for a CPU run (CPU_REUSE_MEMORY, default True)
     reuse = device.type == "cpu" and not args.no_reuse_memory and reuse_freed_memory()
     print(f"{args.arch} random weights, device {device}, precision {precision}, train batch {args.batch}, "
@@ -302,6 +309,12 @@ def main(argv=None):
             train[n, mode] = (t, mib)
             record(f"train[{n}] {mode}", t, mib)
         set_mode(clip_model, "shared")
+        if device.type == "cuda":  # the plan a CPU makes (its pass overhead), run on this GPU: what issue 31 measured
+            clip_model.text_pass_overhead_cuda = clip_model.text_pass_overhead
+            t, mib, logits["CPU plan"] = measure(step, device, args.repeats, args.once_above, warmup)
+            del clip_model.text_pass_overhead_cuda  # the class default again
+            train[n, "CPU plan"] = (t, mib)
+            record(f"train[{n}] shared, the CPU's plan", t, mib)
         budget = int(args.budget_mib * 2 ** 20)
         length = int(net.prompt_learner.class_prompts.token_ids.argmax(-1).max()) + 1
         if clip_model.text_memory_bytes(n, length) > budget:  # else the budget changes nothing
@@ -438,12 +451,14 @@ def main(argv=None):
     if args.json:
         report = {
             "arch": args.arch, "device": str(device), "precision": str(precision), "batch": args.batch,
+            "eval_batch": eval_batch, "test_images": args.test_images,
             "threads": torch.get_num_threads(), "clock": clock, "vision_tokens": trace, "plain_tokens": plain,
             "floor_s": t_floor,
             "rows": [{"name": name, "seconds": t, "x_floor": t / t_floor, "peak_mib": mib, "wall_s": wall}
                      for name, t, mib, wall in rows],
             "train": {str(n): {mode: {"seconds": train[n, mode][0], "peak_mib": train[n, mode][1]}
-                               for mode in ("floor", "prompted floor", *MODES, "budget") if (n, mode) in train}
+                               for mode in ("floor", "prompted floor", *MODES, "budget", "CPU plan")
+                               if (n, mode) in train}
                       for n in args.classes},
             "largest_relative_logit_difference": {str(n): diffs[n] for n in args.classes},
             "eval": {k: v for k, v in evals.items()}, "largest_feature_difference": diffs.get("eval"),
