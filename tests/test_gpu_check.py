@@ -46,6 +46,21 @@ def test_a_failing_part_is_reported_and_the_next_one_runs(tmp_path, monkeypatch)
     assert "measured nothing" in (out / "report.md").read_text()
 
 
+def test_a_selfcheck_cut_short_keeps_the_rows_it_wrote(tmp_path, monkeypatch):
+    def stopped(ctx, name, module, argv, timeout):
+        path = argv[argv.index("--json") + 1]
+        row = {"method": "CoOp", "precision": "fp32", "status": "ok", "fp64_diff": 1e-7}
+        path.write_text(json.dumps({"tolerance": {"fp32": 0.005}, "rows": [row]}))
+        raise TimeoutError("stopped after its budget of 1 s")
+
+    monkeypatch.setattr(gpu_check.Context, "module", stopped)
+    out = tmp_path / "check"
+    assert gpu_check.main([str(out), "--cpu", "--parts", "selfcheck"]) == 1
+    part = _report(out)["parts"]["selfcheck"]
+    assert part["status"] == "FAIL TimeoutError: stopped after its budget of 1 s after 1 rows"
+    assert part["result"]["rows"] == 1 and part["result"]["largest_vs_fp64"]["fp32"]["diff"] == 1e-7
+
+
 def test_the_budget_skips_what_does_not_fit(tmp_path):
     out = tmp_path / "check"
     assert gpu_check.main([str(out), "--cpu", "--budget", "1", "--parts", "environment", "selfcheck"]) == 0

@@ -235,6 +235,12 @@ def table(rows):
     return "\n".join(lines)
 
 
+def _write_json(path, device, args, rows):
+    with open(path, "w") as f:
+        json.dump({"device": device, "backbone": args.backbone, "torch": torch.__version__, "tolerance": TOLERANCE,
+                   "rows": [{k: v for k, v in r.items() if k != "traceback"} for r in rows]}, f, indent=2)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     sys.path.insert(0, REPO)
@@ -267,12 +273,9 @@ def main(argv=None):
                     continue
                 rows.append(row)
                 print("  {} {}: {}".format(method, prec, row["status"]), file=sys.stderr, flush=True)
+                if args.json:  # after every row: a run stopped early keeps what it checked
+                    _write_json(args.json, device, args, rows)
     print(table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": device, "backbone": args.backbone, "torch": torch.__version__,
-                       "tolerance": TOLERANCE, "rows": [{k: v for k, v in r.items() if k != "traceback"}
-                                                        for r in rows]}, f, indent=2)
     failed = [r for r in rows if r["status"] != "ok"]
     for r in failed:
         print("\n{} {}:\n{}".format(r["method"], r["precision"], r.get("traceback", "")), file=sys.stderr)
