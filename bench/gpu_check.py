@@ -209,6 +209,8 @@ def part_text_overhead(ctx, budget):
     model = clip.create_model(TINY if ctx.cpu else "ViT-B/16")
     precision.cast_model(model)
     model.to(device)
+    for p in model.parameters():  # frozen, as in prompt learning: backward reaches the input only
+        p.requires_grad_(False)
     tower = model.transformer
     width = tower.width
 
