@@ -136,7 +136,7 @@ def main(argv=None):
         p.requires_grad_(name.startswith("prompt_learner."))
     for p in teacher.parameters():
         p.requires_grad_(False)
-    if precision.param_dtype != torch.float32:  # as the trainer: the frozen CLIPs in the run's precision
+    if precision.param_dtype != MASTER_DTYPE:  # as the trainer: the frozen CLIPs in the run's precision
         precision.cast_model(student)
         precision.cast_model(teacher)
     teacher.to(device)

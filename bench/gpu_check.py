@@ -200,6 +200,7 @@ def part_text_overhead(ctx, budget):
     import torch
 
     import clip
+    from clip import MASTER_DTYPE
     from clip.text_prefix import CUDA_TEXT_PASS_OVERHEAD
     from bench.bench_mpl import TINY
     from bench.common import CudaTimer
@@ -220,7 +221,7 @@ def part_text_overhead(ctx, budget):
         def once():
             with precision.autocast(device):
                 y = tower(x)
-            y.float().sum().backward()
+            y.to(MASTER_DTYPE).sum().backward()
         for _ in range(2):
             once()
         times = []
