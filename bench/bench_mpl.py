@@ -26,7 +26,9 @@ Usage::
     python -m bench.bench_mpl --repeats 0 --once-above 0 --threads 1   # a CPU shared with other jobs
 
 Seconds are the process's CPU time on a CPU (robust to other jobs on a shared machine; wall-clock is printed
-too) and wall-clock on CUDA. Memory is the peak above the memory in use before the call: on CUDA the allocator's
+too) and, on CUDA, the device time between CUDA events recorded around each call after a synchronisation (the
+first call and ``--warmup`` more are not timed; medians of ``--repeats``; ``--batch 32`` for a batch that is not
+bound by kernel launches). Memory is the peak above the memory in use before the call: on CUDA the allocator's
 peak, on Linux CPUs the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs`` and a heap trim before the first
 call of each measurement, which gives its peak; the timed repeats follow without a trim, as training steps do).
 Calls that take longer than ``--once-above`` seconds run once (no warm-up, no repeats). Nothing here is asserted: these are
@@ -53,8 +55,12 @@ from trainers.config import make_block  # noqa: E402
 from trainers.mpl import MultiModalPromptLearner  # noqa: E402
 from trainers.prompted_clip import PromptedCLIP, normalise  # noqa: E402
 
-from bench.common import sync, trim_heap  # noqa: E402
+from bench.common import CudaTimer, sync, trim_heap  # noqa: E402
 from clip.host_memory import reuse_freed_memory  # noqa: E402
+
+#: ``--arch tiny``
+TINY = dict(embed_dim=32, image_resolution=32, vision_layers=3, vision_width=64, vision_patch_size=8,
+            context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=2)
 
 #: text modes: (text_truncation, text_prefix_sharing)
 MODES = {"shared": (True, True), "truncated": (True, False), "77-token": (False, False)}
@@ -125,23 +131,30 @@ WALL = []
 
 
 def _timed(fn, device):
+    if device.type == "cuda":  # CUDA events around the call, after a synchronisation
+        timer = CudaTimer()
+        timer.start()
+        start = time.perf_counter()
+        out = fn()
+        t = timer.stop()
+        return t, time.perf_counter() - start, out
     start, cpu = time.perf_counter(), time.process_time()
     out = fn()
     sync(device)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return (elapsed if device.type == "cuda" else cpu), elapsed, out
+    return cpu, elapsed, out
 
 
-def measure_group(fns, device, repeats: int, once_above: float):
+def measure_group(fns, device, repeats: int, once_above: float, warmup: int = 0):
     """``[(median seconds, peak MiB, last result)]`` of every function in ``fns``, measured side by side.
 
     Every function first runs once under :class:`Peak` (its memory, and its warm-up); a function slower than
-    ``once_above`` keeps that call's time alone. The others then run ``repeats`` rounds in turn (f1, f2, .., f1,
-    f2, ..), without trimming the heap in between (as consecutive training steps run), so that a ratio of two of
+    ``once_above`` keeps that call's time alone. The others then run ``warmup`` more untimed calls each (a GPU's
+    kernel selection and allocator settle; 0 on a CPU), then ``repeats`` rounds in turn (f1, f2, .., f1, f2, ..), without trimming the heap in between (as consecutive training steps run), so that a ratio of two of
     them compares calls made under the same conditions, not minutes apart.
 
-    Seconds are wall-clock on CUDA and the process's CPU time on a CPU: on a machine shared with other jobs, CPU
-    time counts this process's work only (the wall-clock median is kept in ``WALL``).
+    Seconds are CUDA-event time on CUDA and the process's CPU time on a CPU: on a machine shared with other jobs,
+    CPU time counts this process's work only (the wall-clock median is kept in ``WALL``).
     """
     first = []
     for fn in fns:
@@ -152,6 +165,9 @@ def measure_group(fns, device, repeats: int, once_above: float):
     times = [[] for _ in fns]
     walls = [[] for _ in fns]
     outs = [out for *_, out in first]
+    for i, fn in enumerate(fns):
+        for _ in range(warmup if again[i] else 0):
+            fn()
     for _ in range(repeats):
         for i, fn in enumerate(fns):
             if again[i]:
@@ -168,9 +184,9 @@ def measure_group(fns, device, repeats: int, once_above: float):
     return result
 
 
-def measure(fn, device, repeats: int, once_above: float):
+def measure(fn, device, repeats: int, once_above: float, warmup: int = 0):
     """(median seconds, peak MiB, last result) of ``fn`` (see :func:`measure_group`)."""
-    return measure_group([fn], device, repeats, once_above)[0]
+    return measure_group([fn], device, repeats, once_above, warmup)[0]
 
 
 def set_mode(model, mode):
@@ -179,7 +195,8 @@ def set_mode(model, mode):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="ViT-B/16")
+    parser.add_argument("--arch", default="ViT-B/16", help="an architecture of clip.MODEL_CONFIGS, or tiny "
+                                                           "(tools.selfcheck's 3-layer CLIP: plumbing checks)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default=None, help="fp32, fp16, bf16 or amp (default: fp16 on CUDA, fp32 on CPU)")
     parser.add_argument("--classes", type=int, nargs="+", default=[5, 100, 500], help="training class counts")
@@ -191,6 +208,8 @@ def main(argv=None):
     parser.add_argument("--test-images", type=int, default=50000, help="test-set size (ImageNet's 50,000)")
     parser.add_argument("--budget-mib", type=float, default=256, help="memory budget of the budgeted step")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed calls after the first, before the repeats (default 2 on CUDA, 0 on CPU)")
     parser.add_argument("--once-above", type=float, default=10.0, help="seconds above which a call runs once")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-reuse-memory", action="store_true",
@@ -203,11 +222,14 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     precision = clip.resolve_precision(args.precision or ("fp16" if device.type == "cuda" else "fp32"), device)
     eval_batch = args.eval_batch or (100 if device.type == "cuda" else 10)
+    warmup = args.warmup if args.warmup is not None else (2 if device.type == "cuda" else 0)
     torch.manual_seed(0)
 
-    model = clip.create_model(args.arch)
+    model = clip.create_model(TINY if args.arch == "tiny" else args.arch)
     res = model.visual.input_resolution
     cfg = reference_cfg()
+    if args.arch == "tiny":  # the CPU mode of bench.gpu_check: MPL's schedule cut to the tiny model's depth
+        cfg.PROMPT_DEPTH = min(cfg.PROMPT_DEPTH, TINY["vision_layers"], TINY["transformer_layers"])
     # as train.py does for a CPU run (CPU_REUSE_MEMORY, default True)
     reuse = device.type == "cpu" and not args.no_reuse_memory and reuse_freed_memory()
     print(f"{args.arch} random weights, device {device}, precision {precision}, train batch {args.batch}, "
@@ -273,7 +295,7 @@ def main(argv=None):
         logits = {}
         set_mode(clip_model, "shared")
         # the floors side by side with the default mode, so that their ratios compare calls made together
-        group = measure_group([floor, prompted_floor, step], device, args.repeats, args.once_above)
+        group = measure_group([floor, prompted_floor, step], device, args.repeats, args.once_above, warmup)
         (t_fl, m_fl, _), (t_pf, m_pf, _), (t, mib, logits["shared"]) = group
         record_group([f"floor: image encoder fwd+bwd", f"floor: MPL image encoder fwd+bwd (no text)",
                       f"train[{n}] shared"], group)
@@ -283,22 +305,28 @@ def main(argv=None):
             if mode == "shared":
                 continue
             set_mode(clip_model, mode)
-            t, mib, logits[mode] = measure(step, device, args.repeats, args.once_above)
+            t, mib, logits[mode] = measure(step, device, args.repeats, args.once_above, warmup)
             train[n, mode] = (t, mib)
             record(f"train[{n}] {mode}", t, mib)
         set_mode(clip_model, "shared")
+        if device.type == "cuda":  # the plan a CPU makes (its pass overhead), run on this GPU: what issue 31 measured
+            clip_model.text_pass_overhead_cuda = clip_model.text_pass_overhead
+            t, mib, logits["CPU plan"] = measure(step, device, args.repeats, args.once_above, warmup)
+            del clip_model.text_pass_overhead_cuda  # the class default again
+            train[n, "CPU plan"] = (t, mib)
+            record(f"train[{n}] shared, the CPU's plan", t, mib)
         budget = int(args.budget_mib * 2 ** 20)
         length = int(net.prompt_learner.class_prompts.token_ids.argmax(-1).max()) + 1
         if clip_model.text_memory_bytes(n, length) > budget:  # else the budget changes nothing
             clip_model.text_memory_budget = budget
-            t, mib, logits["budget"] = measure(step, device, args.repeats, args.once_above)
+            t, mib, logits["budget"] = measure(step, device, args.repeats, args.once_above, warmup)
             clip_model.text_memory_budget = None
             train[n, "budget"] = (t, mib)
             record(f"train[{n}] shared, budget {args.budget_mib:g} MiB", t, mib)
         ref = logits["77-token"]
         diffs[n] = max(float((v - ref).abs().max() / ref.abs().max()) for v in logits.values())
     if not floors:
-        t_floor, m_floor, _ = measure(floor, device, args.repeats, args.once_above)
+        t_floor, m_floor, _ = measure(floor, device, args.repeats, args.once_above, warmup)
         record("floor: image encoder fwd+bwd", t_floor, m_floor)
         floors.append(t_floor)
     t_floor = statistics.median(floors)
@@ -315,7 +343,7 @@ def main(argv=None):
                 with torch.no_grad(), precision.autocast(device):
                     return normalise(net.encode_text(net.prompt_learner())).to(MASTER_DTYPE)
 
-            t, mib, feats[mode] = measure(text_pass, device, args.repeats, args.once_above)
+            t, mib, feats[mode] = measure(text_pass, device, args.repeats, args.once_above, warmup)
             evals[mode] = t
             record(f"eval text pass[{n}] {mode}", t, mib)
         set_mode(clip_model, "shared")
@@ -337,13 +365,13 @@ def main(argv=None):
 
         with net.frozen_text_features():
             group = measure_group([image_alone, prompted_image_alone, cached_batch], device, args.repeats,
-                                  args.once_above)
+                                  args.once_above, warmup)
         record_group([f"eval: image encoder alone, {eval_batch} images",
                       f"eval: MPL image encoder alone, {eval_batch} images",
                       f"eval: test batch of {eval_batch}, text cached"], group)
         evals["image"], evals["prompted image"], evals["batch"] = (t for t, _, _ in group)
 
-    clock = "wall" if device.type == "cuda" else "CPU"
+    clock = "GPU" if device.type == "cuda" else "CPU"
     print(f"\n{'measurement':48s} {clock + ' s':>10s} {'x floor':>9s} {'peak MiB':>10s} {'wall s':>9s}")
     for name, t, mib, wall in rows:
         print(f"{name:48s} {t:10.3f} {t / t_floor:9.2f} {mib:10.0f} {wall:9.1f}")
@@ -423,12 +451,14 @@ def main(argv=None):
     if args.json:
         report = {
             "arch": args.arch, "device": str(device), "precision": str(precision), "batch": args.batch,
+            "eval_batch": eval_batch, "test_images": args.test_images,
             "threads": torch.get_num_threads(), "clock": clock, "vision_tokens": trace, "plain_tokens": plain,
             "floor_s": t_floor,
             "rows": [{"name": name, "seconds": t, "x_floor": t / t_floor, "peak_mib": mib, "wall_s": wall}
                      for name, t, mib, wall in rows],
             "train": {str(n): {mode: {"seconds": train[n, mode][0], "peak_mib": train[n, mode][1]}
-                               for mode in ("floor", "prompted floor", *MODES, "budget") if (n, mode) in train}
+                               for mode in ("floor", "prompted floor", *MODES, "budget", "CPU plan")
+                               if (n, mode) in train}
                       for n in args.classes},
             "largest_relative_logit_difference": {str(n): diffs[n] for n in args.classes},
             "eval": {k: v for k, v in evals.items()}, "largest_feature_difference": diffs.get("eval"),

@@ -18,6 +18,25 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+class CudaTimer:
+    """GPU time of the work queued between ``start()`` and ``stop()`` (CUDA events on the current stream); ``stop``
+    waits for the device and returns seconds. The host's launch time counts only where it delays the device (an
+    idle GPU waiting for launches is measured), which is what a training step costs."""
+
+    def __init__(self):
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+
+    def start(self) -> None:
+        torch.cuda.synchronize()  # nothing queued before counts
+        self._start.record()
+
+    def stop(self) -> float:
+        self._end.record()
+        self._end.synchronize()
+        return self._start.elapsed_time(self._end) / 1000.0
+
+
 def trim_heap() -> None:
     """Hand freed heap pages back to the system (glibc), so that no call pays for, or is measured with, another's
     leftovers; nothing elsewhere."""

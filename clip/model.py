@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from .layers import KV, LayerNorm, ResidualAttentionBlock
 from .ops import BlockOp, LayerOp, PromptSegment, block_ops_have_dropout, check_block_ops, check_ops
 from .precision import DEFAULT_DTYPE
-from .text_prefix import find_shared_prefix, plan_buckets
+from .text_prefix import CUDA_TEXT_PASS_OVERHEAD, find_shared_prefix, id_plan, log_text_strategy
 
 __all__ = ["CLIP", "Transformer", "VisionTransformer", "ModifiedResNet", "AttentionPool2d", "Bottleneck",
            "build_model", "config_from_state_dict"]
@@ -320,12 +320,15 @@ class CLIP(nn.Module):
             encoding is used only when it computes fewer tokens than the plain path counting this overhead per
             pass, and class rows of nearby lengths share a pass (padded) when that is cheaper. Default 32, fitted
             on a CPU (one thread, ViT-B/16's text tower: a pass over T tokens costs about T + 35 tokens' time
-            for T <= 128); a GPU, where a small pass is bound by its launches, would want a larger value.
+            for T <= 128). Used on every device but CUDA.
+        text_pass_overhead_cuda: the same on CUDA, where a small pass is bound by its kernel launches (default
+            :data:`clip.text_prefix.CUDA_TEXT_PASS_OVERHEAD`); the choice is printed once per device and class count.
     """
 
     text_prefix_sharing: bool = True
     text_memory_budget: Optional[int] = None
     text_pass_overhead: int = 32
+    text_pass_overhead_cuda: int = CUDA_TEXT_PASS_OVERHEAD
 
     def __init__(self, embed_dim: int, image_resolution: int, vision_layers: Union[int, Sequence[int]],
                  vision_width: int, vision_patch_size: Optional[int], context_length: int, vocab_size: int,
@@ -438,18 +441,24 @@ class CLIP(nn.Module):
         block_ops = check_block_ops(block_ops, self.transformer.layers) or None
         eot = text_ids.argmax(dim=-1)
         length = x.shape[1]
-        if self.text_truncation and x.device.type != "meta":
+        plan = id_plan(text_ids, eot) if x.device.type != "meta" else None  # read once per ids tensor
+        if self.text_truncation and plan is not None:
             # exact under the causal mask: positions after the last EOT never influence any EOT feature
-            length = max(int(eot.max()) + 1, total + 1)
+            length = max(plan.max_eot + 1, total + 1)
         x = x[:, :length].to(self.dtype) + self.positional_embedding[:length].to(self.dtype)
         shared = buckets = None
-        if self.text_prefix_sharing and x.device.type != "meta" and not block_ops_have_dropout(block_ops):
-            shared = find_shared_prefix(x, text_ids[:, :length], eot, ops, total)
-        if shared is not None:  # does it pay? tokens the first layer computes, plus the overhead of every pass
-            overhead = self.text_pass_overhead
-            buckets, cost = plan_buckets(eot - shared.length + 1, overhead)
-            if shared.groups * shared.length + overhead + cost >= x.shape[0] * length + overhead:
-                shared = None
+        overhead = self.pass_overhead(x.device)
+        plain = x.shape[0] * length + overhead  # tokens the first layer computes, plus the overhead of a pass
+        if (self.text_prefix_sharing and plan is not None and plan.prefix_length >= 2
+                and not block_ops_have_dropout(block_ops)):  # dropout: every row needs its own mask
+            k = plan.prefix_length
+            buckets, cost = plan.buckets(eot, k, overhead)
+            if k + overhead + cost < plain:  # sharing could pay (one group: its cheapest case)
+                shared = find_shared_prefix(x, text_ids[:, :length], eot, ops, total, prefix_length=k)
+            if shared is not None and shared.groups * shared.length + overhead + cost >= plain:
+                shared = None  # it does not pay with the groups it has
+        if x.device.type == "cuda":
+            log_text_strategy(x.device, x.shape[0], length, overhead, shared, buckets)
         if shared is None:
             return self._encode_text_rows(x, eot, budget, ops=ops, n_prompt=n_prompt, trace=trace,
                                           block_ops=block_ops)
@@ -464,6 +473,11 @@ class CLIP(nn.Module):
             trace[mark:] = [n + length - k for n in trace[mark:]]
         return self._encode_text_suffixes(x[:, k:], eot - k, budget, prefix_kv, shared.group, buckets,
                                           block_ops=block_ops)
+
+    def pass_overhead(self, device: torch.device) -> int:
+        """The fixed cost of one text pass on ``device``, in tokens: ``text_pass_overhead_cuda`` on CUDA, else
+        ``text_pass_overhead``."""
+        return self.text_pass_overhead_cuda if device.type == "cuda" else self.text_pass_overhead
 
     def text_memory_bytes(self, rows: int, length: int, context: int = 0, grad: bool = True) -> int:
         """Estimated bytes of the text pass over ``rows`` sequences of ``length`` tokens.

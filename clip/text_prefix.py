@@ -13,15 +13,26 @@ tensors, ``replace_at`` positions) :func:`find_shared_prefix` returns None and t
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from .ops import LayerOp
 
-__all__ = ["SharedPrefix", "find_shared_prefix", "ops_are_shared", "plan_buckets"]
+__all__ = ["SharedPrefix", "find_shared_prefix", "ops_are_shared", "plan_buckets", "IdPlan", "id_plan",
+           "CUDA_TEXT_PASS_OVERHEAD", "log_text_strategy"]
+
+#: The fixed cost of one text pass on CUDA, in tokens (``CLIP.text_pass_overhead_cuda``; the CPU's is
+#: ``CLIP.text_pass_overhead``, 32). On a GPU a pass over few tokens is bound by its kernel launches: issue 31's
+#: H200 figures (ViT-B/16 text tower, fp16, forward + backward) put a pass at a few milliseconds of launches and
+#: a token at about 0.3 microseconds, thousands of tokens per pass. With this value the planner runs one padded
+#: pass at the shortest common length (the truncated plain path) unless sharing a prefix saves more than that;
+#: ``bench.gpu_check`` measures the device's own value (``calibrate``) so the constant can follow it. A constant,
+#: not a per-run timing, so the plan -- and the float rounding of the logits -- is the same on every run.
+CUDA_TEXT_PASS_OVERHEAD = 8192
 
 
 @dataclass
@@ -61,7 +72,8 @@ def ops_are_shared(ops: Sequence) -> bool:
     return True
 
 
-def find_shared_prefix(x: Tensor, ids: Tensor, eot: Tensor, ops: Sequence, n_segment: int) -> Optional[SharedPrefix]:
+def find_shared_prefix(x: Tensor, ids: Tensor, eot: Tensor, ops: Sequence, n_segment: int,
+                       prefix_length: Optional[int] = None) -> Optional[SharedPrefix]:
     """The shared prefix of text rows, or None when sharing would not pay or is not exact.
 
     Args:
@@ -71,6 +83,7 @@ def find_shared_prefix(x: Tensor, ids: Tensor, eot: Tensor, ops: Sequence, n_seg
         ops: the per-layer schedule (a list, possibly empty).
         n_segment: initial length of the prompt segment (positions ``1 .. n_segment``); with any op, the whole
             segment must lie inside the prefix.
+        prefix_length: the prefix length the ids allow (:attr:`IdPlan.prefix_length`), when already known.
 
     The prefix is the longest run of positions where all rows have the same token ids; rows are then grouped by
     equal embeddings over it (one group for shared context; contiguous blocks, or any grouping, otherwise).
@@ -79,8 +92,7 @@ def find_shared_prefix(x: Tensor, ids: Tensor, eot: Tensor, ops: Sequence, n_seg
     n = x.shape[0]
     if n < 2 or not ops_are_shared(ops):
         return None
-    agree = (ids == ids[:1]).all(dim=0)
-    k = min(int(agree.long().cumprod(0).sum()), int(eot.min()))
+    k = prefix_length if prefix_length is not None else IdPlan(ids, eot).prefix_length
     # more than SOS alone (CoOp's "front": the class name right after SOS), and the whole segment when ops act
     need = max(2, 1 + n_segment) if any(op is not None for op in ops) else 2
     if k < need:
@@ -128,3 +140,67 @@ def plan_buckets(lengths: Tensor, overhead: float) -> Tuple[List[Tuple[int, int]
         plan.append((values[j - 1], rows_before[j] - rows_before[cut[j]]))
         j = cut[j]
     return plan[::-1], best[m]
+
+
+class IdPlan:
+    """What the token ids alone decide about a text pass, computed once per ids tensor.
+
+    Class prompts keep their token ids in a buffer for the whole run, so these values (each one a host
+    synchronisation on a GPU) are read once, not in every training step (:func:`id_plan`).
+
+    Attributes:
+        max_eot: the last EOT position (the truncated length is ``max_eot + 1``).
+        prefix_length: positions every row has the same ids in, before the first EOT (the longest shared prefix).
+    """
+
+    def __init__(self, ids: Tensor, eot: Tensor):
+        agree = (ids == ids[:1]).all(dim=0)
+        self.max_eot = int(eot.max())
+        self.prefix_length = min(int(agree.long().cumprod(0).sum()), int(eot.min()))
+        self._buckets: Dict[Tuple[int, float], Tuple[List[Tuple[int, int]], float]] = {}
+
+    def buckets(self, eot: Tensor, k: int, overhead: float) -> Tuple[List[Tuple[int, int]], float]:
+        """:func:`plan_buckets` of the rows' lengths after a prefix of ``k`` positions (memoised)."""
+        key = (k, overhead)
+        if key not in self._buckets:
+            self._buckets[key] = plan_buckets(eot - k + 1, overhead)
+        return self._buckets[key]
+
+
+#: id(ids) -> (weak reference to ids, its version, plan); a handful of live id tensors per run
+_PLANS: Dict[int, tuple] = {}
+
+
+def id_plan(ids: Tensor, eot: Tensor) -> IdPlan:
+    """The :class:`IdPlan` of ``ids`` (``eot``: its EOT positions), reused while the same tensor is unchanged."""
+    try:
+        version = ids._version
+    except RuntimeError:  # an inference-mode tensor keeps no version: no reuse
+        return IdPlan(ids, eot)
+    entry = _PLANS.get(id(ids))
+    if entry is not None and entry[0]() is ids and entry[1] == version:
+        return entry[2]
+    plan = IdPlan(ids, eot)
+    if len(_PLANS) >= 64:  # drop the entries of tensors that are gone
+        for key in [k for k, (ref, _, _) in _PLANS.items() if ref() is None] or list(_PLANS):
+            del _PLANS[key]
+    _PLANS[id(ids)] = (weakref.ref(ids), version, plan)
+    return plan
+
+
+_LOGGED = set()
+
+
+def log_text_strategy(device: torch.device, rows: int, length: int, overhead: float, shared: Optional[SharedPrefix],
+                      buckets: Optional[Sequence[Tuple[int, int]]]) -> None:
+    """Print, once per device and number of rows in this process, which text strategy the planner chose."""
+    key = (str(device), rows)
+    if key in _LOGGED:
+        return
+    _LOGGED.add(key)
+    if shared is None:
+        how = f"one pass of {rows} rows at the shortest common length ({length} tokens)"
+    else:
+        how = (f"a shared prefix of {shared.length} tokens ({shared.groups} group(s)) and {len(buckets)} pass(es) "
+               f"over the rest")
+    print(f"Text encoder on {device}: {how}; pass overhead {overhead:g} tokens")

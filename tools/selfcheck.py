@@ -14,10 +14,22 @@ users run fp16; it needs no network and no dataset:
 ``--backbone random:<arch>`` (default ``random:ViT-B/16``) builds the architecture with random weights: dtypes,
 speed and memory are those of the real model, accuracies are meaningless. ``tiny`` is a 3-layer CLIP for CPUs.
 Exit status 0 when every row passed, 1 otherwise. Peak memory is the CUDA allocator's (``-`` on a CPU).
+
+Tolerances (:data:`TOLERANCE`). Every row's evaluation logits are also compared with an fp64 computation of the
+same method on the same weights and images (:func:`fp64_logits`): the largest absolute difference relative to the
+largest fp64 logit. A row beyond its precision's tolerance fails. The tolerances follow from the rounding unit of
+each format: fp16 keeps 11 significant bits (2^-11 = 0.05% per operation), bf16 8 (2^-8 = 0.4%, 8x fp16's), and
+the error grows with the depth of the encoders and the logit scale (100 x a cosine). On an H200 with random
+ViT-B/16 weights the differences against fp32 were at most 0.99% (fp16), 0.75% (amp) and 8.2% (bf16, MPL), so fp16
+and amp get 2%, and bf16 8x that. A bf16 error some 8-16x the same method's fp16 error is rounding (tiny CLIP on
+a CPU: MPL 2.1% against 0.17%, TCP 2.2% against 0.22%); a bf16 error far beyond that, with fp16 fine, would be a
+lost fp32 accumulation (``bench.gpu_check`` reports the ratio per method). fp32 gets 0.5%: on GPUs
+cuDNN runs fp32 convolutions (the patch embedding) in TF32 by default, 11 significant bits like fp16.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import os.path as osp
@@ -30,6 +42,8 @@ import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PRECISIONS = ("fp32", "bf16", "fp16", "amp")
+#: largest evaluation-logit difference against fp64 on the same weights, relative to the largest fp64 logit
+TOLERANCE = {"fp32": 0.005, "fp16": 0.02, "amp": 0.02, "bf16": 0.16}
 
 #: the 3-layer CLIP of ``--backbone tiny`` (OpenAI's architecture, small widths)
 TINY = dict(embed_dim=32, image_resolution=32, vision_layers=3, vision_width=64, vision_patch_size=8,
@@ -47,6 +61,7 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--cpu-half", action="store_true", help="on a CPU, run fp16 and amp for real (CPU_HALF)")
     p.add_argument("--workdir", help="where the generated data and backbone go (default: a temporary folder)")
+    p.add_argument("--json", help="also write the rows (with their fp64 differences) to this JSON file")
     return p
 
 
@@ -91,6 +106,42 @@ def build(method, prec, backbone, resolution, tiny, data_root, out_dir, args):
     return build_trainer(build_cfg(argv))
 
 
+def _master_modules():
+    """Loaded modules of this project that name the master dtype (``MASTER_DTYPE``), by module."""
+    return [m for name, m in list(sys.modules.items())
+            if name.split(".")[0] in ("clip", "trainers") and getattr(m, "MASTER_DTYPE", None) is torch.float32]
+
+
+def fp64_logits(trainer, images: torch.Tensor) -> torch.Tensor:
+    """The trainer's evaluation logits computed in float64 on its own weights (returned as float64).
+
+    The model (every parameter and buffer), the trainer's floating tensors (e.g. cached text features) and the
+    project's master dtype are switched to float64 for this call and restored afterwards (float32 -> float64 ->
+    float32 is exact). Meant for a trainer built in fp32: its weights are the ones every precision rounds.
+    """
+    model = getattr(trainer, "model", None) or trainer.clip_model
+    tensors = {k: v for k, v in vars(trainer).items() if torch.is_tensor(v) and v.dtype == torch.float32}
+    modules = _master_modules()
+    was_training = model.training
+    try:
+        model.double()
+        for k, v in tensors.items():
+            setattr(trainer, k, v.double())
+        for m in modules:
+            m.MASTER_DTYPE = torch.float64
+        model.eval()
+        with torch.no_grad():
+            out = trainer.model_inference(images.double())
+        return out.double()
+    finally:
+        for m in modules:
+            m.MASTER_DTYPE = torch.float32
+        model.float()
+        model.train(was_training)
+        for k, v in tensors.items():
+            setattr(trainer, k, v)
+
+
 def _sync(device):
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
@@ -102,7 +153,8 @@ def check(method, prec, ctx, args, reference_logits):
     import io
 
     row = {"method": method, "precision": prec, "status": "ok", "loss": None, "train_img_s": None,
-           "eval_img_s": None, "peak_mib": None, "logit_diff": None}
+           "eval_img_s": None, "peak_mib": None, "logit_diff": None, "fp64_diff": None,
+           "tolerance": TOLERANCE[prec]}
     cuda = args.device.startswith("cuda")
     try:
         if cuda:
@@ -117,11 +169,15 @@ def check(method, prec, ctx, args, reference_logits):
                 logits = trainer.model_inference(images).cpu()
             if prec == "fp32":
                 reference_logits[method] = logits
+                reference_logits[method, "fp64"] = fp64_logits(trainer, images).cpu()
             elif method in reference_logits:
                 ref = reference_logits[method]
                 row["logit_diff"] = ((logits - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
             if not torch.isfinite(logits).all():
                 raise FloatingPointError("non-finite evaluation logits")
+            if (method, "fp64") in reference_logits:
+                ref = reference_logits[method, "fp64"]
+                row["fp64_diff"] = ((logits.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
             if trainer.get_model_names():
                 trainer.set_model_mode("train")
                 batches = iter(trainer.train_loader_x)
@@ -154,6 +210,8 @@ def check(method, prec, ctx, args, reference_logits):
             row["eval_img_s"] = n / (time.perf_counter() - start)
         if cuda:
             row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        if row["fp64_diff"] is not None and row["fp64_diff"] > row["tolerance"]:
+            row["status"] = "FAIL beyond tolerance"
     except Exception as err:  # report and go on with the next row
         text = str(err).strip().splitlines()
         row["status"] = "FAIL {}: {}".format(type(err).__name__, text[0][:120] if text else "")
@@ -166,14 +224,21 @@ def _fmt(value, spec):
 
 
 def table(rows):
-    lines = ["| method | precision | status | loss | train img/s | eval img/s | peak MiB | logit diff vs fp32 |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| method | precision | status | loss | train img/s | eval img/s | peak MiB | logit diff vs fp32 "
+             "| vs fp64 | tolerance |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             r["method"], r["precision"], r["status"], _fmt(r["loss"], ".4f"), _fmt(r["train_img_s"], ".1f"),
-            _fmt(r["eval_img_s"], ".1f"), _fmt(r["peak_mib"], ",.0f"),
-            _fmt(r["logit_diff"], ".2%") if r["logit_diff"] is not None else "-"))
+            _fmt(r["eval_img_s"], ".1f"), _fmt(r["peak_mib"], ",.0f"), _fmt(r["logit_diff"], ".2%"),
+            _fmt(r.get("fp64_diff"), ".2e"), _fmt(r.get("tolerance"), ".1%")))
     return "\n".join(lines)
+
+
+def _write_json(path, device, args, rows):
+    with open(path, "w") as f:
+        json.dump({"device": device, "backbone": args.backbone, "torch": torch.__version__, "tolerance": TOLERANCE,
+                   "rows": [{k: v for k, v in r.items() if k != "traceback"} for r in rows]}, f, indent=2)
 
 
 def main(argv=None):
@@ -208,6 +273,8 @@ def main(argv=None):
                     continue
                 rows.append(row)
                 print("  {} {}: {}".format(method, prec, row["status"]), file=sys.stderr, flush=True)
+                if args.json:  # after every row: a run stopped early keeps what it checked
+                    _write_json(args.json, device, args, rows)
     print(table(rows))
     failed = [r for r in rows if r["status"] != "ok"]
     for r in failed:

@@ -38,7 +38,7 @@ from dassl.utils import load_checkpoint
 from .checkpoints import (FrozenSetOrigins, extract_prompt_state, load_prompt_set, record_classes,
                           resolve_checkpoint)
 from .compat import UserError
-from .config import check_precision, check_prompt_sizes
+from .config import COMPILE_STEPS, check_precision, check_prompt_sizes
 from .prompted_clip import ModelOutput, PromptedCLIP
 from .prompts import ADAPT, count_learnable
 from .registry import FROZEN, enabled_extensions
@@ -276,6 +276,10 @@ class PromptTrainer(ForClasses, TrainerX):
 
         self.model.to(self.device)
         self.model.refresh_text_dependency()
+        compile_kw = COMPILE_STEPS[cfg.get("COMPILE_STEP", "off")]
+        if compile_kw is not None:  # compiled in place: the same module, the same state-dict keys
+            print(f"Compiling the model's forward (COMPILE_STEP {cfg.COMPILE_STEP}: {compile_kw})")
+            self.model.compile(**compile_kw)
         self.optim = self.build_optimizer(learner, multipliers)
         self._iterations = self._plan_iterations()
         self.sched = self.lr_scheduler(self.optim)

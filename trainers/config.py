@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable, Dict, Optional
 
+import torch
 from yacs.config import CfgNode as CN
 
 from clip.precision import PRECISIONS
@@ -77,6 +78,16 @@ def project_keys(cfg: CN) -> None:
     cfg.OPTIM.EPS = 1e-8  # the Adam family's eps (torch's default; some references' configs set 1e-3)
     cfg.CPU_HALF = False  # run fp16 and amp for real on a CPU instead of falling back to fp32
     cfg.CPU_REUSE_MEMORY = True  # on a CPU, keep freed activation buffers for reuse (clip.host_memory)
+    cfg.COMPILE_STEP = "off"  # torch.compile the prompted CLIP: off, eager, inductor or cudagraphs (COMPILE_STEPS)
+
+
+#: ``COMPILE_STEP`` -> the arguments of ``nn.Module.compile`` (in place: state-dict keys unchanged). ``eager``
+#: traces only (dynamo, no code generation: a check of the plumbing, exact); ``inductor`` generates fused kernels
+#: (float rounding changes slightly); ``cudagraphs`` is inductor with CUDA graphs (``mode="reduce-overhead"``,
+#: CUDA only). Off by default: on a CPU inductor compiles for minutes, and on a GPU it is kept off until
+#: ``bench.gpu_check`` has measured it faster and exact.
+COMPILE_STEPS = {"off": None, "eager": dict(backend="eager"), "inductor": dict(backend="inductor"),
+                 "cudagraphs": dict(backend="inductor", mode="reduce-overhead")}
 
 
 def extend_cfg(cfg: CN) -> CN:
@@ -196,6 +207,11 @@ def check_values(cfg, training: bool = True) -> None:
         check_choice(cfg.OPTIM, "LR_SCHEDULER", "OPTIM.LR_SCHEDULER", SCHEDULERS)
     check_choice(cfg.DATASET, "SUBSAMPLE_CLASSES", "DATASET.SUBSAMPLE_CLASSES", ("all", "base", "new"))
     check_choice(cfg.TEST, "FINAL_MODEL", "TEST.FINAL_MODEL", ("last_step", "best_val"))
+    if "COMPILE_STEP" in cfg:
+        check_choice(cfg, "COMPILE_STEP", "COMPILE_STEP", tuple(COMPILE_STEPS))
+        if cfg.COMPILE_STEP == "cudagraphs" and not (cfg.USE_CUDA and torch.cuda.is_available()):
+            _fail("COMPILE_STEP", "cudagraphs", "CUDA graphs need a GPU (USE_CUDA True and CUDA available); use "
+                  "inductor or eager on a CPU")
     size = tuple(cfg.INPUT.SIZE)
     if len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size):
         _fail("INPUT.SIZE", size, "give (height, width) in pixels, e.g. (224, 224)")
