@@ -239,16 +239,15 @@ def result_of(folder):
     return json.loads((folder / "result.json").read_text())
 
 
-#: the methods run through run.sh: PromptSRC (every protocol) and MPL; every other method is composed with a frozen
-#: boosting set in-process (tests/test_contract.py) and gets its CasPL configs from the scripts' defaults (above)
-THROUGH_RUN_SH = ("PromptSRC", "MPL")
+#: run.sh end to end for PromptSRC on every protocol; every other method is composed with a frozen boosting set
+#: in-process (tests/test_contract.py) and gets its CasPL configs from the scripts' defaults (above)
 
 
 @pytest.mark.slow
 def test_every_protocol_through_run_sh_with_the_boosting_run(scripts_env):
-    """Base-to-new for PromptSRC and MPL beside one phase-1 run (and their new classes), cross-dataset (phase 1 made
-    on the source with the xd config, then xd_test on another dataset) and few-shot, all through
-    scripts/caspl/run.sh with the scripts' CasPL configs; two runs at a time."""
+    """Base-to-new for PromptSRC beside one phase-1 run (and its new classes), cross-dataset (phase 1 made on the
+    source with the xd config, then xd_test on another dataset) and few-shot, all through scripts/caspl/run.sh
+    with the scripts' CasPL configs; two runs at a time."""
     root, small, environ = scripts_env
     out = root / "out"
 
@@ -261,8 +260,6 @@ def test_every_protocol_through_run_sh_with_the_boosting_run(scripts_env):
             [(("PromptSRC", "xd_train", "eurosat", "1", "--", *small), {}),
              (("PromptSRC", "xd_test", "dtd", "1", "--", *small), {"SOURCE": "eurosat"})],
             [(("PromptSRC", "fewshot_train", "eurosat", "1", "2", *psrc), {})]]
-    jobs += [[(("MPL", proto, "eurosat", "1", "--", *small, *DEPTH3["MPL"]), {})
-              for proto in ("base2new_train", "base2new_test")]]
     with ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(job, jobs))
 
@@ -271,13 +268,11 @@ def test_every_protocol_through_run_sh_with_the_boosting_run(scripts_env):
     assert result_of(boost)["caspl"]["boost"] == {"N_CTX_TEXT": 2, "N_CTX_VISION": 2, "PROMPT_DEPTH_TEXT": 2,
                                                   "PROMPT_DEPTH_VISION": 3}
     tag = out / "caspl" / PHASE1
-    for method in THROUGH_RUN_SH:
-        result = result_of(tag / "base2new/train_base/eurosat/shots_2" / method / B2N[method] / "seed1")
-        assert result["cascade"]["boosting_run"] == boost_ckpt, method
-        assert result["subsample"] == "base" and result["num_test"] > 0
-    for method in ("PromptSRC", "MPL"):  # tested on the new classes beside the same boosting prompts
-        new = result_of(tag / "base2new/test_new/eurosat/shots_2" / method / B2N[method] / "seed1")
-        assert new["subsample"] == "new" and new["cascade"]["boosting_run"] == boost_ckpt, method
+    result = result_of(tag / "base2new/train_base/eurosat/shots_2/PromptSRC" / B2N["PromptSRC"] / "seed1")
+    assert result["cascade"]["boosting_run"] == boost_ckpt
+    assert result["subsample"] == "base" and result["num_test"] > 0
+    new = result_of(tag / "base2new/test_new/eurosat/shots_2/PromptSRC" / B2N["PromptSRC"] / "seed1")
+    assert new["subsample"] == "new" and new["cascade"]["boosting_run"] == boost_ckpt  # the same boosting prompts
     few = result_of(tag / "fewshot/eurosat/shots_2/PromptSRC" / FEW_SHOT / "seed1")  # GPA (45, 5) on EuroSAT
     assert few["cascade"]["boosting_run"] == boost_ckpt  # the base-to-new phase-1 run
 
