@@ -207,7 +207,8 @@ def read_prompt_state(checkpoint, path: str, declarations=None, backbone: Option
                             f"{_shape(value)} there but {_shape(clip_state[name])} in this run's backbone; use the "
                             "backbone it was trained on (MODEL.BACKBONE.NAME)")
     if set_aside:
-        named = "; ".join(f"{', '.join(keys) if len(keys) <= 3 else pattern} ({unused[pattern]})"
+        named = "; ".join(f"{', '.join(keys) if len(keys) <= 3 else f'{pattern} ({len(keys)} tensors)'}: "
+                          f"{unused[pattern]}"
                           for pattern, keys in set_aside.items())
         print(f'Not read from "{path}": {named}')
     return out
