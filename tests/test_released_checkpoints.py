@@ -123,6 +123,12 @@ def promptsrc(trainer, own, clip_model=None):
     return {**prefixed(learner), **ivlp_encoders(own), **frozen_clip(clip_model)}
 
 
+def ivlp(trainer, own):
+    """IVLP (MaPLe's repository) registers the whole CustomCLIP as VLPromptLearner, without a zero-shot copy."""
+    learner = {"ctx": own["ctx"], **class_buffers(trainer, own["ctx"].shape[-1], own["ctx"].shape[0])}
+    return {**prefixed(learner), **ivlp_encoders(own), **frozen_clip(trainer.model.clip_model)}
+
+
 def promptkd_student(trainer, own):
     """PromptKD's student: the whole model as VLPromptLearner; an unused text ctx (4 tokens), IVLP vision prompts,
     the projector VPT_image_trans.conv1 = Sequential(conv, BatchNorm, ReLU, conv)."""
@@ -146,6 +152,7 @@ LAYOUTS = {
     "TCP": (coop_like, "prompt_learner", "model.pth.tar-50"),
     "MaPLe": (maple, "MultiModalPromptLearner", "model.pth.tar-5"),
     "MPL": (mpl, "MultiModalPromptLearner", "model.pth.tar-5"),
+    "IVLP": (ivlp, "VLPromptLearner", "model.pth.tar-5"),
     "PromptSRC": (promptsrc, "VLPromptLearner", "model.pth.tar-20"),
     "PromptKD": (promptkd_student, "VLPromptLearner", "model-best.pth.tar"),
 }
@@ -248,10 +255,10 @@ def test_a_released_folder_loads_through_train_py(env, tmp_path, capsys):
     run = tmp_path / "KgCoOp_release"
     write_released(made, "KgCoOp", run)
     out = tmp_path / "eval"
-    code, err = train_main(env, "KgCoOp", out, ["--eval-only", "--model-dir", str(run), "--load-epoch", "100"],
-                           capsys)
+    code, err = train_main(env, "KgCoOp", out, ["--eval-only", "--model-dir", str(run)], capsys)
     assert code == 0, err
     log = (out / "log.txt").read_text()
+    assert "records no epoch to deploy (a downloaded folder): loading its last save, model.pth.tar-100" in log
     assert 'Not read from "' in log and "bias_vectors" in log and "meta_net.linear1.weight" in log
     assert "accuracy" in log
 
