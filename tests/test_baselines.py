@@ -12,12 +12,11 @@ import torch
 import torch.nn.functional as F
 
 import clip
-from trainers.checkpoints import extract_prompt_state
+from trainers.checkpoints import read_prompt_state
 from trainers.compat import UserError
 from trainers.cocoop import ConditionedCLIP, PromptLearner as CoCoOpLearner
 from trainers.config import make_block
 from trainers.coop import PromptLearner as CoOpLearner
-from trainers.ivlp import from_reference_keys
 from trainers.prompted_clip import PromptedCLIP
 from trainers.prompts import DeepPrompts
 from trainers.promptsrc import TEMPLATES as PROMPTSRC_TEMPLATES
@@ -240,12 +239,12 @@ def test_reference_whole_model_checkpoints_load(tiny):
         "text_encoder.transformer.resblocks.3.VPT_shallow": torch.empty(0, 64),  # beyond the depth: empty
         "logit_scale": torch.zeros(()),
     }
-    learner.load_state_dict(extract_prompt_state(from_reference_keys(ref)), strict=True)
+    learner.load_state_dict(read_prompt_state({"state_dict": ref}, "ref.pth", PromptSRC), strict=True)
     assert torch.equal(learner.vision_prompts[1], ref["image_encoder.transformer.resblocks.1.VPT_shallow"])
     assert torch.equal(learner.text_prompts[1], ref["text_encoder.transformer.resblocks.2.VPT_shallow"])
     # our own checkpoints (the learner's state dict) pass through unchanged
     own = learner.state_dict()
-    assert extract_prompt_state(from_reference_keys(own)).keys() == own.keys()
+    assert read_prompt_state({"state_dict": own}, "own.pth", PromptSRC).keys() == own.keys()
 
 
 # ---------------------------------------------------------------------------------------------------------

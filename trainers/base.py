@@ -35,8 +35,7 @@ from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import load_checkpoint
 
-from .checkpoints import (FrozenSetOrigins, extract_prompt_state, load_prompt_set, record_classes,
-                          resolve_checkpoint)
+from .checkpoints import FrozenSetOrigins, load_prompt_set, read_prompt_state, record_classes, resolve_checkpoint
 from .compat import UserError
 from .config import COMPILE_STEPS, check_precision, check_prompt_sizes
 from .prompted_clip import ModelOutput, PromptedCLIP
@@ -392,20 +391,18 @@ class PromptTrainer(ForClasses, TrainerX):
         the given epoch; else ``model-best.pth.tar`` when the run kept one, else the epoch its ``result.json``
         records, else its newest save).
 
-        Accepts this project's checkpoints (the learner's parameters only) and the reference repositories' (the
-        whole model's state dict, the prompts under ``prompt_learner.``, renamed by the method's
-        :meth:`convert_reference_state` and :meth:`convert_state`).
+        Accepts this project's checkpoints (the learner's parameters only) and the original repositories' (read by
+        :func:`~trainers.checkpoints.read_prompt_state` with the method's declarations: :meth:`convert_reference_state`,
+        :meth:`convert_state`, :attr:`REFERENCE_UNUSED`; their folders by :attr:`REFERENCE_FOLDERS`).
         """
         if not directory:
             print("Note that load_model() is skipped as no pretrained model is given (ignore this if it's done on purpose)")
             return
         for name in self.get_model_names():
-            path, _ = resolve_checkpoint(directory, name, epoch, what="--model-dir")
+            path, _ = resolve_checkpoint(directory, name, epoch, what="--model-dir", folders=self.REFERENCE_FOLDERS)
             checkpoint = load_checkpoint(path)
-            if not isinstance(checkpoint.get("state_dict"), dict):
-                raise UserError(f'"{path}" holds no state_dict: it is not a checkpoint of this project or of the '
-                                "reference repositories")
-            state = self.convert_state(extract_prompt_state(self.convert_reference_state(checkpoint["state_dict"])))
+            state = read_prompt_state(checkpoint, path, type(self), backbone=self.model.clip_model,
+                                      what="checkpoint")
             print(f'Loading weights to {name} from "{path}" (epoch = {checkpoint.get("epoch")})')
             module = self._models[name]
             try:
@@ -417,11 +414,19 @@ class PromptTrainer(ForClasses, TrainerX):
                                 "options of the training run") from err
             missing = [k for k in missing if not k.endswith("_extra_state")]
             if missing or unexpected:
+                unexpected = [f"{k} {tuple(state[k].shape) if torch.is_tensor(state[k]) else ''}".strip()
+                              for k in sorted(unexpected)]
                 raise UserError(
                     f'the checkpoint "{path}" does not match this {type(self).__name__} configuration: missing '
-                    f"{sorted(missing)}, unexpected {sorted(unexpected)}; use the config file and options of the "
+                    f"{sorted(missing)}, unexpected {unexpected}; use the trainer, config file and options of the "
                     "training run (prompt depth, context length, add/remove counts)")
             self.loaded_epoch = checkpoint.get("epoch")
+
+    #: what the original repository's checkpoints hold that its code never uses: ``{pattern: why}`` (fnmatch
+    #: patterns on the prompt learner's names; set aside with one log line, see ``read_prompt_state``)
+    REFERENCE_UNUSED: Dict[str, str] = {}
+    #: the checkpoint folders the original repository's runs wrote, when they differ from the learner's name
+    REFERENCE_FOLDERS: Tuple[str, ...] = ()
 
     @staticmethod
     def convert_state(state: dict) -> dict:

@@ -2,6 +2,9 @@
 
 - :func:`resolve_checkpoint`: the one rule for "the checkpoint of a run" (``--eval-only --model-dir``,
   ``load_model``, frozen sets from earlier runs, PromptKD's teacher).
+- :func:`read_prompt_state`: the one reader of a checkpoint's prompts, in this project's layout or an original
+  repository's (renamed, what it saves but never uses set aside by the method's declarations, anything else
+  refused; a whole-model file's frozen CLIP compared by shape with the run's).
 - :func:`load_prompt_set`: an earlier run's prompt set, shape-checked, frozen, its origin (path, SHA256) returned.
 - :class:`ClassRecord`: every learned checkpoint records the class names it was trained on
   (``trained_classes._extra_state``). A module declares which of its tensors have one row per class
@@ -14,10 +17,11 @@
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import os.path as osp
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -62,24 +66,39 @@ def saved_epochs(folder: str) -> List[str]:
     return sorted(epochs, key=lambda e: (len(e), e))
 
 
+def _checkpoint_files(folder: str) -> bool:
+    return osp.isdir(folder) and any(f == BEST or f.startswith(NUMBERED) for f in os.listdir(folder))
+
+
 def resolve_checkpoint(source: str, model_name: str, epoch: Optional[int] = None,
-                       what: str = "run") -> Tuple[str, Optional[int]]:
+                       what: str = "run", folders: Sequence[str] = ()) -> Tuple[str, Optional[int]]:
     """The checkpoint file of a run folder (or the file itself) and its epoch.
 
-    For a folder, ``<source>/<model_name>/``: with an epoch, ``model.pth.tar-<epoch>``; without, the model the run
-    deployed: ``model-best.pth.tar`` when it kept one (it selected on validation, ``TEST.FINAL_MODEL best_val``),
-    else the epoch its ``result.json`` records (a finished run), else the newest save the ``checkpoint`` pointer
-    names (an unfinished run). ``what`` names the source in errors (``--model-dir``, ``KD.BOOST_DIR``).
+    For a folder, ``<source>/<model_name>/`` (else the first of ``folders`` there: the folder names the original
+    repositories' runs wrote, a method's ``REFERENCE_FOLDERS``): with an epoch, ``model.pth.tar-<epoch>``; without,
+    the model the run deployed: ``model-best.pth.tar`` when it kept one (it selected on validation,
+    ``TEST.FINAL_MODEL best_val``), else the epoch its ``result.json`` records (a finished run), else the newest
+    save the ``checkpoint`` pointer names (an unfinished run), else -- a downloaded folder, which has neither --
+    its last numbered save, said in one line. ``what`` names the source in errors (``--model-dir``,
+    ``KD.BOOST_DIR``).
     """
     source = str(source)
     if osp.isfile(source):
         return source, epoch
     if not osp.isdir(source):
         raise UserError(f'{what}: no run folder or checkpoint file at "{source}"')
+    names = [model_name] + [n for n in folders if n != model_name]
+    found = [n for n in names if osp.isdir(osp.join(source, n))]
+    if not found:
+        if _checkpoint_files(source):
+            parent = osp.dirname(osp.abspath(source))
+            raise UserError(f'{what}: "{source}" is a checkpoint folder itself; give the folder above it '
+                            f'("{parent}"), which holds the {" or ".join(names)} folder')
+        quoted = " or ".join(f'"{n}"' for n in names)
+        raise UserError(f'{what}: no {quoted} folder in "{source}", so it was not written by this method; check '
+                        "the folder and the trainer")
+    model_name = found[0]
     folder = osp.join(source, model_name)
-    if not osp.isdir(folder):
-        raise UserError(f'{what}: no "{model_name}" folder in "{source}", so it was not written by this method; '
-                        "check the folder and the trainer")
     if epoch is None and osp.isfile(osp.join(folder, BEST)):
         return osp.join(folder, BEST), None
     if epoch is None:
@@ -92,8 +111,13 @@ def resolve_checkpoint(source: str, model_name: str, epoch: Optional[int] = None
     else:
         path = read_checkpoint_pointer(folder)
         if path is None:
-            raise UserError(f'{what}: the run folder "{source}" holds no {model_name} checkpoint yet: finish that '
-                            "run first, or give a checkpoint file")
+            epochs = saved_epochs(folder)
+            if not epochs:
+                raise UserError(f'{what}: the run folder "{source}" holds no {model_name} checkpoint yet: finish '
+                                "that run first, or give a checkpoint file")
+            path = osp.join(folder, f"{NUMBERED}{epochs[-1]}")
+            print(f'{what}: "{folder}" records no epoch to deploy (a downloaded folder): loading its last save, '
+                  f"{NUMBERED}{epochs[-1]} (give an epoch to load another)")
     if not osp.isfile(path):
         epochs = saved_epochs(folder)
         hint = f"saved epochs: {', '.join(epochs)}" if epochs else "no numbered checkpoint was saved there"
@@ -102,38 +126,112 @@ def resolve_checkpoint(source: str, model_name: str, epoch: Optional[int] = None
     return path, epoch
 
 
-def extract_prompt_state(state_dict: dict) -> dict:
-    """The prompt learner's entries of a checkpoint, in either format.
+# ----------------------------------------------------------------------------------------------------------
+# Reading a checkpoint: this project's and the original repositories' layouts
+# ----------------------------------------------------------------------------------------------------------
+#: buffers the original prompt learners save that depend on the class list (rebuilt here for the run's classes)
+CLASS_LIST_BUFFERS = ("token_prefix", "token_suffix", "token_ids", "init_ctx")
+#: the prefix of the prompt learner in the original repositories' whole-model files
+WHOLE_MODEL_PROMPTS = "prompt_learner."
+#: where a whole-model file keeps the frozen CLIP, and the name of the same weights in the CLIP here
+FROZEN_CLIP = (("image_encoder.", "visual."), ("text_encoder.", ""), ("logit_scale", "logit_scale"))
 
-    Reference checkpoints (MaPLe, MPL, IVLP) store the whole CustomCLIP: keep ``prompt_learner.*`` and strip
-    the prefix. Class-dependent buffers (``token_prefix``/``token_suffix``) are dropped in both formats.
+
+def _shape(value) -> str:
+    return str(tuple(value.shape)) if torch.is_tensor(value) else type(value).__name__
+
+
+def _clip_name(key: str) -> Optional[str]:
+    for prefix, here in FROZEN_CLIP:
+        if key == prefix or (prefix.endswith(".") and key.startswith(prefix)):
+            return here + key[len(prefix):] if prefix.endswith(".") else here
+    return None
+
+
+def read_prompt_state(checkpoint, path: str, declarations=None, backbone: Optional[nn.Module] = None,
+                      what: str = "checkpoint") -> dict:
+    """The prompt learner's state in a checkpoint (this project's or an original repository's); the one reader.
+
+    ``declarations``: the method's trainer class (or None: this project's layout only), whose
+    ``convert_reference_state`` (whole state dict) and ``convert_state`` (the learner's entries) rename the
+    original layout, and whose ``REFERENCE_UNUSED`` (``{pattern: reason}``, fnmatch patterns on the learner's
+    names, or on whole-file names outside the learner) names what the original code saves but never uses: set
+    aside and named in one ``Not read from "<file>": ...`` line. Class-list buffers (:data:`CLASS_LIST_BUFFERS`)
+    are rebuilt here and dropped. A whole-model file (keys under ``prompt_learner.``) also holds the frozen CLIP:
+    each of its tensors must be one of ``backbone``'s with the same shape (prompts made on another CLIP are
+    refused). Anything else is refused with one :class:`UserError` naming the key and its shape.
+    Returns the learner's entries (names as the learner's state dict); the caller checks them against it.
     """
-    if any(k.startswith("prompt_learner.") for k in state_dict):
-        state_dict = {k[len("prompt_learner."):]: v for k, v in state_dict.items() if k.startswith("prompt_learner.")}
-    drop = ("token_prefix", "token_suffix", "token_ids", "init_ctx")
-    return {k: v for k, v in state_dict.items() if k.rsplit(".", 1)[-1] not in drop and not k.startswith("ZS_")}
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise UserError(f'the {what} "{path}" is not a checkpoint of this project or of the original repositories '
+                        "(it holds no state_dict); give the run folder or checkpoint file the earlier run wrote")
+    state = dict(checkpoint["state_dict"])
+    convert_whole = getattr(declarations, "convert_reference_state", None)
+    convert_learner = getattr(declarations, "convert_state", None)
+    unused = dict(getattr(declarations, "REFERENCE_UNUSED", None) or {})
+    method = getattr(declarations, "__name__", "this method")
+    if convert_whole is not None:
+        state = convert_whole(state)
+    outside = {}
+    if any(k.startswith(WHOLE_MODEL_PROMPTS) for k in state):
+        outside = {k: v for k, v in state.items() if not k.startswith(WHOLE_MODEL_PROMPTS)}
+        state = {k[len(WHOLE_MODEL_PROMPTS):]: v for k, v in state.items() if k.startswith(WHOLE_MODEL_PROMPTS)}
+    if convert_learner is not None:
+        state = convert_learner(state)
+
+    set_aside: Dict[str, List[str]] = {}
+
+    def declared(key: str) -> bool:
+        for pattern in unused:
+            if fnmatch.fnmatchcase(key, pattern):
+                set_aside.setdefault(pattern, []).append(key)
+                return True
+        return False
+
+    out = {}
+    for key, value in state.items():
+        if key.rsplit(".", 1)[-1] in CLASS_LIST_BUFFERS or declared(key):
+            continue
+        out[key] = value
+    clip_state = backbone.state_dict() if backbone is not None else None
+    for key, value in outside.items():
+        if declared(key):
+            continue
+        name = _clip_name(key)
+        if name is None or (clip_state is not None and name not in clip_state):
+            raise UserError(f'the {what} "{path}" holds {key} {_shape(value)}, which neither {method} nor the frozen '
+                            "CLIP reads and no declaration explains: it was not written by this method (give it to "
+                            "the trainer that made it)")
+        if clip_state is not None and torch.is_tensor(value) and tuple(value.shape) != tuple(clip_state[name].shape):
+            raise UserError(f'the {what} "{path}" was made on another CLIP: its frozen {key} has shape '
+                            f"{_shape(value)} there but {_shape(clip_state[name])} in this run's backbone; use the "
+                            "backbone it was trained on (MODEL.BACKBONE.NAME)")
+    if set_aside:
+        named = "; ".join(f"{', '.join(keys) if len(keys) <= 3 else f'{pattern} ({len(keys)} tensors)'}: "
+                          f"{unused[pattern]}"
+                          for pattern, keys in set_aside.items())
+        print(f'Not read from "{path}": {named}')
+    return out
 
 
 def load_prompt_set(module: nn.Module, source: str, model_name: str, epoch: Optional[int] = None,
-                    what: str = "prompt set", convert=None, sizes=None) -> Dict[str, object]:
+                    what: str = "prompt set", declarations=None, sizes=None, backbone: Optional[nn.Module] = None,
+                    folders: Sequence[str] = ()) -> Dict[str, object]:
     """Load a prompt set's parameters from an earlier run (folder or file), freeze it, and return its origin.
 
     Every parameter must be present with the same shape: a mismatch names the parameter and both shapes (a
-    different prompt size or depth between the runs). ``convert``: a function applied to the checkpoint's whole
-    state dict first (a trainer's ``convert_reference_state``, so a reference repository's checkpoint loads).
-    ``sizes``: a function from a state dict to named sizes (``{"KD.PROMPT_DEPTH_VISION": 12, ...}``); on a
-    mismatch, the error names each differing size with both values first (e.g. a depth, whose difference shows
-    in the tensors only as missing or extra layers). Returns ``{"path", "sha256", "epoch", "model"}``.
+    different prompt size or depth between the runs). ``declarations``, ``backbone``: as
+    :func:`read_prompt_state`'s (a trainer class, so an original repository's checkpoint loads; the CLIP the
+    prompts are used with). ``folders``: as :func:`resolve_checkpoint`'s. ``sizes``: a function from a state dict
+    to named sizes (``{"KD.PROMPT_DEPTH_VISION": 12, ...}``); on a mismatch, the error names each differing size
+    with both values first (e.g. a depth, whose difference shows in the tensors only as missing or extra layers).
+    Returns ``{"path", "sha256", "epoch", "model"}``.
     """
     from dassl.utils import load_checkpoint
 
-    path, epoch = resolve_checkpoint(source, model_name, epoch, what=what)
+    path, epoch = resolve_checkpoint(source, model_name, epoch, what=what, folders=folders)
     checkpoint = load_checkpoint(path)
-    if not isinstance(checkpoint.get("state_dict"), dict):
-        raise UserError(f'the {what} "{path}" is not a checkpoint of this project or of the reference repositories '
-                        "(it holds no state_dict); give the run folder or checkpoint file the earlier run wrote")
-    state = checkpoint["state_dict"]
-    state = extract_prompt_state(convert(state) if convert is not None else state)
+    state = read_prompt_state(checkpoint, path, declarations, backbone=backbone, what=what)
     own = module.state_dict()
     problems = []
     for name, value in own.items():
@@ -149,14 +247,15 @@ def load_prompt_set(module: nn.Module, source: str, model_name: str, epoch: Opti
         if sizes is not None:
             there, here = sizes(state), sizes(own)
             named = [f"{k} is {there[k]} there but {here[k]} here" for k in here if k in there and there[k] != here[k]]
-        detail = "; ".join(named + problems + [f"{k} is not expected here" for k in extra])
+        detail = "; ".join(named + problems + [f"{k} {_shape(state[k])} is not expected here" for k in extra])
         raise UserError(f'the {what} in "{path}" does not match this configuration: {detail}. Use the same prompt '
                         "sizes and depth as the run that made it")
     module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     for p in module.parameters():
         p.requires_grad_(False)
     return {"path": osp.abspath(path), "sha256": sha256_of(path),
-            "epoch": checkpoint.get("epoch", epoch), "model": model_name}
+            "epoch": checkpoint.get("epoch", epoch),
+            "model": osp.basename(osp.dirname(path)) if osp.isdir(str(source)) else model_name}
 
 
 class FrozenSetOrigins(nn.Module):

@@ -50,6 +50,11 @@ def kgcoop_keys(c):
 class KgCoOp(PromptTrainer):
     """``--trainer KgCoOp``, config block ``TRAINER.KGCOOP``."""
 
+    #: the original's ``prompt_learner/model.pth.tar-N`` also holds two tensors its PromptLearner builds, leaves
+    #: frozen (only names with "ctx" train) and never calls in forward
+    REFERENCE_UNUSED = {"bias_vectors": "built, frozen and never used by the original KgCoOp",
+                        "meta_net.linear1.*": "the original KgCoOp's meta_net, built, frozen and never used"}
+
     def build_prompt_learner(self, cfg, classnames, clip_model):
         return PromptLearner(self.method_cfg, classnames, clip_model, key="TRAINER.KGCOOP")
 

@@ -53,7 +53,7 @@ from dassl.data import DataManager
 from dassl.utils import load_checkpoint
 
 from .base import LossOutput, PromptTrainer, load_clip
-from .checkpoints import extract_prompt_state, load_prompt_set, read_run_config, resolve_checkpoint
+from .checkpoints import load_prompt_set, read_prompt_state, read_run_config, resolve_checkpoint
 from .compat import UserError
 from .config import check_choice, check_range, deep_prompt_keys, register_block
 from .ivlp import from_reference_keys
@@ -63,6 +63,9 @@ from .registry import METHODS, Count, EarlierRun, register_method
 
 #: trainers whose runs can serve as the teacher (IVLP prompt learners, ``VLPromptLearner``)
 TEACHER_METHODS = ("PromptSRC", "IVLP")
+#: the folders of the released teachers (``teacher_model/<DATASET>/VLPromptLearner/model-best.pth.tar``; for
+#: ImageNet cross-dataset ``VLPromptLearner_large/model.pth.tar-20``): PromptSRC whole-model checkpoints
+TEACHER_FOLDERS = ("VLPromptLearner", "VLPromptLearner_large")
 MODALS = ("base2novel", "cross")
 
 
@@ -260,7 +263,15 @@ def read_teacher(mcfg) -> dict:
     epoch = int(mcfg.TEACHER_EPOCH) if int(mcfg.TEACHER_EPOCH) >= 0 else None
     how = ("train one with `bash scripts/promptkd_teacher.sh DATASET` (PromptSRC on the teacher CLIP, base classes), "
            "or give TRAINER.PROMPTKD.TEACHER_DIR a PromptSRC run folder or checkpoint file")
-    if osp.isdir(source):
+    released = [n for n in TEACHER_FOLDERS if osp.isdir(osp.join(source, n))]
+    if osp.isdir(source) and released and not osp.isfile(osp.join(source, "result.json")):
+        # a downloaded teacher (teacher_model/<DATASET>): a PromptSRC checkpoint, its CLIP is TEACHER_NAME
+        info = {"source": osp.abspath(source), "method": "PromptSRC", "model_name": released[0],
+                "backbone": str(mcfg.TEACHER_NAME), "ctx_init": None}
+        if not info["backbone"]:
+            raise UserError("TRAINER.PROMPTKD.TEACHER_NAME is empty: name the CLIP the teacher in "
+                            f'"{source}" was trained on (e.g. ViT-L/14)')
+    elif osp.isdir(source):
         result = osp.join(source, "result.json")
         if not osp.isfile(result):
             raise UserError(f'TRAINER.PROMPTKD.TEACHER_DIR "{source}" holds no finished run (no result.json): finish '
@@ -290,8 +301,9 @@ def read_teacher(mcfg) -> dict:
                         f"PromptSRC teacher: {how}")
     info["checkpoint"], info["epoch"] = resolve_checkpoint(source, info["model_name"], epoch,
                                                            what="TRAINER.PROMPTKD.TEACHER_DIR")
-    state = load_checkpoint(info["checkpoint"])["state_dict"]
-    info.update(teacher_shapes(extract_prompt_state(from_reference_keys(state))))
+    state = read_prompt_state(load_checkpoint(info["checkpoint"]), info["checkpoint"], METHODS[info["method"]].cls,
+                              what="TRAINER.PROMPTKD.TEACHER_DIR")
+    info.update(teacher_shapes(state))
     if info["ctx_init"] is None:  # a checkpoint file, or a run from before config.yaml: the key describes it
         info["ctx_init"] = str(mcfg.CTX_INIT)
     for key, name in (("N_CTX_TEXT", "n_ctx_text"), ("PROMPT_DEPTH_TEXT", "depth_text")):
@@ -308,6 +320,10 @@ def read_teacher(mcfg) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # The trainer
 # ----------------------------------------------------------------------------------------------------------
+_PROJECTOR = re.compile(r"^VPT_image_trans\.conv1\.([013])\.(.+)$")
+_PROJECTOR_PARTS = {"0": "conv1", "1": "bn", "3": "conv2"}
+
+
 @register_method(
     keys=promptkd_keys, learner="PromptKDStudent",
     scripts={"base2new": "vit_b16_c2_ep20_batch8_4+4ctx", "crossdataset": "vit_b16_c2_ep20_batch8_4+4ctx_cross_datasets"},
@@ -319,6 +335,25 @@ def read_teacher(mcfg) -> dict:
 )
 class PromptKD(PromptTrainer):
     """``--trainer PromptKD``, config blocks ``TRAINER.PROMPTKD`` and ``TRAINER.MODAL``."""
+
+    #: the released students: the whole student model, registered as ``VLPromptLearner``
+    REFERENCE_FOLDERS = ("VLPromptLearner",)
+    #: the original student builds the teacher's text prompt learner, whose context it never uses
+    REFERENCE_UNUSED = {"ctx": "the text context of the original student's prompt learner, which the student "
+                               "never runs (it classifies against the teacher's text features)"}
+
+    @staticmethod
+    def convert_reference_state(state_dict: dict) -> dict:
+        """The original student's names: its image encoder's ``VPT``/``VPT_shallow`` prompts become
+        ``vision_prompts.<l>``, the projector ``VPT_image_trans.conv1.{0,1,3}`` (conv, BatchNorm, conv) becomes
+        ``projector.{conv1,bn,conv2}``."""
+        out = {}
+        for key, value in from_reference_keys(state_dict).items():
+            match = _PROJECTOR.match(key)
+            if match:
+                key = f"prompt_learner.projector.{_PROJECTOR_PARTS[match.group(1)]}.{match.group(2)}"
+            out[key] = value
+        return out
 
     @classmethod
     def check_config(cls, cfg):
@@ -392,7 +427,8 @@ class PromptKD(PromptTrainer):
                                   key="TRAINER.PROMPTKD (its teacher)", classnames=self.class_names,
                                   ctx_init=info["ctx_init"])
         origin = load_prompt_set(learner, info["checkpoint"], info["model_name"], info["epoch"],
-                                 what="PromptKD teacher prompts", convert=from_reference_keys)
+                                 what="PromptKD teacher prompts", declarations=METHODS[info["method"]].cls,
+                                 backbone=teacher_clip)
         print(f'Teacher prompts from "{origin["path"]}" (epoch {origin["epoch"]}, sha256 {origin["sha256"][:12]}...)')
         self.frozen_origins["teacher"] = origin
         teacher = PromptedCLIP(teacher_clip, learner).to(self.device)

@@ -113,6 +113,11 @@ class GPAState(nn.Module):
 class PromptSRC(PromptTrainer):
     """``--trainer PromptSRC``, config block ``TRAINER.PROMPTSRC``."""
 
+    #: the original's whole-model checkpoints (``VLPromptLearner/model.pth.tar-20``) also hold the frozen copy of
+    #: CLIP's image encoder its prompt learner keeps for the zero-shot features
+    REFERENCE_UNUSED = {"ZS_image_encoder.*": "the frozen zero-shot copy of CLIP's image encoder, which is the "
+                                              "run's own CLIP here"}
+
     @classmethod
     def check_config(cls, cfg):
         super().check_config(cfg)
