@@ -77,6 +77,7 @@ def project_keys(cfg: CN) -> None:
     cfg.OPTIM.EPS = 1e-8  # the Adam family's eps (torch's default; some references' configs set 1e-3)
     cfg.CPU_HALF = False  # run fp16 and amp for real on a CPU instead of falling back to fp32
     cfg.CPU_REUSE_MEMORY = True  # on a CPU, keep freed activation buffers for reuse (clip.host_memory)
+    cfg.TEST.SAVE_PREDICTIONS = False  # write predictions.csv (each test image's top classes) beside result.json
 
 
 def extend_cfg(cfg: CN) -> CN:
@@ -85,7 +86,7 @@ def extend_cfg(cfg: CN) -> CN:
     Keys already present (for example when a user's own ``train.py`` added them first) are left as they are.
     """
     fresh = CN()
-    fresh.DATASET, fresh.OPTIM = CN(), CN()
+    fresh.DATASET, fresh.OPTIM, fresh.TEST = CN(), CN(), CN()
     project_keys(fresh)
     for section, node in fresh.items():
         if isinstance(node, CN):

@@ -62,7 +62,7 @@ from dassl.utils import (
     write_error,
 )
 
-from . import distributed
+from . import distributed, predictions
 from .run_result import write_run_result
 
 __all__ = ["SimpleNet", "TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU"]
@@ -800,11 +800,18 @@ class SimpleTrainer(TrainerBase):
 
         start = time.time()
         num_images = 0
+        recorder = predictions.recorder_for(self, split)  # TEST.SAVE_PREDICTIONS: predictions.csv
         for batch_idx, batch in enumerate(_progress(data_loader, desc=split)):
             input, label = self.parse_batch_test(batch)
             output = self.model_inference(input)
             self.evaluator.process(output, label)
             num_images += _batch_size(label)
+            if recorder is not None:
+                recorder.add(batch, output)
+        if recorder is not None:
+            written = recorder.write()
+            if written:
+                print("Per-image predictions: {}".format(written))
 
         results = self.evaluator.evaluate()
         num_images = int(distributed.sum_over_ranks([num_images])[0])
