@@ -320,6 +320,10 @@ def read_teacher(mcfg) -> dict:
 class PromptKD(PromptTrainer):
     """``--trainer PromptKD``, config blocks ``TRAINER.PROMPTKD`` and ``TRAINER.MODAL``."""
 
+    #: why its classifier is no head for plain CLIP (trainers.predict)
+    NOT_A_HEAD = ("its image features go through a learned projector into the teacher's embedding space (and its "
+                  "vision prompts change the image encoder)")
+
     @classmethod
     def check_config(cls, cfg):
         super().check_config(cfg)
