@@ -16,7 +16,7 @@ from trainers.compat import UserError
 from trainers.predict import HEAD_FORMAT, load_run, read_head
 from tools.predict import main
 
-from tiny_runs import CLASSNAMES, build_for_classes, earlier_opts, saved_run, tiny_cfg
+from tiny_runs import CLASSNAMES, saved_method_run
 
 #: PromptKD builds its teacher's features too (over 5 s): the slow tier
 METHODS = [pytest.param(m.name, marks=pytest.mark.slow) if m.name == "PromptKD" else m.name
@@ -34,11 +34,7 @@ def env(tmp_path_factory, tiny_ckpt, tiny_teacher_ckpt, eurosat_root):
 
 def make_run(env, name, opts=(), folder=None):
     root, ckpt, teacher, data = env
-    extra = earlier_opts(name, ckpt, root)
-    if name == "CasPL":
-        extra += ["KD.BACKBONE_NAME", str(teacher)]
-    cfg = tiny_cfg(data, ckpt, name, root / "out", [*extra, *opts])
-    return saved_run(build_for_classes(cfg), root / (folder or f"run-{name}"))
+    return saved_method_run(root, data, ckpt, teacher, name, opts, folder)
 
 
 def images(env, n=6):

@@ -93,3 +93,13 @@ def saved_run(trainer, folder, classnames: Sequence[str] = CLASSNAMES) -> Path:
     (folder / "result.json").write_text(json.dumps({"eval_only": False, "epochs": 1, "classnames": list(classnames),
                                                     "method": trainer.cfg.TRAINER.NAME}))
     return folder
+
+
+def saved_method_run(workdir, data, ckpt, teacher, name, opts: Sequence[str] = (), folder=None) -> Path:
+    """:func:`saved_run` of method ``name`` on the tiny CLIP ``ckpt`` and EuroSAT under ``data`` (CasPL's phase-1
+    teacher: ``teacher``; PromptKD's earlier run: :func:`earlier_opts`), in ``workdir/<folder or run-NAME>``."""
+    extra = earlier_opts(name, ckpt, workdir)
+    if name == "CasPL":
+        extra += ["KD.BACKBONE_NAME", str(teacher)]
+    cfg = tiny_cfg(data, ckpt, name, Path(workdir) / "out", [*extra, *opts])
+    return saved_run(build_for_classes(cfg), Path(workdir) / (folder or f"run-{name}"))

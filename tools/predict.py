@@ -4,8 +4,8 @@
     python -m tools.predict RUN_DIR --export head.safetensors [--classes ...]
 
 Writes one CSV row per image (``path,prediction,score[,prediction_2,score_2,...]``: class names and softmax
-probabilities) to ``--out`` or stdout; folders are searched recursively; the run's build messages and a progress
-bar go to stderr. ``--export`` writes the run's classifier as a head for plain CLIP (``.pt`` or ``.safetensors``,
+probabilities) to ``--out`` or stdout; folders are searched recursively; a progress bar (and with ``--verbose``
+the model's build messages) go to stderr. ``--export`` writes the run's classifier as a head for plain CLIP (``.pt`` or ``.safetensors``,
 see :mod:`trainers.predict`); with images too, both are done. Bad input (a missing run, image or file, a method
 that cannot take other classes or be exported) is one ``error:`` line, exit status 2, with nothing written.
 """
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="images per forward pass (default: the run's test batch size)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16", "amp"), help="default: the run's")
+    p.add_argument("--verbose", action="store_true", help="show the model's build messages on stderr")
     return p
 
 
@@ -71,7 +72,7 @@ def run(args) -> int:
     if args.export:
         check_head_path(args.export)
     clf = load_run(args.run_dir, device=args.device, precision=args.precision, batch_size=args.batch_size,
-                   progress=True)
+                   progress=True, verbose=args.verbose)
     predictions = clf.classify(images, classnames=classnames, top_k=args.top_k) if images else None
     head = clf.head(classnames) if args.export else None  # checked before anything is written
     if head is not None:

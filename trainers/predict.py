@@ -32,6 +32,7 @@ refused in one line saying which.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import os.path as osp
@@ -126,12 +127,13 @@ def _existing(path: str, run_dir: str) -> str:
 
 
 def load_run(run_dir: str, device: Optional[str] = None, precision: Optional[str] = None,
-             batch_size: Optional[int] = None, progress: bool = False) -> "Classifier":
+             batch_size: Optional[int] = None, progress: bool = False, verbose: bool = False) -> "Classifier":
     """The classifier of a finished run folder (training or evaluation-only).
 
     device: ``cpu``, ``cuda`` or None/``auto`` (CUDA when available and the run used it). precision: ``fp32``,
     ``fp16``, ``bf16`` or ``amp`` (default: the run's). batch_size: images per forward pass (default the run's
-    ``DATALOADER.TEST.BATCH_SIZE``). progress: a progress bar on stderr while classifying.
+    ``DATALOADER.TEST.BATCH_SIZE``). progress: a progress bar on stderr while classifying. verbose: the trainer's
+    build messages (loading CLIP, the prompts, the checkpoint) on stderr; default: not shown.
     """
     from .api import method_precision, run_cfg
 
@@ -171,14 +173,13 @@ def load_run(run_dir: str, device: Optional[str] = None, precision: Optional[str
     else:
         checkpoint_dir, epoch = run_dir, None
     return Classifier(cfg, checkpoint_dir or None, epoch, classnames, batch_size=batch_size, progress=progress,
-                      run_dir=run_dir)
+                      run_dir=run_dir, verbose=verbose)
 
 
-@contextlib.contextmanager
-def _quiet():
-    """The trainer's build messages go to stderr, so a CSV on stdout stays clean."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
+def _quiet(verbose: bool):
+    """Where the trainer's build messages go: stderr when ``verbose`` (so a CSV on stdout stays clean), else
+    nowhere."""
+    return contextlib.redirect_stdout(sys.stderr if verbose else io.StringIO())
 
 
 class Classifier:
@@ -189,16 +190,17 @@ class Classifier:
 
     def __init__(self, cfg, checkpoint_dir: Optional[str], epoch: Optional[int],
                  classnames: Optional[Sequence[str]] = None, batch_size: Optional[int] = None,
-                 progress: bool = False, run_dir: Optional[str] = None):
+                 progress: bool = False, run_dir: Optional[str] = None, verbose: bool = False):
         from dassl.data.transforms import build_transform
 
         self.cfg = cfg
+        self.verbose = verbose
         self.run_dir = run_dir
         self.checkpoint_dir = checkpoint_dir
         self.epoch = epoch
         self.batch_size = int(batch_size or cfg.DATALOADER.TEST.BATCH_SIZE)
         self.progress = progress
-        with _quiet():
+        with _quiet(self.verbose):
             self.transform = build_transform(cfg, is_train=False)
         self._trainers: Dict[Tuple[str, ...], object] = {}
         self._heads: Dict[Tuple[str, ...], dict] = {}
@@ -249,7 +251,7 @@ class Classifier:
         names = tuple(check_classnames(classnames) if classnames is not None else self._own)
         if names not in self._trainers:
             method = METHODS[self.method]
-            with _quiet():
+            with _quiet(self.verbose):
                 trainer = method.cls(self.cfg, classnames=list(names))
                 if trainer.get_model_names():
                     if not self.checkpoint_dir:
