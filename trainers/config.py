@@ -78,6 +78,7 @@ def project_keys(cfg: CN) -> None:
     cfg.CPU_HALF = False  # run fp16 and amp for real on a CPU instead of falling back to fp32
     cfg.CPU_REUSE_MEMORY = True  # on a CPU, keep freed activation buffers for reuse (clip.host_memory)
     cfg.TEST.SAVE_PREDICTIONS = False  # write predictions.csv (each test image's top classes) beside result.json
+    cfg.TRACKER = "tensorboard"  # where scalars go: comma-separated tensorboard, wandb, mlflow; none: nowhere
 
 
 def extend_cfg(cfg: CN) -> CN:
@@ -196,6 +197,13 @@ def check_values(cfg, training: bool = True) -> None:
     if SCHEDULERS is not None:
         check_choice(cfg.OPTIM, "LR_SCHEDULER", "OPTIM.LR_SCHEDULER", SCHEDULERS)
     check_choice(cfg.DATASET, "SUBSAMPLE_CLASSES", "DATASET.SUBSAMPLE_CLASSES", ("all", "base", "new"))
+    if "TRACKER" in cfg:
+        try:
+            from dassl.engine.scalar_sinks import check_trackers
+        except ImportError:  # the real Dassl: tensorboard only (its trainer ignores the key)
+            check_trackers = None
+        if check_trackers is not None:
+            check_trackers(cfg.TRACKER)
     check_choice(cfg.TEST, "FINAL_MODEL", "TEST.FINAL_MODEL", ("last_step", "best_val"))
     size = tuple(cfg.INPUT.SIZE)
     if len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size):
