@@ -247,3 +247,53 @@ def test_bad_input_is_one_line_and_nothing_is_written(env, tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], (argv, err)
         assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "notes.txt", "unfinished"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# predictions.csv under torchrun: each rank's rows, gathered in the split's order
+# ---------------------------------------------------------------------------------------------------------
+N_IMAGES, N_CLASSES, BATCH = 23, 7, 4
+
+
+def _record(out_dir, batches):
+    from dassl.engine.predictions import PredictionRecorder
+
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(N_IMAGES, N_CLASSES, generator=g), torch.randint(N_CLASSES, (N_IMAGES,), generator=g)
+    recorder = PredictionRecorder([f"class {i}" for i in range(N_CLASSES)], str(out_dir))
+    for idx in batches:
+        recorder.add({"impath": [f"/data/{i:03d}.png" for i in idx], "label": labels[idx]}, logits[idx])
+    return recorder.write()
+
+
+def _rank(rank, world, port, out_dir):
+    import os
+
+    import torch.distributed as dist
+    from torch.utils.data import SequentialSampler
+
+    from dassl.data.distributed_sampler import ShardedEvalBatchSampler
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        _record(out_dir, list(ShardedEvalBatchSampler(SequentialSampler(range(N_IMAGES)), BATCH, rank, world)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes import torch and the project: about 25 s
+def test_predictions_of_two_processes_are_gathered_in_order(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    single = Path(_record(tmp_path / "one", [list(range(i, min(i + BATCH, N_IMAGES)))
+                                             for i in range(0, N_IMAGES, BATCH)]))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_rank, args=(2, port, str(tmp_path / "two")), nprocs=2, join=True, start_method="spawn")
+    rows = read_csv(tmp_path / "two" / "predictions.csv")
+    assert [r["path"] for r in rows] == [f"/data/{i:03d}.png" for i in range(N_IMAGES)]
+    assert (tmp_path / "two" / "predictions.csv").read_text() == single.read_text()
