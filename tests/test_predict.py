@@ -221,6 +221,22 @@ def test_class_specific_contexts_refuse_new_class_names(env, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_runs_from_before_result_json_listed_their_classes(env, tmp_path):
+    folder = method_run(env, "CoOp", folder="run-old")
+    result = json.loads((folder / "result.json").read_text())
+    del result["classnames"]
+    (folder / "result.json").write_text(json.dumps(result))
+    assert load_run(folder).classnames == CLASSNAMES  # a training run: the classes its checkpoint records
+    evaluated = tmp_path / "eval-only"  # an evaluation-only run may have had other classes: they must be given
+    evaluated.mkdir()
+    (evaluated / "config.yaml").write_text((folder / "config.yaml").read_text())
+    (evaluated / "result.json").write_text(json.dumps({"eval_only": True, "model_dir": str(folder), "epochs": 1}))
+    clf = load_run(evaluated)
+    with pytest.raises(UserError, match="records no class names.*give the class names"):
+        clf.classify(eurosat_images(env, 2))
+    assert [len(p.classes) for p in clf.classify(eurosat_images(env, 2), classnames=OTHER_NAMES, top_k=2)] == [2, 2]
+
+
 def test_bad_input_is_one_line_and_nothing_is_written(env, tmp_path, capsys):
     folder = method_run(env, "CoOp")
     image = eurosat_images(env, 1)[0]

@@ -173,7 +173,7 @@ def load_run(run_dir: str, device: Optional[str] = None, precision: Optional[str
     else:
         checkpoint_dir, epoch = run_dir, None
     return Classifier(cfg, checkpoint_dir or None, epoch, classnames, batch_size=batch_size, progress=progress,
-                      run_dir=run_dir, verbose=verbose)
+                      run_dir=run_dir, verbose=verbose, eval_only=bool(result.get("eval_only")))
 
 
 def _quiet(verbose: bool):
@@ -190,7 +190,8 @@ class Classifier:
 
     def __init__(self, cfg, checkpoint_dir: Optional[str], epoch: Optional[int],
                  classnames: Optional[Sequence[str]] = None, batch_size: Optional[int] = None,
-                 progress: bool = False, run_dir: Optional[str] = None, verbose: bool = False):
+                 progress: bool = False, run_dir: Optional[str] = None, verbose: bool = False,
+                 eval_only: bool = False):
         from dassl.data.transforms import build_transform
 
         self.cfg = cfg
@@ -205,7 +206,7 @@ class Classifier:
         self._trainers: Dict[Tuple[str, ...], object] = {}
         self._heads: Dict[Tuple[str, ...], dict] = {}
         self._own = list(classnames) if classnames else None
-        if self._own is None:
+        if self._own is None and not eval_only:  # an evaluation-only run's classes need not be the trained ones
             self._own = self._recorded_classes()
 
     # -- classes and trainers ------------------------------------------------------------------------------
@@ -216,9 +217,12 @@ class Classifier:
     @property
     def classnames(self) -> List[str]:
         """The run's own classes."""
+        if self._own is None:
+            raise UserError(f'the run "{self.run_dir}" records no class names (a run from before result.json listed '
+                            "them); give the class names (--classes or --classnames FILE)")
         return list(self._own)
 
-    def _recorded_classes(self) -> List[str]:
+    def _recorded_classes(self) -> Optional[List[str]]:
         from dassl.utils import load_checkpoint
 
         from .checkpoints import recorded_classes, resolve_checkpoint
@@ -228,11 +232,8 @@ class Classifier:
         if method is not None and self.checkpoint_dir and method.trains:
             path, _ = resolve_checkpoint(self.checkpoint_dir, method.learner_name, self._numbered_epoch(method),
                                          what="the run's checkpoint")
-            names = recorded_classes(load_checkpoint(path).get("state_dict") or {})
-            if names:
-                return names
-        raise UserError(f'the run "{self.run_dir}" records no class names (a run from before result.json listed '
-                        "them); give the class names (--classes or --classnames FILE)")
+            return recorded_classes(load_checkpoint(path).get("state_dict") or {})
+        return None
 
     def _numbered_epoch(self, method) -> Optional[int]:
         """The epoch to load: the recorded one when its numbered checkpoint exists, else None (the checkpoint rule
@@ -248,7 +249,7 @@ class Classifier:
         """The run's trainer built for ``classnames`` (default the run's own) with the learned weights loaded."""
         from .registry import METHODS
 
-        names = tuple(check_classnames(classnames) if classnames is not None else self._own)
+        names = tuple(check_classnames(classnames) if classnames is not None else self.classnames)
         if names not in self._trainers:
             method = METHODS[self.method]
             with _quiet(self.verbose):
@@ -324,7 +325,7 @@ class Classifier:
     def classify(self, images, classnames: Optional[Sequence[str]] = None, top_k: int = 1) -> List[Prediction]:
         """Each image's ``top_k`` most probable classes (softmax over the logits), in input order (folders:
         their files sorted)."""
-        names = list(classnames) if classnames is not None else self._own
+        names = list(classnames) if classnames is not None else self.classnames
         if int(top_k) != top_k or top_k < 1:
             raise UserError(f"top-k {top_k!r}: give a whole number of at least 1")
         paths, logits = self._logits(images, classnames)
@@ -372,7 +373,7 @@ class Classifier:
         why."""
         from .prompted_clip import normalise
 
-        names = list(classnames) if classnames is not None else self._own
+        names = list(classnames) if classnames is not None else self.classnames
         if tuple(names) in self._heads:
             return dict(self._heads[tuple(names)])
         trainer = self.trainer(classnames)
