@@ -53,8 +53,7 @@ def write_csv(predictions, f, top_k):
 
 
 def run(args) -> int:
-    from dassl.utils import atomic_write
-    from trainers.compat import UserError
+    from trainers.compat import UserError, atomic_write
     from trainers.predict import check_classnames, check_head_path, find_images, load_run, read_classnames
 
     if not args.images and not args.export:

@@ -41,6 +41,11 @@ except ImportError:
     MISSING.append("result.json")
 
 try:
+    from dassl.engine import scalar_sinks  # noqa: F401
+except ImportError:  # the real Dassl's trainer writes tensorboard only and no predictions.csv
+    MISSING.append("TRACKER wandb/mlflow and TEST.SAVE_PREDICTIONS")
+
+try:
     from dassl.utils import RunLock
 except ImportError:
     RunLock = None

@@ -423,7 +423,7 @@ class Classifier:
     def export_head(self, path: str, classnames: Optional[Sequence[str]] = None) -> str:
         """Write :meth:`head` to ``path`` (``.pt`` or ``.safetensors``, atomically); returns the path. Nothing is
         written when the head cannot be made."""
-        from dassl.utils import atomic_write
+        from .compat import atomic_write
 
         path = os.fspath(path)
         kind = check_head_path(path)
