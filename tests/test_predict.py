@@ -19,7 +19,7 @@ from trainers.api import load_run
 from trainers.compat import UserError
 from tools.predict import main
 
-from tiny_runs import CLASSNAMES, REPO, build_for_classes, saved_method_run
+from tiny_runs import CLASSNAMES, build_for_classes, earlier_opts, saved_method_run, saved_run, tiny_cfg
 
 BASE = ["zero", "one", "two", "three", "four"]
 NEW = ["five", "six", "seven", "eight", "nine"]
@@ -174,14 +174,14 @@ METHODS = [pytest.param(m.name, marks=pytest.mark.slow) if m.name == "PromptKD" 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_every_method_classifies_through_its_evaluation_path(env, name):
-    folder = method_run(env, name)
-    clf = load_run(folder, device="cpu")
+    root, ckpt, teacher, data = env
+    extra = earlier_opts(name, ckpt, root) + (["KD.BACKBONE_NAME", str(teacher)] if name == "CasPL" else [])
+    reference = build_for_classes(tiny_cfg(data, ckpt, name, root / "out", extra))
+    clf = load_run(saved_run(reference, root / f"run-{name}-ref"), device="cpu")
     files = eurosat_images(env)
     batch = torch.stack([clf._load(p) for p in files])
-    trainer = clf.trainer()
-    reference = build_for_classes(trainer.cfg)  # the same weights: built with the seed the saved run used
     with reference.evaluating() if hasattr(reference, "evaluating") else torch.no_grad():
-        expected = reference.model_inference(batch).float()
+        expected = reference.model_inference(batch).to(torch.float32)
     torch.testing.assert_close(clf.logits(files), expected, rtol=0, atol=1e-5)
     predictions = clf.classify(files, top_k=3)
     assert [p.path for p in predictions] == files

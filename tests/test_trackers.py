@@ -221,8 +221,8 @@ def test_a_missing_package_is_one_error_naming_what_to_install(tmp_path, monkeyp
     out = tmp_path / "run"
     assert train.main(demo_argv(tmp_path, out, "TRACKER", "tensorboard,mlflow")) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: TRACKER mlflow: the mlflow package is not installed; pip install mlflow-skinny (or pip "
-                   "install 'mpl-clip[trackers]'), or leave mlflow out of TRACKER"]
+    assert err == ["error: TRACKER mlflow: the mlflow package is not installed; pip install mlflow-skinny (or the "
+                   "project's [trackers] extra), or leave mlflow out of TRACKER"]
     assert not out.exists()
 
 

@@ -19,7 +19,7 @@ from yacs.config import CfgNode as CN
 
 from clip.precision import PRECISIONS
 
-from .compat import OPTIMIZERS, SCHEDULERS, UserError
+from .compat import OPTIMIZERS, SCHEDULERS, UserError, check_trackers
 
 #: block path (``TRAINER.COOP``, ``KD``) -> (function adding its keys to a node, owning method or None)
 BLOCKS: "OrderedDict[str, tuple]" = OrderedDict()
@@ -197,13 +197,8 @@ def check_values(cfg, training: bool = True) -> None:
     if SCHEDULERS is not None:
         check_choice(cfg.OPTIM, "LR_SCHEDULER", "OPTIM.LR_SCHEDULER", SCHEDULERS)
     check_choice(cfg.DATASET, "SUBSAMPLE_CLASSES", "DATASET.SUBSAMPLE_CLASSES", ("all", "base", "new"))
-    if "TRACKER" in cfg:
-        try:
-            from dassl.engine.scalar_sinks import check_trackers
-        except ImportError:  # the real Dassl: tensorboard only (its trainer ignores the key)
-            check_trackers = None
-        if check_trackers is not None:
-            check_trackers(cfg.TRACKER)
+    if "TRACKER" in cfg and check_trackers is not None:  # None on the real Dassl (tensorboard only)
+        check_trackers(cfg.TRACKER)
     check_choice(cfg.TEST, "FINAL_MODEL", "TEST.FINAL_MODEL", ("last_step", "best_val"))
     size = tuple(cfg.INPUT.SIZE)
     if len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size):

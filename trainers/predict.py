@@ -43,6 +43,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from clip import MASTER_DTYPE
+
 from .compat import UserError
 
 __all__ = ["load_run", "Classifier", "Prediction", "find_images", "read_classnames", "read_head", "HEAD_FORMAT",
@@ -313,7 +315,7 @@ class Classifier:
         paths, out = [], []
         with self._evaluating(trainer):
             for batch_paths, batch in self._batches(images):
-                out.append(trainer.model_inference(batch.to(trainer.device)).float().cpu())
+                out.append(trainer.model_inference(batch.to(trainer.device)).to(MASTER_DTYPE).cpu())
                 paths += batch_paths or [""] * batch.shape[0]
         return paths, torch.cat(out)
 
@@ -350,11 +352,11 @@ class Classifier:
         """(text features (C, E) or None, model output or None): the class features the evaluation uses."""
         fixed = getattr(trainer, "text_features", None)
         if torch.is_tensor(fixed):  # zero-shot CLIP: hand-written prompts, no prompted model
-            return fixed.float(), None
+            return fixed.to(MASTER_DTYPE), None
         with self._evaluating(trainer):
             out = trainer.model(probe)
         features = out.text_features
-        return (features.float() if features.dim() == 2 else None), out
+        return (features.to(MASTER_DTYPE) if features.dim() == 2 else None), out
 
     def text_features(self, classnames: Optional[Sequence[str]] = None) -> torch.Tensor:
         """The L2-normalised class features (C, E), float32 on the CPU, that the run's evaluation uses for these
@@ -385,8 +387,8 @@ class Classifier:
                             "features); use load_run(...).classify or tools.predict instead")
         clip_model = self._plain_clip(trainer)
         with self._evaluating(trainer):
-            run_logits = trainer.model_inference(probe).float()
-            image = normalise(clip_model.encode_image(probe).float())
+            run_logits = trainer.model_inference(probe).to(MASTER_DTYPE)
+            image = normalise(clip_model.encode_image(probe).to(MASTER_DTYPE))
         scale = float(clip_model.logit_scale.exp())
         if image.shape[-1] != features.shape[-1]:
             plain = None
@@ -415,7 +417,7 @@ class Classifier:
         if plain is None:
             return "its image features are not plain CLIP's (another embedding size)"
         extensions = [e.name for e in getattr(trainer, "extensions", ())]
-        if out is not None and extensions and torch.allclose(plain, out.logits.float(), rtol=0, atol=tol):
+        if out is not None and extensions and torch.allclose(plain, out.logits.to(MASTER_DTYPE), rtol=0, atol=tol):
             return f"its extension {', '.join(extensions)} mixes another head into the evaluation logits"
         diff = float((plain - run_logits).abs().max())
         return f"its evaluation logits are not plain CLIP's image features times fixed class features (they differ by up to {diff:.3g})"
@@ -434,7 +436,7 @@ class Classifier:
             from safetensors.torch import save
 
             data = save({"text_features": head["text_features"],
-                         "logit_scale": torch.tensor([head["logit_scale"]], dtype=torch.float32)},
+                         "logit_scale": torch.tensor([head["logit_scale"]], dtype=MASTER_DTYPE)},
                         metadata={"format": HEAD_FORMAT, "classnames": json.dumps(head["classnames"]),
                                   "backbone": head["backbone"]})
             atomic_write(path, lambda f: f.write(data), binary=True)

@@ -53,8 +53,8 @@ def check_trackers(value):
     for name in names:
         module, pip_name = TRACKERS[name]
         if importlib.util.find_spec(module) is None:
-            raise UserError("TRACKER {}: the {} package is not installed; pip install {} (or pip install "
-                            "'mpl-clip[trackers]'), or leave {} out of TRACKER".format(name, module, pip_name, name))
+            raise UserError("TRACKER {}: the {} package is not installed; pip install {} (or the project's "
+                            "[trackers] extra), or leave {} out of TRACKER".format(name, module, pip_name, name))
     return names
 
 
