@@ -55,8 +55,8 @@ FAULTS = [
     Fault("checkpoint-drops", "dassl/engine/trainer.py", "model_dict = self._models[name].state_dict()",
           "model_dict = dict(list(self._models[name].state_dict().items())[1:])",
           "a checkpoint that drops a tensor"),
-    Fault("no-lr-step", "trainers/base.py", "if (self.batch_idx + 1) == self.num_batches:\n            self.update_lr()",
-          "if False:\n            self.update_lr()", "a skipped learning-rate scheduler step"),
+    Fault("no-lr-step", "trainers/base.py", "(self.batch_idx + 1) == self.num_batches:\n            self.update_lr()",
+          "False:\n            self.update_lr()", "a skipped learning-rate scheduler step"),
 ]
 
 

@@ -467,7 +467,7 @@ def test_registration_errors_name_the_method(monkeypatch, tmp_path):
 
 #: the modules of the contract: none names a method (in code; docstrings and comments may give examples)
 SHARED = ["trainers/" + m + ".py" for m in ("base", "prompts", "prompted_clip", "checkpoints", "registry", "config",
-                                             "compat", "api", "runner", "templates")]
+                                             "compat", "api", "runner", "templates", "predict")]
 
 
 def code_words(path):

@@ -365,7 +365,7 @@ def test_setup_logger_tees_and_never_overwrites(tmp_path, monkeypatch, capsys):
 # ------------------------------------------------------------------------------------------------------------------
 RESULT_KEYS = [
     "schema", "status", "method", "config", "dataset", "dataset_config", "seed", "subsample", "shots", "epochs",
-    "eval_only", "split", "accuracy", "macro_f1", "error", "num_test", "num_classes", "train_time_s",
+    "eval_only", "split", "accuracy", "macro_f1", "error", "num_test", "num_classes", "classnames", "train_time_s",
     "eval_time_s", "train_images_per_s", "eval_images_per_s", "learnable_params", "backbone", "device",
     "precision", "model_dir", "output_dir", "log_file", "versions", "finished_at",
 ]
@@ -390,6 +390,8 @@ def test_run_result_record_fields_and_precision_sources():
     assert list(rec) == RESULT_KEYS
     assert rec["learnable_params"] == 2  # the bias only, counted once although registered twice
     assert rec["train_images_per_s"] == 10.0 and rec["eval_images_per_s"] == 4.0
+    assert rec["classnames"] is None  # a trainer without lab2cname
+    assert build_run_result(_fake_trainer(lab2cname={1: "dog", 0: "cat"}))["classnames"] == ["cat", "dog"]
     assert rec["precision"] is None and rec["config"] is None and rec["subsample"] is None
     assert rec["method"] == "MyMethod" and rec["device"] == "cpu" and rec["accuracy"] == 75.0
 

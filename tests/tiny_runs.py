@@ -77,3 +77,29 @@ def fixed_batch(n: int = 4, n_classes: int = len(CLASSNAMES), size: int = 32, se
     return {"img": torch.randn(n, 3, size, size, generator=g), "label": torch.arange(n) % n_classes,
             "impath": [f"/data/img{i}.jpg" for i in range(n)], "index": torch.arange(n),
             "domain": torch.zeros(n, dtype=torch.long)}
+
+
+def saved_run(trainer, folder, classnames: Sequence[str] = CLASSNAMES) -> Path:
+    """A finished run folder for ``trainer`` (built for ``classnames``, untrained) as ``train.py`` leaves one:
+    ``config.yaml``, its learner saved as epoch 1 (the engine's own save) and a ``result.json`` naming the classes
+    and the epoch; without the training, for tests of what reads a run (prediction, export)."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(trainer.cfg.dump())
+    if trainer.get_model_names():
+        trainer.save_model(0, str(folder))
+    (folder / "result.json").write_text(json.dumps({"eval_only": False, "epochs": 1, "classnames": list(classnames),
+                                                    "method": trainer.cfg.TRAINER.NAME}))
+    return folder
+
+
+def saved_method_run(workdir, data, ckpt, teacher, name, opts: Sequence[str] = (), folder=None) -> Path:
+    """:func:`saved_run` of method ``name`` on the tiny CLIP ``ckpt`` and EuroSAT under ``data`` (CasPL's phase-1
+    teacher: ``teacher``; PromptKD's earlier run: :func:`earlier_opts`), in ``workdir/<folder or run-NAME>``."""
+    extra = earlier_opts(name, ckpt, workdir)
+    if name == "CasPL":
+        extra += ["KD.BACKBONE_NAME", str(teacher)]
+    cfg = tiny_cfg(data, ckpt, name, Path(workdir) / "out", [*extra, *opts])
+    return saved_run(build_for_classes(cfg), Path(workdir) / (folder or f"run-{name}"))

@@ -1,8 +1,8 @@
 """The console commands of an installed project (``[project.scripts]`` of pyproject.toml).
 
 Each is the module's own command line, as ``python train.py ...`` or ``python -m tools.results ...`` from a
-checkout: ``mpl-train``, ``mpl-sweep``, ``mpl-results``, ``mpl-inspect``, ``mpl-prepare``, ``mpl-imagefolder``,
-``mpl-parse-test-res``.
+checkout: ``mpl-train``, ``mpl-sweep``, ``mpl-results``, ``mpl-inspect``, ``mpl-predict``, ``mpl-prepare``,
+``mpl-imagefolder``, ``mpl-parse-test-res``.
 
 The project imports its packages by their own names (``clip``, ``dassl``, ``datasets``, ...), which openai-clip,
 the real Dassl and Hugging Face's datasets use too. The wheel installs the project as one folder, ``mpl_clip/``,
@@ -17,8 +17,8 @@ import importlib
 import sys
 from pathlib import Path
 
-__all__ = ["ROOT", "use_project_packages", "train", "sweep", "results", "inspect", "prepare", "imagefolder",
-           "parse_test_res"]
+__all__ = ["ROOT", "use_project_packages", "train", "sweep", "results", "inspect", "predict", "prepare",
+           "imagefolder", "parse_test_res"]
 
 #: the folder that holds clip/, dassl/, datasets/, trainers/, tools/, configs/ and scripts/
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +65,10 @@ def results():
 
 def inspect():
     _run("tools.inspect")
+
+
+def predict():
+    _run("tools.predict")
 
 
 def prepare():

@@ -279,4 +279,12 @@ def method_precision(cfg) -> Optional[str]:
 
 
 __all__ = ["build_cfg", "build_trainer", "run_cfg", "build_parser", "parse_args", "cfg_from_args", "check_cfg",
-           "method_precision"]
+           "method_precision", "load_run"]
+
+
+def load_run(run_dir: str, **options):
+    """The classifier of a finished run: :func:`trainers.predict.load_run` (options: ``device``, ``precision``,
+    ``batch_size``, ``progress``)."""
+    from .predict import load_run as _load_run
+
+    return _load_run(run_dir, **options)

@@ -21,6 +21,7 @@ trainer between hooks: what the gradient hook needs travels in the :class:`LossO
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -380,9 +381,17 @@ class PromptTrainer(ForClasses, TrainerX):
                 logits = extension.eval_logits(self, out, logits)
         return logits.to(MASTER_DTYPE)
 
-    def test(self, split=None):
+    @contextlib.contextmanager
+    def evaluating(self):
+        """The evaluation path (``test()`` and prediction on new images): the model in eval mode, no gradients, the
+        run's precision, prompts and text features computed once for the block; call :meth:`model_inference`
+        inside it."""
         self.set_model_mode("eval")
-        with self.precision.autocast(self.device), self.model.frozen_text_features():
+        with torch.no_grad(), self.precision.autocast(self.device), self.model.frozen_text_features():
+            yield
+
+    def test(self, split=None):
+        with self.evaluating():
             return super().test(split)
 
     # -- checkpoints --------------------------------------------------------------------------------------

@@ -40,6 +40,12 @@ except ImportError:
     write_run_result = None
     MISSING.append("result.json")
 
+try:  # the TRACKER check (names and packages)
+    from dassl.engine.scalar_sinks import check_trackers
+except ImportError:  # the real Dassl's trainer writes tensorboard only and no predictions.csv
+    check_trackers = None
+    MISSING.append("TRACKER wandb/mlflow and TEST.SAVE_PREDICTIONS")
+
 try:
     from dassl.utils import RunLock
 except ImportError:
@@ -65,5 +71,5 @@ try:  # the optimizers and schedulers the engine builds (None: not checked befor
 except ImportError:
     SCHEDULERS = OPTIMIZERS = None
 
-__all__ = ["MISSING", "UserError", "distributed", "write_run_result", "RunLock", "atomic_write", "DATASET_REGISTRY",
-           "OPTIMIZERS", "SCHEDULERS"]
+__all__ = ["MISSING", "UserError", "distributed", "write_run_result", "RunLock", "atomic_write", "check_trackers",
+           "DATASET_REGISTRY", "OPTIMIZERS", "SCHEDULERS"]

@@ -20,7 +20,7 @@ from yacs.config import CfgNode as CN
 
 from clip.precision import PRECISIONS
 
-from .compat import OPTIMIZERS, SCHEDULERS, UserError
+from .compat import OPTIMIZERS, SCHEDULERS, UserError, check_trackers
 
 #: block path (``TRAINER.COOP``, ``KD``) -> (function adding its keys to a node, owning method or None)
 BLOCKS: "OrderedDict[str, tuple]" = OrderedDict()
@@ -79,6 +79,8 @@ def project_keys(cfg: CN) -> None:
     cfg.CPU_HALF = False  # run fp16 and amp for real on a CPU instead of falling back to fp32
     cfg.CPU_REUSE_MEMORY = True  # on a CPU, keep freed activation buffers for reuse (clip.host_memory)
     cfg.COMPILE_STEP = "off"  # torch.compile the prompted CLIP: off, eager, inductor or cudagraphs (COMPILE_STEPS)
+    cfg.TEST.SAVE_PREDICTIONS = False  # write predictions.csv (each test image's top classes) beside result.json
+    cfg.TRACKER = "tensorboard"  # where scalars go: comma-separated tensorboard, wandb, mlflow; none: nowhere
 
 
 #: ``COMPILE_STEP`` -> the arguments of ``nn.Module.compile`` (in place: state-dict keys unchanged). ``eager``
@@ -96,7 +98,7 @@ def extend_cfg(cfg: CN) -> CN:
     Keys already present (for example when a user's own ``train.py`` added them first) are left as they are.
     """
     fresh = CN()
-    fresh.DATASET, fresh.OPTIM = CN(), CN()
+    fresh.DATASET, fresh.OPTIM, fresh.TEST = CN(), CN(), CN()
     project_keys(fresh)
     for section, node in fresh.items():
         if isinstance(node, CN):
@@ -206,6 +208,8 @@ def check_values(cfg, training: bool = True) -> None:
     if SCHEDULERS is not None:
         check_choice(cfg.OPTIM, "LR_SCHEDULER", "OPTIM.LR_SCHEDULER", SCHEDULERS)
     check_choice(cfg.DATASET, "SUBSAMPLE_CLASSES", "DATASET.SUBSAMPLE_CLASSES", ("all", "base", "new"))
+    if "TRACKER" in cfg and check_trackers is not None:  # None on the real Dassl (tensorboard only)
+        check_trackers(cfg.TRACKER)
     check_choice(cfg.TEST, "FINAL_MODEL", "TEST.FINAL_MODEL", ("last_step", "best_val"))
     if "COMPILE_STEP" in cfg:
         check_choice(cfg, "COMPILE_STEP", "COMPILE_STEP", tuple(COMPILE_STEPS))

@@ -336,6 +336,9 @@ _PROJECTOR_PARTS = {"0": "conv1", "1": "bn", "3": "conv2"}
 class PromptKD(PromptTrainer):
     """``--trainer PromptKD``, config blocks ``TRAINER.PROMPTKD`` and ``TRAINER.MODAL``."""
 
+    #: why its classifier is no head for plain CLIP (trainers.predict)
+    NOT_A_HEAD = ("its image features go through a learned projector into the teacher's embedding space (and its "
+                  "vision prompts change the image encoder)")
     #: the released students: the whole student model, registered as ``VLPromptLearner``
     REFERENCE_FOLDERS = ("VLPromptLearner",)
     #: the original student builds the teacher's text prompt learner, whose context it never uses

@@ -180,7 +180,13 @@ def _run_locked(args, cfg, out_dir, created):
         run_info.setdefault("result_extras", {})["resolved_config"] = CONFIG_FILE
 
     if args.eval_only:
-        trainer.test()
+        if distributed.is_main_process() and hasattr(trainer, "init_writer"):  # the trackers: scalars at step 0
+            trainer.init_writer(osp.join(out_dir, "tensorboard"))
+        try:
+            trainer.test()
+        finally:
+            if hasattr(trainer, "close_writer"):
+                trainer.close_writer()
         if write_run_result is not None and distributed.is_main_process():
             write_run_result(trainer, eval_only=True, model_dir=args.model_dir or None, loaded_epoch=args.load_epoch)
         return 0

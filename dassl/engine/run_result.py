@@ -101,6 +101,14 @@ def _log_file():
     return path if isinstance(path, str) else None
 
 
+def _classnames(trainer):
+    """The run's class names in label order (``lab2cname``), or None."""
+    lab2cname = getattr(trainer, "lab2cname", None)
+    if not lab2cname:
+        return None
+    return [str(lab2cname[i]) for i in sorted(lab2cname)]
+
+
 def _float_or_none(x):
     return None if x is None else float(x)
 
@@ -147,6 +155,7 @@ def build_run_result(trainer, eval_only=False, model_dir=None, loaded_epoch=None
         "error": _float_or_none(results.get("error_rate")),
         "num_test": num_test,
         "num_classes": getattr(trainer, "num_classes", None),
+        "classnames": _classnames(trainer),
         "train_time_s": _float_or_none(train_time),
         "eval_time_s": _float_or_none(eval_time),
         "train_images_per_s": train_rate,

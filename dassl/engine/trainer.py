@@ -53,7 +53,6 @@ from dassl.utils import (
     get_rng_state,
     load_checkpoint,
     load_pretrained_weights,
-    mkdir_if_missing,
     remove_stale_temporary_files,
     resume_from_checkpoint,
     save_checkpoint,
@@ -62,7 +61,7 @@ from dassl.utils import (
     write_error,
 )
 
-from . import distributed
+from . import distributed, predictions, scalar_sinks
 from .run_result import write_run_result
 
 __all__ = ["SimpleNet", "TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU"]
@@ -128,6 +127,34 @@ def _quiet_tensorboard_thread():
 
     hook.quiets_tensorboard = True
     threading.excepthook = hook
+
+
+#: seconds between evaluation progress lines when stdout is not a terminal (a log file, Slurm, nohup)
+EVAL_PROGRESS_EVERY_S = 30.0
+
+
+class _ProgressLines:
+    """When stdout is not a terminal (no progress bar), a line every :data:`EVAL_PROGRESS_EVERY_S` seconds during an
+    evaluation: ``Evaluate on the *test* set: 12,800/50,000 images (25.6%), 61 s``."""
+
+    def __init__(self, split, loader):
+        self.split = split
+        self.active = not _stdout_is_tty()
+        try:
+            self.total = len(loader.sampler) if getattr(loader, "sampler", None) is not None else len(loader.dataset)
+        except TypeError:
+            self.total = None
+        self.start = self.last = time.time()
+
+    def update(self, done):
+        if not self.active:
+            return
+        now = time.time()
+        if now - self.last < EVAL_PROGRESS_EVERY_S:
+            return
+        self.last = now
+        of = "/{:,} images ({:.1f}%)".format(self.total, 100.0 * done / self.total) if self.total else " images"
+        print("Evaluate on the *{}* set: {:,}{}, {:.0f} s".format(self.split, done, of, now - self.start), flush=True)
 
 
 class _SkippingLoader:
@@ -443,23 +470,18 @@ class TrainerBase:
             raise FloatingPointError("Loss is infinite or NaN!")
 
     def init_writer(self, log_dir, purge_step=None):
-        """Open tensorboard in ``log_dir``. ``purge_step`` (not in Dassl): events at this step or later that an
-        earlier, killed attempt wrote are dropped, so a resumed run continues the same curves."""
+        """Open the run's trackers (``cfg.TRACKER``, default tensorboard in ``log_dir``; see
+        :mod:`dassl.engine.scalar_sinks`). ``purge_step`` (not in Dassl): tensorboard events at this step or later
+        that an earlier, killed attempt wrote are dropped, so a resumed run continues the same curves."""
         if self._writer is None and distributed.is_main_process():
-            from torch.utils.tensorboard import SummaryWriter
-
-            print("Initialize tensorboard (log_dir={})".format(log_dir))
-            self._writer = SummaryWriter(log_dir=log_dir, purge_step=purge_step)
-            _quiet_tensorboard_thread()
+            self._writer = scalar_sinks.open_sinks(getattr(self, "cfg", None), log_dir, purge_step)
+            if self._writer is not None and "tensorboard" in self._writer.names:
+                _quiet_tensorboard_thread()
 
     def close_writer(self):
         writer, self._writer = self._writer, None
         if writer is not None:
-            try:
-                writer.close()
-            except OSError as err:  # its last events cannot be written; the run's outcome is reported elsewhere
-                print("warning: tensorboard's last events were not written ({})".format(err.strerror or err),
-                      file=sys.stderr)
+            writer.close()  # a tracker that cannot write its last scalars is one warning
 
     def write_scalar(self, tag, scalar_value, global_step=None):
         if self._writer is None:
@@ -639,9 +661,8 @@ class SimpleTrainer(TrainerBase):
         position = getattr(self, "_resume_position", None)
         self._saved = (self.start_epoch, position["batches_done"] if position else 0)
 
-        # Initialize summary writer
+        # Initialize the trackers (tensorboard by default)
         writer_dir = osp.join(self.output_dir, "tensorboard")
-        mkdir_if_missing(writer_dir)
         self.init_writer(writer_dir, purge_step=self._first_new_step())
 
         # Remember the starting time (for computing the elapsed time)
@@ -800,18 +821,27 @@ class SimpleTrainer(TrainerBase):
 
         start = time.time()
         num_images = 0
+        recorder = predictions.recorder_for(self, split)  # TEST.SAVE_PREDICTIONS: predictions.csv
+        lines = _ProgressLines(split, data_loader)  # a line every 30 s when stdout is not a terminal
         for batch_idx, batch in enumerate(_progress(data_loader, desc=split)):
             input, label = self.parse_batch_test(batch)
             output = self.model_inference(input)
             self.evaluator.process(output, label)
             num_images += _batch_size(label)
+            if recorder is not None:
+                recorder.add(batch, output)
+            lines.update(num_images)
+        if recorder is not None:
+            written = recorder.write()
+            if written:
+                print("Per-image predictions: {}".format(written))
 
         results = self.evaluator.evaluate()
         num_images = int(distributed.sum_over_ranks([num_images])[0])
 
         for k, v in results.items():
             tag = "{}/{}".format(split, k)
-            self.write_scalar(tag, v, self.epoch)
+            self.write_scalar(tag, v, self.last_train_step())
 
         self.last_evaluation = {
             "split": split,
@@ -820,6 +850,11 @@ class SimpleTrainer(TrainerBase):
             "time_s": time.time() - start,
         }
         return list(results.values())[0]
+
+    def last_train_step(self):
+        """The step of evaluation scalars: the last training iteration logged before (0 when none: an
+        evaluation-only run), so test and train scalars share one axis."""
+        return getattr(self, "_last_train_step", 0)
 
     def model_inference(self, input):
         return self.model(input)
@@ -877,6 +912,7 @@ class _EpochLogger:
             _print_line(" ".join(info))
 
         n_iter = t.epoch * t.num_batches + t.batch_idx
+        t._last_train_step = n_iter
         for name, meter in self.losses.meters.items():
             t.write_scalar("train/" + name, meter.avg, n_iter)
         t.write_scalar("train/lr", t.get_current_lr(), n_iter)
