@@ -134,7 +134,7 @@ def test_text_block_ops_equal_the_hand_written_blocks(vit, truncation, sharing, 
     calls = []
     real = clip_model_module.find_shared_prefix
     monkeypatch.setattr(clip_model_module, "find_shared_prefix",
-                        lambda *a: calls.append(real(*a)) or calls[-1])
+                        lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
     monkeypatch.setattr(vit, "text_truncation", truncation)
     monkeypatch.setattr(vit, "text_prefix_sharing", sharing)
     monkeypatch.setattr(vit, "text_pass_overhead", 0)  # sharing pays from few classes on
@@ -200,7 +200,7 @@ def test_dropout_switches_the_shared_prefix_off(vit, monkeypatch):
     width = vit.transformer.width
     ids = class_ids(vit)
     calls = []
-    monkeypatch.setattr(clip_model_module, "find_shared_prefix", lambda *a: calls.append(a) or None)
+    monkeypatch.setattr(clip_model_module, "find_shared_prefix", lambda *a, **k: calls.append(a) or None)
     monkeypatch.setattr(vit, "text_pass_overhead", 0)
     op = BlockOp(updates=(low_rank("q", width, width, 1, dropout=0.25),))
     vit.encode_text_embeddings(vit.token_embedding(ids), ids, block_ops=[op])
