@@ -23,7 +23,9 @@ METHODS = [pytest.param(m.name, marks=pytest.mark.slow) if m.name == "PromptKD" 
            for m in trainers.list_methods()]
 EXPORTABLE = {"CoOp", "KgCoOp", "ProGrad", "TCP", "ZeroshotCLIP", "ZeroshotCLIP2"}
 #: why the others cannot be a head (a phrase of their one-line refusal)
-REASONS = {"CoCoOp": "class features depend on each image", "PromptKD": "learned projector"}
+REASONS = {"CoCoOp": "class features depend on each image", "PromptKD": "learned projector",
+           "MMA": "adapters or low-rank updates change the image encoder",
+           "CLIPLoRA": "adapters or low-rank updates change the image encoder"}
 VISION = "prompts change the image encoder"
 
 

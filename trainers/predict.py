@@ -389,7 +389,7 @@ class Classifier:
         with self._evaluating(trainer):
             run_logits = trainer.model_inference(probe).to(MASTER_DTYPE)
             image = normalise(clip_model.encode_image(probe).to(MASTER_DTYPE))
-        scale = float(clip_model.logit_scale.exp())
+        scale = float(clip_model.logit_scale.detach().exp())
         if image.shape[-1] != features.shape[-1]:
             plain = None
         else:
@@ -414,6 +414,9 @@ class Classifier:
         if prompts is not None and prompts.vision_ops is not None:
             return ("its prompts change the image encoder (vision prompts), so plain CLIP's image features are "
                     "not the ones it classifies")
+        if prompts is not None and any(op is not None for op in prompts.vision_block_ops or ()):
+            return ("its adapters or low-rank updates change the image encoder (block operations), so plain CLIP's "
+                    "image features are not the ones it classifies")
         if plain is None:
             return "its image features are not plain CLIP's (another embedding size)"
         extensions = [e.name for e in getattr(trainer, "extensions", ())]
