@@ -141,12 +141,15 @@ def test_gradients_reach_every_learned_tensor_and_nothing_else(env, name):
 
 @pytest.mark.parametrize("name", PROMPT_METHODS)
 def test_a_training_step_changes_the_learner_and_nothing_else(env, name):
+    """One step on an epoch's last batch: the learner moves, nothing frozen does, the schedule steps once."""
     trainer = build(env, name)
     frozen = {n: p.clone() for n, p in trainer.model.named_parameters() if not n.startswith("prompt_learner.")}
     learner = {n: p.clone() for n, p in trainer.model.prompt_learner.named_parameters()}
     trainer.set_model_mode("train")
-    trainer.num_batches, trainer.batch_idx = 10, 0
+    trainer.num_batches, trainer.batch_idx = 10, 9  # the epoch's last batch: the schedule steps once after it
+    stepped = trainer.sched.last_epoch
     summary = trainer.forward_backward(fixed_batch(4))
+    assert trainer.sched.last_epoch == stepped + 1
     assert set(summary) >= {"loss", "acc"} and all(torch.isfinite(torch.tensor(v)) for v in summary.values())
     now = dict(trainer.model.named_parameters())
     assert all(torch.equal(v, now[n]) for n, v in frozen.items())
