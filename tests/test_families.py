@@ -150,9 +150,10 @@ def test_clip_lora_dropout_acts_in_training_only(root, tiny_ckpt):
 
 
 def test_clip_lora_counts_iterations_and_steps_its_cosine_every_iteration(tiny_ckpt, eurosat_root, tmp_path,
-                                                                          monkeypatch):
+                                                                          monkeypatch, capsys):
     """2 shots x 3 iterations per shot = 6 iterations of 5 batches per epoch: 2 epochs (recorded), the last cut
-    after 1 batch, the schedule stepped 6 times down to MIN_LR."""
+    after 1 batch, the schedule stepped 6 times down to MIN_LR; the length is printed when training starts (an
+    eval-only run builds the same trainer and prints none)."""
     from trainers.api import build_trainer
 
     cfg = tiny_cfg(eurosat_root, tiny_ckpt, "CLIPLoRA", tmp_path / "run",
@@ -160,6 +161,7 @@ def test_clip_lora_counts_iterations_and_steps_its_cosine_every_iteration(tiny_c
     trainer = build_trainer(cfg)
     assert len(trainer.train_loader_x) == 5
     assert trainer.max_epoch == 2 and cfg.OPTIM.MAX_EPOCH == 2
+    assert "iterations of" not in capsys.readouterr().out
     lrs = []
     real = trainer.forward_backward
 
@@ -171,6 +173,7 @@ def test_clip_lora_counts_iterations_and_steps_its_cosine_every_iteration(tiny_c
     monkeypatch.setattr(trainer, "forward_backward", counted)
     trainer.train()
     assert len(lrs) == 6
+    assert "6 iterations of 5 batches per epoch: 2 epoch(s)" in capsys.readouterr().out
     cosine = [1e-6 + (2e-4 - 1e-6) * (1 + math.cos(math.pi * t / 6)) / 2 for t in range(1, 7)]
     assert lrs == pytest.approx(cosine, rel=1e-6)
 
@@ -255,3 +258,19 @@ def test_mmrl_projections_start_as_copies_and_proj_rep_random(root, tiny_ckpt):
         assert all(torch.equal(p.weight, projections[0].weight) for p in projections)
     width = learner.proj_rep.shape[0]
     assert learner.proj_rep.std().item() == pytest.approx(width ** -0.5, rel=0.2)
+
+
+def test_bench_families_times_one_method_of_each_family_against_the_floor(tmp_path):
+    """bench/bench_families.py end to end on the tiny CLIP (the README quotes its ViT-B/16 run): a row per method
+    and class count, both text modes measured, their logits equal up to float32 sums in another order."""
+    import json
+
+    from bench import bench_families
+
+    report = tmp_path / "families.json"
+    bench_families.main(["--arch", "tiny", "--classes", "3", "--repeats", "0", "--json", str(report)])
+    rows = json.loads(report.read_text())["rows"]
+    assert [(r["method"], r["classes"]) for r in rows] == [(m, 3) for m in bench_families.METHODS]
+    for r in rows:
+        assert r["floor_s"] > 0 and r["shared_s"] > 0 and r["unshared_s"] > 0
+        assert r["relative_logit_difference"] < 1e-5, r

@@ -299,8 +299,14 @@ class PromptTrainer(ForClasses, TrainerX):
         self.cfg.OPTIM.MAX_EPOCH = self.max_epoch = epochs
         if frozen:
             self.cfg.freeze()
-        print(f"{iterations} iterations of {len(loader)} batches per epoch: {epochs} epoch(s)")
+        self._iterations_note = f"{iterations} iterations of {len(loader)} batches per epoch: {epochs} epoch(s)"
         return int(iterations)
+
+    def before_train(self):
+        """The training length of an iteration-counted run, printed when training starts (not by eval-only runs)."""
+        super().before_train()
+        if getattr(self, "_iterations", None):
+            print(self._iterations_note)
 
     def before_epoch(self):
         """With an iteration count, the last epoch's loader stops at the count."""
