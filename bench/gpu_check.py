@@ -317,6 +317,20 @@ def part_caspl(ctx, budget):
             "logit_difference": r["logit_difference"], "precision": r["precision"]}
 
 
+def part_families(ctx, budget):
+    """One method of each adaptation family (bench.bench_families) at 5 and 500 classes against the floor."""
+    path = ctx.outdir / "bench_families.json"
+    if ctx.cpu:
+        argv = ["--arch", "tiny", "--classes", "3", "--repeats", "0", "--threads", "1", "--json", path]
+    else:
+        argv = ["--device", "cuda", "--precision", "fp16", "--repeats", "5", "--json", path]
+    ctx.module("families", "bench.bench_families", argv, budget)
+    rows = json.loads(path.read_text())["rows"]
+    return {f"{r['method']}[{r['classes']}]": {"x_floor": r["shared_s"] / r["floor_s"],
+                                                 "prefix_off_x_floor": r["unshared_s"] / r["floor_s"],
+                                                 "logit_difference": r["relative_logit_difference"]} for r in rows}
+
+
 #: (name, function, budget in seconds on a GPU), in order of priority
 PARTS = [
     ("environment", part_environment, 15),
@@ -327,6 +341,7 @@ PARTS = [
     ("compile", part_compile, 50),
     ("caspl", part_caspl, 25),
     ("fast_suite", part_fast_suite, 120),
+    ("families", part_families, 45),
     ("mpl_fp16_b32", _mpl_part("fp16", 32, False), 30),
     ("mpl_fp32_b4", _mpl_part("fp32", 4, False), 25),
     ("mpl_amp_b4", _mpl_part("amp", 4, False), 25),

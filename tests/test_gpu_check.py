@@ -7,7 +7,7 @@ import pytest
 
 from bench import gpu_check
 
-CHEAP = ["environment", "selfcheck", "text_overhead", "mpl_fp16_b4", "caspl"]
+CHEAP = ["environment", "selfcheck", "text_overhead", "mpl_fp16_b4", "caspl", "families"]
 
 
 def _report(out):
@@ -27,6 +27,9 @@ def test_cpu_mode_measures_and_writes_the_report(tmp_path):
     assert mpl["eval"]["imagenet_images_per_s"] > 0 and mpl["eval"]["text_speedup_vs_77"] > 0
     assert parts["caspl"]["result"]["logit_difference"] == 0
     assert parts["text_overhead"]["result"]["planner_constant"] == 32
+    families = parts["families"]["result"]
+    assert set(families) == {"MPL[3]", "MMA[3]", "CLIPLoRA[3]", "MMRL[3]"}
+    assert all(r["x_floor"] > 0 and r["logit_difference"] < 1e-5 for r in families.values()), families
     md = (out / "report.md").read_text()
     assert "| mpl_fp16_b4 | ok |" in md and "| classes | step ms |" in md
     assert (out / "logs" / "mpl_fp16_b4.log").read_text()
