@@ -75,6 +75,18 @@ def _no_environment_report():
     patch.undo()
 
 
+def pytest_collection_modifyitems(config, items):
+    """tests/suite.py reruns the numeric tests from the files it finds the marker in: a numeric test anywhere else
+    (a marker applied another way) stops the session here rather than escaping the capability reruns."""
+    from suite import numeric_files
+
+    files = set(numeric_files())
+    stray = sorted({str(item.path) for item in items if item.get_closest_marker("numeric")} - files)
+    if stray:
+        raise pytest.UsageError(f"numeric tests outside the files tests/suite.py reruns: {stray}; mark them with "
+                                f"pytest.mark.numeric in the file")
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
     from tiny_clip import write_tiny_checkpoint

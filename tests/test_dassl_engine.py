@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from sklearn.metrics import confusion_matrix, f1_score
 from yacs.config import CfgNode as CN
 
 from dassl.config import clean_cfg, get_cfg_default
@@ -291,6 +290,8 @@ def test_compute_accuracy_topk():
 
 
 def test_classification_evaluator_matches_sklearn_and_prints_the_block(capsys):
+    from sklearn.metrics import f1_score  # imported here: 1.4 s that every worker would pay at collection
+
     cfg = get_cfg_default()
     cfg.TEST.PER_CLASS_RESULT = True
     evaluator = build_evaluator(cfg, lab2cname={0: "a", 1: "b", 2: "c", 3: "d"})
@@ -321,6 +322,8 @@ def test_classification_evaluator_matches_sklearn_and_prints_the_block(capsys):
 def test_macro_f1_and_confusion_matrix_equal_sklearns(case):
     """The evaluator's NumPy metrics equal scikit-learn's (what Dassl calls), including labels never predicted,
     predictions of labels absent from the ground truth, and one-class splits."""
+    from sklearn.metrics import confusion_matrix, f1_score
+
     from dassl.evaluation.evaluator import macro_f1_score, normalized_confusion_matrix
 
     g = torch.Generator().manual_seed(case)
