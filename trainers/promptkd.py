@@ -49,7 +49,6 @@ import torch.nn.functional as F
 
 import clip
 from clip import MASTER_DTYPE
-from dassl.data import DataManager
 from dassl.utils import load_checkpoint
 
 from .base import LossOutput, PromptTrainer, load_clip
@@ -404,6 +403,8 @@ class PromptKD(PromptTrainer):
         cfg.VERBOSE = False
         cfg.freeze()
         print("PromptKD, transductive: training on the training split of every class (labels unused)")
+        from dassl.data import DataManager  # here, not at import: torchvision costs every script's start-up ~0.8 s
+
         full = DataManager(cfg)
         names = list(full.dataset.classnames)
         m = math.ceil(len(names) / 2)
