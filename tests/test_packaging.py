@@ -159,3 +159,12 @@ def test_a_foreign_package_imported_first_stops_a_command_with_one_line(foreign,
     assert out.returncode == 2
     assert out.stderr.startswith("error: the module 'clip' was already imported from") and \
         out.stderr.count("\n") == 1
+
+
+def test_importing_the_methods_does_not_import_torchvision():
+    """Every protocol script looks its method up (``python -m tools.method_defaults``) before train.py starts;
+    torchvision (and the torch._dynamo it pulls) would add about a second to each of those lookups."""
+    code = "import sys, trainers; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
